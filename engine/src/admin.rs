@@ -1,0 +1,235 @@
+//! Reading jobs for admins: filtered listings with cursor pagination, one job with its
+//! attempt history, and counts per kind and status. (The writes, cancel and retry, are in
+//! [`crate::storage`] with every other status change.)
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::clock::Millis;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::job::JobState;
+
+/// A job as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSummary {
+    /// Id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub status: JobState,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Priority (lower first).
+    pub priority: i32,
+    /// Not fetched before this time (the next run while pending or retrying).
+    pub run_at: Millis,
+    /// Enqueued at.
+    pub created_at: Millis,
+    /// Finished at.
+    pub finished_at: Option<Millis>,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// A note from the handler (why it skipped).
+    pub note: Option<String>,
+    /// Unique key.
+    pub unique_key: Option<String>,
+}
+
+/// One attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// 1-based within the current set of attempts (an admin retry starts a new set).
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker_id: String,
+    /// Started at.
+    pub started_at: Millis,
+    /// Ended at (none while running).
+    pub finished_at: Option<Millis>,
+    /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired` or `released`.
+    pub outcome: Option<String>,
+    /// The error text (or the skip reason).
+    pub error: Option<String>,
+}
+
+/// A job with its args and attempts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobDetail {
+    /// The listed fields.
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// The args, as stored.
+    pub args: serde_json::Value,
+    /// The worker holding it while running.
+    pub locked_by: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Which jobs to list. Newest first; pass the previous page's `next_cursor` to go on.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this state.
+    pub status: Option<JobState>,
+    /// Enqueued at or after.
+    pub since: Option<Millis>,
+    /// Enqueued before.
+    pub until: Option<Millis>,
+    /// Ids below this (the cursor).
+    pub before_id: Option<i64>,
+    /// Page size (1 to 500; default 50).
+    pub limit: Option<u32>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Cursor for the next page, none on the last one.
+    pub next_cursor: Option<i64>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, kind, status, attempt, max_attempts, priority, run_at, created_at, \
+                               finished_at, last_error, note, unique_key";
+
+fn summary(row: &sqlx::any::AnyRow) -> Result<JobSummary> {
+    let status: String = row.try_get(2)?;
+    Ok(JobSummary {
+        id: row.try_get(0)?,
+        kind: row.try_get(1)?,
+        status: status
+            .parse()
+            .map_err(|e: String| Error::Database(sqlx::Error::Protocol(e)))?,
+        attempt: u32::try_from(row.try_get::<i32, _>(3)?).unwrap_or(0),
+        max_attempts: u32::try_from(row.try_get::<i32, _>(4)?).unwrap_or(0),
+        priority: row.try_get(5)?,
+        run_at: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        finished_at: row.try_get(8)?,
+        last_error: row.try_get(9)?,
+        note: row.try_get(10)?,
+        unique_key: row.try_get(11)?,
+    })
+}
+
+/// Lists jobs matching `filter`, newest first, one page at a time. The cursor is the last
+/// id seen, so pages stay stable while new jobs are inserted at the top.
+pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
+    let limit = i64::from(filter.limit.unwrap_or(50).clamp(1, 500));
+    // Absent filters bind NULL and match everything; one prepared statement serves all.
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs \
+         WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR status = $2) \
+           AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4) \
+           AND ($5 IS NULL OR id < $5) \
+         ORDER BY id DESC LIMIT $6"
+    )))
+    .bind(filter.kind.as_deref())
+    .bind(filter.status.map(JobState::as_str))
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.before_id)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    let mut jobs = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;
+    let next_cursor = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(JobPage { jobs, next_cursor })
+}
+
+/// One job with its args and attempt history.
+pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS}, args, locked_by FROM jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::JobNotFound(id))?;
+    let job = summary(&row)?;
+    let args: String = row.try_get(12)?;
+    let attempts = sqlx::query(
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, error FROM job_attempts \
+         WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(AttemptRecord {
+            attempt: u32::try_from(r.try_get::<i32, _>(0)?).unwrap_or(0),
+            worker_id: r.try_get(1)?,
+            started_at: r.try_get(2)?,
+            finished_at: r.try_get(3)?,
+            outcome: r.try_get(4)?,
+            error: r.try_get(5)?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    Ok(JobDetail {
+        job,
+        args: serde_json::from_str(&args).unwrap_or(serde_json::Value::String(args)),
+        locked_by: row.try_get(13)?,
+        attempts,
+    })
+}
+
+/// Counts for one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KindStats {
+    /// Kind.
+    pub kind: String,
+    /// Jobs per state (every state present, zeros included).
+    pub counts: std::collections::BTreeMap<&'static str, i64>,
+    /// How long the oldest due, unclaimed job has waited since its `run_at`, in ms.
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+/// Counts per kind × state, and the age of each kind's oldest due job.
+pub async fn stats(db: &Db, now: Millis) -> Result<Vec<KindStats>> {
+    let mut by_kind: std::collections::BTreeMap<String, KindStats> = Default::default();
+    let rows = sqlx::query("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status")
+        .fetch_all(db)
+        .await?;
+    for row in rows {
+        let kind: String = row.try_get(0)?;
+        let status: String = row.try_get(1)?;
+        let count: i64 = row.try_get(2)?;
+        let entry = by_kind.entry(kind.clone()).or_insert_with(|| KindStats {
+            kind,
+            counts: JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
+            oldest_pending_age_ms: None,
+        });
+        if let Ok(state) = status.parse::<JobState>() {
+            entry.counts.insert(state.as_str(), count);
+        }
+    }
+    let oldest = sqlx::query(
+        "SELECT kind, MIN(run_at) FROM jobs WHERE status IN ('pending', 'retrying') AND run_at <= $1 \
+         GROUP BY kind",
+    )
+    .bind(now)
+    .fetch_all(db)
+    .await?;
+    for row in oldest {
+        let kind: String = row.try_get(0)?;
+        let min_run_at: Option<i64> = row.try_get(1)?;
+        if let (Some(entry), Some(t)) = (by_kind.get_mut(&kind), min_run_at) {
+            entry.oldest_pending_age_ms = Some(now - t);
+        }
+    }
+    Ok(by_kind.into_values().collect())
+}

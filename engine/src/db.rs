@@ -1,0 +1,156 @@
+//! Connecting to the job database (SQLite or Postgres) and migrating it.
+//!
+//! Both backends go through sqlx's `Any` driver, so one pool type, one transaction type and,
+//! nearly everywhere, one SQL text serve both. Where the dialects differ (row locks, LISTEN)
+//! the code asks [`Backend`]. Values are kept to the types `Any` carries on both sides:
+//! `BIGINT` milliseconds for time, `TEXT` for JSON and enums, `INTEGER` for counters.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+
+use crate::error::{Error, Result};
+
+/// The pool every part of veza-jobs shares.
+pub type Db = AnyPool;
+/// A connection (or, through `&mut *tx`, a transaction) to write through.
+pub type DbConn = AnyConnection;
+/// A transaction on the job database.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// The SQLite file used when `DATABASE_URL` is unset.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://veza-jobs.db?mode=rwc";
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Which database the engine runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, one process: the default.
+    Sqlite,
+    /// Shared by many worker processes: row locks with SKIP LOCKED, LISTEN/NOTIFY wake-ups.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, or `None` for an unsupported scheme.
+    pub fn from_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The backend of an open connection.
+    pub fn of(conn: &DbConn) -> Self {
+        if conn.backend_name() == "PostgreSQL" {
+            Self::Postgres
+        } else {
+            Self::Sqlite
+        }
+    }
+
+    /// Lower-case name, as used in logs and bench output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Opens a pool on `url` (`sqlite://…` or `postgres://…`).
+///
+/// SQLite connections get WAL, `synchronous=NORMAL`, a 10 s busy timeout and foreign keys:
+/// the settings under which one writer and many readers share a file without `SQLITE_BUSY`
+/// errors under load.
+pub async fn connect(url: &str, max_connections: u32) -> Result<(Db, Backend)> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::from_url(url).ok_or_else(|| Error::UnsupportedUrl(redact(url)))?;
+    let options = AnyConnectOptions::from_str(url)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok((pool, backend))
+}
+
+/// Applies the migrations of `backend` (idempotent).
+pub async fn migrate(db: &Db, backend: Backend) -> Result<()> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATOR,
+        Backend::Postgres => &POSTGRES_MIGRATOR,
+    };
+    migrator.run(db).await?;
+    Ok(())
+}
+
+/// Checks the database answers (for `/ready`).
+pub async fn ping(db: &Db) -> Result<()> {
+    let mut conn = db.acquire().await?;
+    conn.ping().await?;
+    Ok(())
+}
+
+/// A URL with its password replaced, safe to log or print.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***{}", &url[..scheme_end], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_read_from_the_url_scheme() {
+        assert_eq!(Backend::from_url("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::from_url("mysql://u@h/db"), None);
+    }
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact("sqlite://veza-jobs.db"), "sqlite://veza-jobs.db");
+    }
+}

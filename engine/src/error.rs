@@ -1,0 +1,66 @@
+//! The engine's error type.
+
+/// Everything that can go wrong in the engine, as seen by its callers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database failed or could not be reached.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `DATABASE_URL` names a database the engine does not support.
+    #[error("unsupported database URL {0:?}: expected sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    /// Job args could not be encoded as JSON.
+    #[error("job args could not be encoded")]
+    Encode(#[from] serde_json::Error),
+    /// No job has this id.
+    #[error("job {0} not found")]
+    JobNotFound(i64),
+    /// The job's state does not allow the requested operation.
+    #[error("job {id} is {state}, and {operation} needs {expected}")]
+    InvalidJobState {
+        /// The job.
+        id: i64,
+        /// Its state now.
+        state: crate::job::JobState,
+        /// What was asked (`cancel`, `retry`).
+        operation: &'static str,
+        /// The states that would have allowed it.
+        expected: &'static str,
+    },
+    /// Retrying the job would give a second unfinished job the same unique key.
+    #[error("job {id} cannot be retried: unfinished job {holder} holds its unique key")]
+    UniqueKeyHeld {
+        /// The job that was to be retried.
+        id: i64,
+        /// The unfinished job holding the key.
+        holder: i64,
+    },
+    /// No schedule has this name.
+    #[error("no schedule named {0:?}")]
+    ScheduleNotFound(String),
+    /// No job kind with this name is registered.
+    #[error("no job kind named {0:?} is registered")]
+    UnknownKind(String),
+    /// A domain state transition was refused (see [`crate::state_machine`]).
+    #[error(transparent)]
+    Transition(#[from] crate::state_machine::TransitionError),
+}
+
+impl Error {
+    /// True for a unique-constraint violation reported by either backend.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Error::Database(e) if is_unique_violation(e))
+    }
+}
+
+/// True when a sqlx error is a unique-constraint violation, on either backend.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! The veza-jobs engine: durable, typed, retried jobs on SQLite or Postgres, with no
+//! knowledge of the marketplace's domain.
+//!
+//! - [`Job`]: a kind's args, name and policy; handlers return [`Outcome`] or [`JobError`].
+//! - [`Engine`]: enqueue (also inside the caller's transaction), cancel, retry.
+//! - [`worker::WorkerPool`]: batched claims, leases with heartbeats, batched acks.
+//! - [`scheduler`]: named schedules, one job per tick across processes.
+//! - [`state_machine`]: the one way a domain row changes status, with its audit trail.
+//! - [`shutdown`], [`config`], [`telemetry`], [`retention`], and `testing` (feature `test-util`).
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod engine;
+pub mod error;
+pub mod job;
+pub mod registry;
+pub mod retention;
+pub mod scheduler;
+pub mod shutdown;
+pub mod state_machine;
+pub mod storage;
+pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod wakeup;
+pub mod worker;
+
+pub use clock::{Clock, Millis};
+pub use db::{Backend, Db, DbConn};
+pub use engine::{Engine, RetentionSettings, WorkerSettings};
+pub use error::{Error, Result};
+pub use job::{Enqueued, Job, JobError, JobPolicy, JobState, NewJob, Outcome, RetryPolicy};
+pub use registry::{JobContext, Registry};
+pub use state_machine::Actor;

@@ -1,0 +1,355 @@
+//! The test kit (feature `test-util`): a fresh database per test on each backend, running a
+//! job through its real handler, asserting what was enqueued, draining the queue, a manual
+//! clock (see [`crate::Clock::manual`]) and a TCP proxy that simulates a database outage.
+//!
+//! Postgres tests need `TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`,
+//! a role that may create databases). Without it they print that they are skipped, unless
+//! `CI` is set: in CI a missing Postgres fails the test.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::join_all;
+use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::clock::Clock;
+use crate::db::{self, Backend, Db};
+use crate::engine::{Engine, WorkerSettings};
+use crate::job::{Job, JobError, JobState, Outcome};
+use crate::registry::{JobContext, Registry};
+use crate::storage::{self, AttemptEnd};
+
+/// Runs each named `async fn name(db: TestDb)` once per backend, as tests
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(db) = $crate::testing::TestDb::new($crate::Backend::Sqlite).await {
+                    super::$name(db).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::testing::TestDb::new($crate::Backend::Postgres).await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// The admin URL for Postgres tests, or `None` to skip them (a panic under `CI`).
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        Some(url) => Some(url),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("TEST_POSTGRES_URL is unset but CI is set: Postgres tests must run in CI")
+        }
+        None => {
+            eprintln!("skipped: TEST_POSTGRES_URL unset, Postgres variant not run");
+            None
+        }
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{:06x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// A freshly created, migrated database, removed when dropped.
+pub struct TestDb {
+    /// The pool.
+    pub db: Db,
+    /// Its backend.
+    pub backend: Backend,
+    /// Its URL (for child processes and LISTEN).
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(PathBuf),
+    PgDatabase { admin_url: String, name: String },
+}
+
+impl TestDb {
+    /// A new database on `backend`, or `None` when that backend is skipped here.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let (url, cleanup) = match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{}.db", unique_name("veza_test")));
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    Cleanup::File(path),
+                )
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url()?;
+                let name = unique_name("veza_test");
+                let mut admin = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .expect("connect to TEST_POSTGRES_URL");
+                sqlx::Executor::execute(
+                    &mut admin,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+                )
+                .await
+                .expect("create test database");
+                let url = with_database(&admin_url, &name);
+                (url, Cleanup::PgDatabase { admin_url, name })
+            }
+        };
+        let (db, backend) = db::connect(&url, 8)
+            .await
+            .expect("connect to the test database");
+        db::migrate(&db, backend)
+            .await
+            .expect("migrate the test database");
+        Some(Self {
+            db,
+            backend,
+            url,
+            cleanup,
+        })
+    }
+
+    /// An engine on this database with `registry`, `clock` and fast test worker settings
+    /// (lease 2 s, heartbeat 200 ms, poll 50 ms).
+    pub fn engine(&self, registry: Registry, clock: Clock) -> Engine {
+        Engine::builder(self.db.clone(), self.backend, self.url.clone())
+            .registry(registry)
+            .clock(clock)
+            .workers(fast_worker_settings())
+            .build()
+    }
+}
+
+/// Worker settings for tests: short lease, quick heartbeat and polling.
+pub fn fast_worker_settings() -> WorkerSettings {
+    WorkerSettings {
+        lease_ttl: std::time::Duration::from_secs(2),
+        heartbeat_interval: std::time::Duration::from_millis(200),
+        poll_interval: std::time::Duration::from_millis(50),
+        ..WorkerSettings::default()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::PgDatabase { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime: do the async cleanup on a thread.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async move {
+                        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ =
+                                sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(sql)).await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Runs `args` through the registered handler of `J` in-process, after a JSON round trip
+/// (as the worker would see it), with job id 0 and attempt 1. Panics if `J` is not
+/// registered in `engine`.
+pub async fn perform_job<J: Job>(engine: &Engine, args: &J) -> Result<Outcome, JobError> {
+    let json = serde_json::to_string(args).expect("args encode as JSON");
+    let entry = engine
+        .registry()
+        .get(J::KIND)
+        .unwrap_or_else(|| panic!("kind {:?} is not registered", J::KIND));
+    let ctx = JobContext {
+        job_id: 0,
+        kind: entry.kind,
+        attempt: 1,
+        max_attempts: entry.policy.retry.max_attempts,
+        worker_id: "test".into(),
+        engine: engine.clone(),
+    };
+    let fut = entry
+        .start(&json, ctx)
+        .expect("args decode after a JSON round trip");
+    fut.await
+}
+
+/// Every job of kind `J` with its id, state and decoded args, oldest first.
+pub async fn enqueued<J: Job>(engine: &Engine) -> Vec<(i64, JobState, J)> {
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, status, args FROM jobs WHERE kind = $1 ORDER BY id")
+            .bind(J::KIND)
+            .fetch_all(engine.db())
+            .await
+            .expect("query jobs");
+    rows.into_iter()
+        .map(|(id, status, args)| {
+            (
+                id,
+                status.parse().expect("valid status"),
+                serde_json::from_str(&args).expect("args decode"),
+            )
+        })
+        .collect()
+}
+
+/// Asserts an unfinished job of kind `J` whose args satisfy `pred` exists; returns its id.
+pub async fn assert_enqueued<J: Job + std::fmt::Debug>(
+    engine: &Engine,
+    pred: impl Fn(&J) -> bool,
+) -> i64 {
+    let jobs = enqueued::<J>(engine).await;
+    jobs.iter()
+        .find(|(_, state, args)| !state.is_final() && pred(args))
+        .map(|(id, _, _)| *id)
+        .unwrap_or_else(|| panic!("no unfinished {:?} job matched; found {jobs:?}", J::KIND))
+}
+
+/// What [`drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Attempts that succeeded (skips included).
+    pub succeeded: usize,
+    /// Attempts that failed and will be retried.
+    pub retried: usize,
+    /// Attempts that failed for good.
+    pub failed: usize,
+}
+
+/// Runs every due job of every registered kind, in passes of up to each kind's
+/// concurrency, until a pass finds nothing due (by the engine's clock). Jobs made due
+/// later (retries) wait: advance a manual clock and drain again.
+pub async fn drain(engine: &Engine) -> DrainReport {
+    let mut report = DrainReport::default();
+    let worker = std::sync::Arc::clone(&engine.workers().worker_id);
+    loop {
+        let mut claimed = Vec::new();
+        for entry in engine.registry().kinds() {
+            let now = engine.clock().now_ms();
+            let jobs = storage::claim(
+                engine.db(),
+                engine.backend(),
+                entry.kind,
+                &worker,
+                now,
+                now + 60_000,
+                entry.policy.concurrency,
+            )
+            .await
+            .expect("claim");
+            claimed.extend(jobs);
+        }
+        if claimed.is_empty() {
+            return report;
+        }
+        let acks = join_all(
+            claimed
+                .into_iter()
+                .map(|job| crate::worker::run_attempt(engine, job)),
+        )
+        .await;
+        for a in &acks {
+            match a.end {
+                AttemptEnd::Succeeded { .. } => report.succeeded += 1,
+                AttemptEnd::Retry { .. } => report.retried += 1,
+                AttemptEnd::Fail { .. } => report.failed += 1,
+            }
+        }
+        storage::ack(engine.db(), &worker, engine.clock().now_ms(), &acks)
+            .await
+            .expect("ack");
+    }
+}
+
+/// A TCP proxy in front of a database, to cut and restore the connection in outage tests.
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl TcpProxy {
+    /// Starts proxying `127.0.0.1:<random>` to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (up2, live2) = (Arc::clone(&up), Arc::clone(&live));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused while the "database" is down
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                live2.lock().expect("proxy lock").push(task.abort_handle());
+            }
+        });
+        Self { addr, up, live }
+    }
+
+    /// Simulates an outage: drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.live.lock().expect("proxy lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Ends the outage.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

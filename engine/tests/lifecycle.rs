@@ -1,0 +1,245 @@
+//! A job's life on both backends: success, retries with persisted backoff, exhaustion,
+//! permanent errors, panics, undecodable args.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use engine::testing::{TestDb, drain};
+use engine::worker::WorkerPool;
+use engine::{Clock, JobState, NewJob, admin, backend_tests};
+use support::{Behaviour, Probe, Runs, eventually, registry};
+
+fn start() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+backend_tests!(
+    enqueued_job_runs_on_a_worker_and_succeeds,
+    transient_failure_retries_with_persisted_backoff,
+    exhausted_attempts_fail_and_are_never_fetched_again,
+    permanent_error_fails_at_once,
+    skipped_job_succeeds_with_its_reason,
+    panic_is_a_failed_attempt_and_leaves_nothing_running,
+    undecodable_args_fail_that_job_and_the_worker_goes_on,
+);
+
+async fn enqueued_job_runs_on_a_worker_and_succeeds(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::system());
+    let pool = WorkerPool::start(&engine);
+    let id = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+
+    let done = eventually(10, || async {
+        admin::get_job(engine.db(), id).await.unwrap().job.status == JobState::Succeeded
+    })
+    .await;
+    assert!(done, "job did not succeed");
+
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.attempts.len(), 1);
+    let a = &job.attempts[0];
+    assert_eq!(a.attempt, 1);
+    assert_eq!(a.outcome.as_deref(), Some("succeeded"));
+    assert_eq!(a.worker_id, &*engine.workers().worker_id);
+    assert!(a.finished_at.unwrap() >= a.started_at);
+    assert!(job.job.finished_at.is_some());
+    assert_eq!(runs.get(), 1);
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+}
+
+async fn transient_failure_retries_with_persisted_backoff(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let id = engine
+        .enqueue(Probe::new(Behaviour::FailTimes(2)))
+        .await
+        .unwrap()
+        .id();
+
+    // Attempt 1 fails: retrying, next run 10 s (base) ± 10 % later, persisted on the row.
+    assert_eq!(drain(&engine).await.retried, 1);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Retrying);
+    let wait = job.job.run_at - clock.now_ms();
+    assert!((9_000..=11_000).contains(&wait), "first backoff {wait} ms");
+    // Not due yet: nothing runs.
+    assert_eq!(drain(&engine).await, Default::default());
+
+    // Attempt 2 fails: 20 s ± 10 %.
+    clock.advance(Duration::from_millis(wait as u64));
+    assert_eq!(drain(&engine).await.retried, 1);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    let wait = job.job.run_at - clock.now_ms();
+    assert!(
+        (18_000..=22_000).contains(&wait),
+        "second backoff {wait} ms"
+    );
+
+    // A new engine on the same database (a restart) keeps the schedule.
+    let restarted = t.engine(registry(&runs), clock.clone());
+    assert_eq!(drain(&restarted).await, Default::default());
+    clock.advance(Duration::from_millis(wait as u64));
+    assert_eq!(drain(&restarted).await.succeeded, 1);
+
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Succeeded);
+    let history: Vec<_> = job
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.clone().unwrap(), a.error.clone()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, "retrying".into(), Some("flaky on attempt 1".into())),
+            (2, "retrying".into(), Some("flaky on attempt 2".into())),
+            (3, "succeeded".into(), None),
+        ]
+    );
+}
+
+async fn exhausted_attempts_fail_and_are_never_fetched_again(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let id = engine
+        .enqueue(Probe::new(Behaviour::FailTransient))
+        .await
+        .unwrap()
+        .id();
+    for _ in 0..3 {
+        drain(&engine).await;
+        clock.advance(Duration::from_secs(120));
+    }
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Failed);
+    assert_eq!(job.attempts.len(), 3);
+    assert!(
+        job.job
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("attempts exhausted (3/3): boom on attempt 3")
+    );
+    clock.advance(Duration::from_secs(86_400));
+    assert_eq!(drain(&engine).await, Default::default());
+    assert_eq!(runs.get(), 3);
+}
+
+async fn permanent_error_fails_at_once(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let id = engine
+        .enqueue(Probe::new(Behaviour::FailPermanent))
+        .await
+        .unwrap()
+        .id();
+    assert_eq!(drain(&engine).await.failed, 1);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Failed);
+    assert_eq!(job.job.last_error.as_deref(), Some("bad input"));
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("failed"));
+}
+
+async fn skipped_job_succeeds_with_its_reason(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let id = engine
+        .enqueue(Probe::new(Behaviour::Skip))
+        .await
+        .unwrap()
+        .id();
+    drain(&engine).await;
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Succeeded);
+    assert_eq!(job.job.note.as_deref(), Some("REDIS_URL not set"));
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("skipped"));
+    assert_eq!(job.attempts[0].error.as_deref(), Some("REDIS_URL not set"));
+}
+
+async fn panic_is_a_failed_attempt_and_leaves_nothing_running(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let id = engine
+        .enqueue(NewJob::new(Probe::new(Behaviour::Panic)).max_attempts(2))
+        .await
+        .unwrap()
+        .id();
+    assert_eq!(drain(&engine).await.retried, 1);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Retrying);
+    assert_eq!(
+        job.attempts[0].error.as_deref(),
+        Some("panicked: handler exploded")
+    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(drain(&engine).await.failed, 1);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Failed);
+    let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    assert_eq!(running, 0);
+}
+
+async fn undecodable_args_fail_that_job_and_the_worker_goes_on(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::system());
+    // A row written by an older release (or by hand) that no longer decodes.
+    let bad: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, status, max_attempts, run_at, created_at) \
+         VALUES ('probe', '{\"behaviour\":\"Teleport\"}', 'pending', 3, 0, 0) RETURNING id",
+    )
+    .fetch_one(engine.db())
+    .await
+    .unwrap();
+    let good = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    let pool = WorkerPool::start(&engine);
+    let settled = eventually(10, || async {
+        let b = admin::get_job(engine.db(), bad).await.unwrap().job.status;
+        let g = admin::get_job(engine.db(), good).await.unwrap().job.status;
+        b == JobState::Failed && g == JobState::Succeeded
+    })
+    .await;
+    assert!(settled, "bad row should fail and good row succeed");
+    let bad = admin::get_job(engine.db(), bad).await.unwrap();
+    let err = bad.job.last_error.unwrap();
+    assert!(
+        err.starts_with("args do not decode as probe: unknown variant `Teleport`"),
+        "{err}"
+    );
+    assert_eq!(
+        bad.attempts.len(),
+        1,
+        "a decode error is permanent: no retries"
+    );
+    // The worker is still alive and takes new work.
+    let later = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    assert!(
+        eventually(10, || async {
+            admin::get_job(engine.db(), later).await.unwrap().job.status == JobState::Succeeded
+        })
+        .await
+    );
+    assert!(pool.is_alive());
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+}

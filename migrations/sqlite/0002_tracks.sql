@@ -1,0 +1,11 @@
+-- Uploaded tracks (the part of the platform's table the media jobs need).
+-- Only jobs/src/tracks/state.rs writes `status`.
+CREATE TABLE tracks (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    status         TEXT    NOT NULL CHECK (status IN ('processing', 'ready', 'failed')),
+    status_message TEXT,
+    file_path      TEXT    NOT NULL,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+CREATE INDEX tracks_status_created ON tracks (status, created_at);
