@@ -1,0 +1,362 @@
+//! Transactional enqueue, unique keys and the admin operations, on both backends.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use engine::admin::{self, JobFilter};
+use engine::testing::{TestDb, drain};
+use engine::worker::WorkerPool;
+use engine::{
+    Actor, Backend, Clock, Enqueued, Error, JobState, NewJob, WorkerSettings, backend_tests,
+};
+use support::{Behaviour, Probe, Runs, eventually, registry};
+
+fn start() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+backend_tests!(
+    rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs,
+    unique_key_held_by_an_unfinished_job_returns_that_job,
+    cancel_stops_a_waiting_job_and_refuses_others,
+    retry_gives_a_failed_job_fresh_attempts_and_keeps_its_history,
+    list_filters_and_pages_with_a_stable_cursor,
+    stats_count_per_kind_and_status_with_oldest_pending_age,
+);
+
+async fn rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::system());
+    let pool = WorkerPool::start(&engine);
+
+    // A business write and its job, rolled back together.
+    let mut tx = engine.db().begin().await.unwrap();
+    sqlx::query("INSERT INTO tracks (status, file_path, created_at, updated_at) VALUES ('processing', 'a.mp3', 0, 0)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    engine
+        .enqueue_tx(&mut tx, Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    let tracks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tracks")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    assert_eq!((jobs, tracks), (0, 0));
+
+    // Committed: the job runs. On Postgres the NOTIFY sent at commit wakes the worker, so
+    // do not call engine.wake(); on SQLite the worker's poll finds it.
+    let mut tx = engine.db().begin().await.unwrap();
+    let id = engine
+        .enqueue_tx(&mut tx, Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    tx.commit().await.unwrap();
+    assert!(
+        eventually(10, || async {
+            admin::get_job(engine.db(), id).await.unwrap().job.status == JobState::Succeeded
+        })
+        .await
+    );
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+}
+
+async fn unique_key_held_by_an_unfinished_job_returns_that_job(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let job = || NewJob::new(Probe::new(Behaviour::Succeed)).unique_key("thumbnail:track:7");
+    let first = engine.enqueue(job()).await.unwrap();
+    assert!(matches!(first, Enqueued::Inserted(_)));
+
+    // Inside a transaction that goes on afterwards: no error, nothing inserted, tx usable.
+    let mut tx = engine.db().begin().await.unwrap();
+    let second = engine.enqueue_tx(&mut tx, job()).await.unwrap();
+    assert_eq!(second, Enqueued::Existing(first.id()));
+    sqlx::query("INSERT INTO tracks (status, file_path, created_at, updated_at) VALUES ('processing', 'b.mp3', 0, 0)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+
+    // Once the holder finished, the key is free again.
+    drain(&engine).await;
+    let third = engine.enqueue(job()).await.unwrap();
+    assert!(matches!(third, Enqueued::Inserted(id) if id != first.id()));
+}
+
+async fn cancel_stops_a_waiting_job_and_refuses_others(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let admin_key = Actor::api_key(1);
+    let pending = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    let retrying = engine
+        .enqueue(Probe::new(Behaviour::FailTransient))
+        .await
+        .unwrap()
+        .id();
+    engine.cancel(pending, &admin_key).await.unwrap();
+    drain(&engine).await; // runs `retrying` once
+    assert_eq!(
+        admin::get_job(engine.db(), retrying)
+            .await
+            .unwrap()
+            .job
+            .status,
+        JobState::Retrying
+    );
+    engine.cancel(retrying, &admin_key).await.unwrap();
+
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        drain(&engine).await,
+        Default::default(),
+        "cancelled jobs are not picked up"
+    );
+    assert_eq!(runs.get(), 1);
+
+    match engine.cancel(pending, &admin_key).await {
+        Err(Error::InvalidJobState {
+            state: JobState::Cancelled,
+            operation: "cancel",
+            ..
+        }) => {}
+        other => panic!("expected a refused cancel, got {other:?}"),
+    }
+    assert!(matches!(
+        engine.cancel(999_999, &admin_key).await,
+        Err(Error::JobNotFound(999_999))
+    ));
+    let audit = engine::state_machine::history(
+        &mut *engine.db().acquire().await.unwrap(),
+        "job",
+        &pending.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].from_status.as_str(),
+            audit[0].to_status.as_str(),
+            audit[0].actor.as_str()
+        ),
+        ("pending", "cancelled", "api_key:1")
+    );
+}
+
+async fn retry_gives_a_failed_job_fresh_attempts_and_keeps_its_history(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let id = engine
+        .enqueue(Probe::new(Behaviour::FailPermanent))
+        .await
+        .unwrap()
+        .id();
+    drain(&engine).await;
+    assert!(matches!(
+        engine.retry(id + 1000, &Actor::cli()).await,
+        Err(Error::JobNotFound(_))
+    ));
+    engine.retry(id, &Actor::cli()).await.unwrap();
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(
+        (job.job.status, job.job.attempt, job.job.finished_at),
+        (JobState::Pending, 0, None)
+    );
+    drain(&engine).await;
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Failed);
+    assert_eq!(job.attempts.len(), 2, "history kept across the retry");
+
+    // A retry is refused for a job that is not failed or cancelled…
+    let ok = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    assert!(matches!(
+        engine.retry(ok, &Actor::cli()).await,
+        Err(Error::InvalidJobState {
+            state: JobState::Pending,
+            ..
+        })
+    ));
+    // …and while another unfinished job holds its unique key.
+    let keyed = engine
+        .enqueue(NewJob::new(Probe::new(Behaviour::FailPermanent)).unique_key("k"))
+        .await
+        .unwrap()
+        .id();
+    drain(&engine).await;
+    let holder = engine
+        .enqueue(NewJob::new(Probe::new(Behaviour::Succeed)).unique_key("k"))
+        .await
+        .unwrap()
+        .id();
+    match engine.retry(keyed, &Actor::cli()).await {
+        Err(Error::UniqueKeyHeld { id, holder: h }) => assert_eq!((id, h), (keyed, holder)),
+        other => panic!("expected UniqueKeyHeld, got {other:?}"),
+    }
+}
+
+async fn list_filters_and_pages_with_a_stable_cursor(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let b = if i % 2 == 0 {
+            Behaviour::Succeed
+        } else {
+            Behaviour::FailPermanent
+        };
+        ids.push(engine.enqueue(Probe::new(b)).await.unwrap().id());
+        clock.advance(Duration::from_secs(1));
+    }
+    drain(&engine).await;
+
+    let failed = admin::list_jobs(
+        engine.db(),
+        &JobFilter {
+            status: Some(JobState::Failed),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        failed.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[5], ids[3], ids[1]]
+    );
+
+    // Page through everything, 3 at a time, while new jobs arrive: no duplicates, no gaps.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = admin::list_jobs(
+            engine.db(),
+            &JobFilter {
+                before_id: cursor,
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        engine
+            .enqueue(Probe::new(Behaviour::Succeed))
+            .await
+            .unwrap();
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    // Time range on created_at: [t0+2s, t0+4s).
+    let t0 = start().timestamp_millis();
+    let ranged = admin::list_jobs(
+        engine.db(),
+        &JobFilter {
+            since: Some(t0 + 2000),
+            until: Some(t0 + 4000),
+            kind: Some("probe".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ranged.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[3], ids[2]]
+    );
+}
+
+async fn stats_count_per_kind_and_status_with_oldest_pending_age(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    drain(&engine).await;
+    engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(90));
+    engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    let stats = admin::stats(engine.db(), clock.now_ms()).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].kind, "probe");
+    assert_eq!(stats[0].counts["succeeded"], 1);
+    assert_eq!(stats[0].counts["pending"], 2);
+    assert_eq!(stats[0].counts["failed"], 0);
+    assert_eq!(stats[0].oldest_pending_age_ms, Some(90_000));
+}
+
+/// Postgres only: a worker whose poll interval is a minute still starts a job committed by
+/// another process (another engine) at once, because the commit sends NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commit_wakes_workers_of_other_processes_without_polling() {
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let runs = Runs::default();
+    let worker_engine = engine::Engine::builder(t.db.clone(), t.backend, t.url.clone())
+        .registry(registry(&runs))
+        .workers(WorkerSettings {
+            poll_interval: Duration::from_secs(60),
+            ..engine::testing::fast_worker_settings()
+        })
+        .build();
+    let pool = WorkerPool::start(&worker_engine);
+    tokio::time::sleep(Duration::from_millis(300)).await; // first (empty) claim done, LISTEN up
+    let producer = t.engine(registry(&runs), Clock::system());
+    let mut tx = producer.db().begin().await.unwrap();
+    let id = producer
+        .enqueue_tx(&mut tx, Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    tx.commit().await.unwrap();
+    let started = eventually(5, || async {
+        admin::get_job(&t.db, id).await.unwrap().job.status == JobState::Succeeded
+    })
+    .await;
+    assert!(
+        started,
+        "a NOTIFY at commit should wake the worker long before its 60 s poll"
+    );
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+}
