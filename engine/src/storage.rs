@@ -463,15 +463,6 @@ fn id_list(ids: impl Iterator<Item = i64>) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn id_list_is_comma_separated() {
-        assert_eq!(super::id_list([1, 22, 333].into_iter()), "1, 22, 333");
-        assert_eq!(super::id_list(std::iter::empty()), "");
-    }
-}
-
 /// The current status of a job, or `JobNotFound`.
 pub async fn status_of(conn: &mut DbConn, id: i64) -> Result<JobState> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
@@ -628,4 +619,13 @@ pub async fn prune_batch(db: &Db, status: JobState, before: Millis, batch: i64) 
     .rows_affected();
     tx.commit().await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn id_list_is_comma_separated() {
+        assert_eq!(super::id_list([1, 22, 333].into_iter()), "1, 22, 333");
+        assert_eq!(super::id_list(std::iter::empty()), "");
+    }
 }

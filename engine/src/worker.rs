@@ -407,10 +407,10 @@ async fn heartbeat_loop(engine: Engine, in_flight: Arc<InFlight>, mut stop: watc
                 tracing::warn!(error = %e, jobs = ids.len(), "lease renewal failed; will retry");
             }
         }
-        if !*stop.borrow() {
-            if let Err(e) = rescue_expired(&engine).await {
-                tracing::warn!(error = %e, "rescuing expired leases failed; will retry");
-            }
+        if !*stop.borrow()
+            && let Err(e) = rescue_expired(&engine).await
+        {
+            tracing::warn!(error = %e, "rescuing expired leases failed; will retry");
         }
     }
 }

@@ -147,7 +147,7 @@ async fn cancel_stops_a_waiting_job_and_refuses_others(t: TestDb) {
         Err(Error::JobNotFound(999_999))
     ));
     let audit = engine::state_machine::history(
-        &mut *engine.db().acquire().await.unwrap(),
+        &mut engine.db().acquire().await.unwrap(),
         "job",
         &pending.to_string(),
     )

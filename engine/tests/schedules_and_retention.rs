@@ -259,7 +259,7 @@ async fn concurrent_transitions_from_one_state_have_exactly_one_winner(t: TestDb
             "{loser:?}"
         );
         let audit = state_machine::history(
-            &mut *t.db.acquire().await.unwrap(),
+            &mut t.db.acquire().await.unwrap(),
             "track",
             &id.to_string(),
         )

@@ -94,7 +94,7 @@ async fn stuck_track_without_its_file_is_failed_with_the_message(t: TestDb) {
         ("failed".into(), Some(STATUS_MESSAGE.into()))
     );
     let audit = engine::state_machine::history(
-        &mut *w.engine.db().acquire().await.unwrap(),
+        &mut w.engine.db().acquire().await.unwrap(),
         "track",
         &id.to_string(),
     )
