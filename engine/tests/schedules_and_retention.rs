@@ -258,13 +258,10 @@ async fn concurrent_transitions_from_one_state_have_exactly_one_winner(t: TestDb
             matches!(loser, Err(TransitionError::Stale { .. })),
             "{loser:?}"
         );
-        let audit = state_machine::history(
-            &mut t.db.acquire().await.unwrap(),
-            "track",
-            &id.to_string(),
-        )
-        .await
-        .unwrap();
+        let audit =
+            state_machine::history(&mut t.db.acquire().await.unwrap(), "track", &id.to_string())
+                .await
+                .unwrap();
         assert_eq!(audit.len(), 1, "one audit row, the winner's");
         let (status, message): (String, String) =
             sqlx::query_as("SELECT status, status_message FROM tracks WHERE id = $1")
