@@ -291,4 +291,39 @@ impl Engine {
         self.wakeup().notify_all();
         Ok(state)
     }
+
+    /// Enqueues many jobs of one kind on `conn`, the caller's transaction, with one
+    /// multi-row INSERT per [`storage::INSERT_CHUNK`] rows; returns their ids in the order
+    /// of `jobs`. They exist if and only if that transaction commits.
+    ///
+    /// A job with a unique key is inserted on its own, as by [`Engine::enqueue_tx`]: if an
+    /// unfinished job holds the key, nothing is inserted and the holder's id is returned in
+    /// its place.
+    ///
+    /// On Postgres, workers in every process are woken at commit (one NOTIFY for the kind).
+    /// On SQLite, call [`Engine::wake`] after commit for an immediate start.
+    pub async fn enqueue_many<J: Job>(
+        &self,
+        conn: &mut DbConn,
+        jobs: Vec<NewJob<J>>,
+    ) -> Result<Vec<i64>> {
+        let now = self.clock().now_ms();
+        let args = jobs
+            .iter()
+            .map(|job| serde_json::to_string(&job.args))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rows: Vec<InsertJob<'_>> = jobs
+            .iter()
+            .zip(&args)
+            .map(|(job, args)| InsertJob {
+                kind: J::KIND,
+                args,
+                priority: job.priority.unwrap_or(J::POLICY.priority),
+                max_attempts: job.max_attempts.unwrap_or(J::POLICY.retry.max_attempts),
+                run_at: job.run_at.unwrap_or(now),
+                unique_key: job.unique_key.as_deref(),
+            })
+            .collect();
+        storage::insert_jobs(conn, &rows, now).await
+    }
 }

@@ -218,29 +218,36 @@ pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec
     let mut tx = conn.begin().await?;
     let mut lost = Vec::new();
 
-    // The common case, plain successes, in two statements whatever their number.
-    let plain: Vec<i64> = acks
+    // The common case, plain successes, in two statements whatever their number. Each row
+    // is matched on (id, attempt), so a late ack of an older attempt never completes a newer
+    // one that another claim started after a lease expiry.
+    let plain: Vec<(i64, u32)> = acks
         .iter()
         .filter(|a| matches!(a.end, AttemptEnd::Succeeded { skipped: None }))
-        .map(|a| a.id)
+        .map(|a| (a.id, a.attempt))
         .collect();
     if !plain.is_empty() {
-        let done: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        let done: Vec<(i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'succeeded', finished_at = $1, locked_by = NULL, \
                  lease_expires_at = NULL \
-             WHERE id IN ({}) AND status = 'running' AND locked_by = $2 RETURNING id",
-            id_list(plain.iter().copied())
+             WHERE (id, attempt) IN (VALUES {}) AND status = 'running' AND locked_by = $2 \
+             RETURNING id, attempt",
+            pair_list(&plain)
         )))
         .bind(now)
         .bind(worker)
         .persistent(false)
         .fetch_all(&mut *tx)
         .await?;
+        let done: Vec<(i64, u32)> = done
+            .into_iter()
+            .map(|(id, attempt)| (id, u32::try_from(attempt).unwrap_or(0)))
+            .collect();
         if !done.is_empty() {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE job_attempts SET finished_at = $1, outcome = 'succeeded' \
-                 WHERE job_id IN ({}) AND worker_id = $2 AND finished_at IS NULL",
-                id_list(done.iter().copied())
+                 WHERE (job_id, attempt) IN (VALUES {}) AND worker_id = $2 AND finished_at IS NULL",
+                pair_list(&done)
             )))
             .bind(now)
             .bind(worker)
@@ -248,7 +255,12 @@ pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec
             .execute(&mut *tx)
             .await?;
         }
-        lost.extend(plain.iter().filter(|id| !done.contains(id)));
+        lost.extend(
+            plain
+                .iter()
+                .filter(|p| !done.contains(p))
+                .map(|(id, _)| *id),
+        );
     }
 
     for a in acks {
@@ -420,7 +432,8 @@ pub async fn rescue(
 }
 
 /// Hands jobs this worker could not finish before shutdown back to the queue, due now, for
-/// another worker. The cut-off attempt is recorded as `released`.
+/// another worker. The cut-off attempt is recorded as `released` and given back: a deploy
+/// does not use up a job's attempts (the next attempt reuses its number).
 pub async fn release(db: &Db, worker: &str, ids: &[i64], now: Millis) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
@@ -438,7 +451,8 @@ pub async fn release(db: &Db, worker: &str, ids: &[i64], now: Millis) -> Result<
     .execute(&mut *tx)
     .await?;
     let n = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'pending', run_at = $1, locked_by = NULL, lease_expires_at = NULL \
+        "UPDATE jobs SET status = 'pending', attempt = attempt - 1, run_at = $1, locked_by = NULL, \
+             lease_expires_at = NULL \
          WHERE id IN ({list}) AND status = 'running' AND locked_by = $2"
     )))
     .bind(now)
@@ -449,6 +463,18 @@ pub async fn release(db: &Db, worker: &str, ids: &[i64], now: Millis) -> Result<
     .rows_affected();
     tx.commit().await?;
     Ok(n)
+}
+
+/// `(1, 2), (3, 4)`: (id, attempt) pairs for an `IN (VALUES …)` list.
+fn pair_list(pairs: &[(i64, u32)]) -> String {
+    let mut s = String::new();
+    for (i, (id, attempt)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "({id}, {attempt})");
+    }
+    s
 }
 
 /// `1, 2, 3`: integer ids for an `IN (…)` list.
@@ -619,6 +645,101 @@ pub async fn prune_batch(db: &Db, status: JobState, before: Millis, batch: i64) 
     .rows_affected();
     tx.commit().await?;
     Ok(n)
+}
+
+/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 5 bound values a row (plus one
+/// shared `created_at`), far under SQLite's 32,766 and Postgres' 65,535 parameters.
+pub const INSERT_CHUNK: usize = 500;
+
+/// Inserts many jobs on `conn` (the caller's transaction, if it has one) and returns their
+/// ids in the order of `jobs`: one multi-row INSERT, with bound parameters, per run of up to
+/// [`INSERT_CHUNK`] rows.
+///
+/// Unique keys are not handled by the batched statement: a row that has one is inserted in
+/// its place through [`insert_job`], so its key is honoured and its id is that of the
+/// unfinished job holding the key, if one does (as [`Enqueued::id`]).
+///
+/// On Postgres, one NOTIFY per kind that has a job due now is queued, delivered at commit
+/// (rows with a unique key send theirs through [`insert_job`]; Postgres folds duplicates).
+pub async fn insert_jobs(
+    conn: &mut DbConn,
+    jobs: &[InsertJob<'_>],
+    now: Millis,
+) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut due_kinds: Vec<&str> = Vec::new();
+    let mut rest = jobs;
+    while let Some(first) = rest.first() {
+        if first.unique_key.is_some() {
+            ids.push(insert_job(conn, first, now).await?.id());
+            rest = &rest[1..];
+            continue;
+        }
+        let run = rest
+            .iter()
+            .take(INSERT_CHUNK)
+            .take_while(|j| j.unique_key.is_none())
+            .count();
+        let (chunk, tail) = rest.split_at(run);
+        rest = tail;
+
+        // $1 is `created_at`, shared; then 5 values a row.
+        let mut sql = String::from(
+            "INSERT INTO jobs (kind, args, status, priority, attempt, max_attempts, run_at, created_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = 2 + 5 * i;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(
+                sql,
+                "(${}, ${}, 'pending', ${}, 0, ${}, ${}, $1)",
+                p,
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4
+            );
+        }
+        sql.push_str(" RETURNING id");
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).bind(now);
+        for job in chunk {
+            query = query
+                .bind(job.kind)
+                .bind(job.args)
+                .bind(job.priority)
+                .bind(i64::from(job.max_attempts))
+                .bind(job.run_at);
+        }
+        let mut inserted = query.fetch_all(&mut *conn).await?;
+        if inserted.len() != chunk.len() {
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "bulk insert of {} jobs returned {} ids",
+                chunk.len(),
+                inserted.len()
+            ))));
+        }
+        // One statement draws its ids in row order (AUTOINCREMENT / the sequence), while
+        // the order RETURNING reports them in is unspecified: ascending ids are row order.
+        inserted.sort_unstable();
+        ids.extend(inserted);
+        for job in chunk {
+            if job.run_at <= now && !due_kinds.contains(&job.kind) {
+                due_kinds.push(job.kind);
+            }
+        }
+    }
+    if Backend::of(conn) == Backend::Postgres {
+        for kind in due_kinds {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

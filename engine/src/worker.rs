@@ -50,10 +50,12 @@ impl Backoff {
     }
 }
 
-/// Jobs this process holds a lease on: renewed by the heartbeat, released at shutdown.
+/// Jobs this process holds a lease on, with the attempt it runs: renewed by the heartbeat,
+/// released at shutdown. Keyed by job id, but an entry is only removed by the ack of the
+/// same attempt, so a late ack of an older attempt cannot drop the lease of a newer one.
 #[derive(Default)]
 struct InFlight {
-    jobs: Mutex<HashMap<i64, Option<AbortHandle>>>,
+    jobs: Mutex<HashMap<i64, (u32, Option<AbortHandle>)>>,
 }
 
 impl InFlight {
@@ -65,13 +67,18 @@ impl InFlight {
             .copied()
             .collect()
     }
+    fn contains(&self, id: i64) -> bool {
+        self.jobs.lock().expect("in-flight lock").contains_key(&id)
+    }
     fn is_empty(&self) -> bool {
         self.jobs.lock().expect("in-flight lock").is_empty()
     }
-    fn remove(&self, ids: impl IntoIterator<Item = i64>) {
+    fn remove(&self, acked: impl IntoIterator<Item = (i64, u32)>) {
         let mut jobs = self.jobs.lock().expect("in-flight lock");
-        for id in ids {
-            jobs.remove(&id);
+        for (id, attempt) in acked {
+            if jobs.get(&id).is_some_and(|(a, _)| *a == attempt) {
+                jobs.remove(&id);
+            }
         }
     }
 }
@@ -248,7 +255,9 @@ impl WorkerPool {
         }
         let cut_off: Vec<AbortHandle> = {
             let jobs = self.in_flight.jobs.lock().expect("in-flight lock");
-            jobs.values().flatten().cloned().collect()
+            jobs.values()
+                .filter_map(|(_, handle)| handle.clone())
+                .collect()
         };
         for handle in &cut_off {
             handle.abort();
@@ -329,12 +338,12 @@ async fn fetch_loop(
         };
         let drained = jobs.len() < asked;
         for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
-            let id = job.id;
+            let (id, attempt) = (job.id, job.attempt);
             in_flight
                 .jobs
                 .lock()
                 .expect("in-flight lock")
-                .insert(id, None);
+                .insert(id, (attempt, None));
             let engine = engine.clone();
             let acks = acks.clone();
             let task = tokio::spawn(async move {
@@ -342,7 +351,9 @@ async fn fetch_loop(
                 drop(permit);
                 let _ = acks.send(ack);
             });
-            if let Some(slot) = in_flight.jobs.lock().expect("in-flight lock").get_mut(&id) {
+            if let Some((a, slot)) = in_flight.jobs.lock().expect("in-flight lock").get_mut(&id)
+                && *a == attempt
+            {
                 *slot = Some(task.abort_handle());
             }
         }
@@ -386,7 +397,7 @@ async fn ack_loop(engine: Engine, in_flight: Arc<InFlight>, mut rx: mpsc::Unboun
                 }
             }
         }
-        in_flight.remove(batch.drain(..).map(|a| a.id));
+        in_flight.remove(batch.drain(..).map(|a| (a.id, a.attempt)));
     }
 }
 
@@ -395,7 +406,12 @@ async fn heartbeat_loop(engine: Engine, in_flight: Arc<InFlight>, mut stop: watc
     let mut tick = tokio::time::interval(settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => {} }
+        tokio::select! {
+            _ = tick.tick() => {},
+            changed = stop.changed() => if changed.is_err() {
+                return; // the pool was dropped (or cut off at its shutdown deadline)
+            },
+        }
         // Keep renewing during shutdown: jobs may still be finishing.
         let ids = in_flight.ids();
         let now = engine.clock().now_ms();
@@ -408,7 +424,7 @@ async fn heartbeat_loop(engine: Engine, in_flight: Arc<InFlight>, mut stop: watc
             }
         }
         if !*stop.borrow()
-            && let Err(e) = rescue_expired(&engine).await
+            && let Err(e) = rescue_expired_except(&engine, &in_flight).await
         {
             tracing::warn!(error = %e, "rescuing expired leases failed; will retry");
         }
@@ -419,9 +435,19 @@ async fn heartbeat_loop(engine: Engine, in_flight: Arc<InFlight>, mut stop: watc
 /// failed if it was their last attempt. Any worker process does this for every kind.
 /// Returns how many it rescued.
 pub async fn rescue_expired(engine: &Engine) -> crate::Result<usize> {
+    rescue_expired_except(engine, &InFlight::default()).await
+}
+
+/// [`rescue_expired`], leaving alone the jobs this process is still running: their lease
+/// lapsed only because renewals failed (say, the database was briefly away); another
+/// process rescues them if this one really is cut off.
+async fn rescue_expired_except(engine: &Engine, own: &InFlight) -> crate::Result<usize> {
     let now = engine.clock().now_ms();
     let mut rescued = 0;
     for lease in storage::expired_leases(engine.db(), now, 100).await? {
+        if own.contains(lease.id) {
+            continue;
+        }
         let retry_at = (lease.attempt < lease.max_attempts).then(|| {
             engine
                 .policy_of(&lease.kind)

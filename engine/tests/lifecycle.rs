@@ -23,6 +23,7 @@ backend_tests!(
     skipped_job_succeeds_with_its_reason,
     panic_is_a_failed_attempt_and_leaves_nothing_running,
     undecodable_args_fail_that_job_and_the_worker_goes_on,
+    late_ack_of_an_older_attempt_does_not_finish_a_newer_one,
 );
 
 async fn enqueued_job_runs_on_a_worker_and_succeeds(t: TestDb) {
@@ -242,4 +243,75 @@ async fn undecodable_args_fail_that_job_and_the_worker_goes_on(t: TestDb) {
     assert!(pool.is_alive());
     pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
+}
+
+async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
+    use engine::storage::{self, Ack, AttemptEnd};
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry(&runs), clock.clone());
+    let id = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    let claim = |lease_ms: i64| {
+        let engine = engine.clone();
+        async move {
+            let now = engine.clock().now_ms();
+            storage::claim(
+                engine.db(),
+                engine.backend(),
+                "probe",
+                "w1",
+                now,
+                now + lease_ms,
+                1,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Attempt 1 is claimed, its lease lapses and is rescued; the same worker claims attempt 2.
+    assert_eq!(claim(1_000).await[0].attempt, 1);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(engine::worker::rescue_expired(&engine).await.unwrap(), 1);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(claim(30_000).await[0].attempt, 2);
+
+    // The success of attempt 1 arrives late: it is dropped, attempt 2 keeps running.
+    let late = Ack {
+        id,
+        attempt: 1,
+        end: AttemptEnd::Succeeded { skipped: None },
+    };
+    let lost = storage::ack(engine.db(), "w1", clock.now_ms(), &[late])
+        .await
+        .unwrap();
+    assert_eq!(lost, [id]);
+    let job = admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Running);
+    let outcomes: Vec<_> = job
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.clone()))
+        .collect();
+    assert_eq!(outcomes, [(1, Some("lease_expired".into())), (2, None)]);
+
+    // Attempt 2's own success is recorded.
+    let ack = Ack {
+        id,
+        attempt: 2,
+        end: AttemptEnd::Succeeded { skipped: None },
+    };
+    assert!(
+        storage::ack(engine.db(), "w1", clock.now_ms(), &[ack])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        admin::get_job(engine.db(), id).await.unwrap().job.status,
+        JobState::Succeeded
+    );
 }
