@@ -16,6 +16,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod registry;
 pub mod retention;
 pub mod scheduler;

@@ -87,15 +87,18 @@ impl InFlight {
 /// handler's outcome, a decode error (permanent), a timeout or a panic (transient), with
 /// the retry policy deciding between `Retry` and `Fail`.
 pub async fn run_attempt(engine: &Engine, job: ClaimedJob) -> Ack {
+    let due_for = engine.clock().now_ms() - job.run_at;
+    let started = std::time::Instant::now();
     let end = match engine.registry().get(&job.kind) {
         None => AttemptEnd::Fail {
             error: format!("no handler registered for kind {:?}", job.kind),
         },
         Some(entry) => {
             let result = execute(engine, entry, &job).await;
-            decide(engine, entry, &job, result)
+                        decide(engine, entry, &job, result)
         }
     };
+    crate::metrics::record_attempt(&job.kind, due_for, started.elapsed(), &end);
     Ack {
         id: job.id,
         attempt: job.attempt,
