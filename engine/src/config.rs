@@ -68,9 +68,12 @@ impl Env {
 
     /// Records a problem with `var`.
     pub fn problem(&mut self, var: &VarSpec, expected: &str) {
-        let got = self.values.get(var.name).cloned().unwrap_or_default();
+        let got = match self.values.get(var.name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => format!("{v:?}"),
+            None => format!("unset (default {:?})", var.default),
+        };
         self.problems
-            .push(format!("{} must be {expected}, got {got:?}", var.name));
+            .push(format!("{} must be {expected}, got {got}", var.name));
     }
 
     /// A string (the default when unset).
@@ -282,7 +285,12 @@ impl EngineConfig {
         });
         let lease_ttl = env.duration(&JOB_LEASE_TTL);
         let heartbeat_interval = env.duration(&JOB_HEARTBEAT_INTERVAL);
-        if heartbeat_interval * 3 > lease_ttl {
+        let lease_is_valid =
+            humantime::parse_duration(&env.raw(&JOB_LEASE_TTL).unwrap_or_default())
+                .is_ok_and(|d| !d.is_zero());
+        // Only compare the two when the lease itself was valid: its fallback would make a
+        // second, false complaint.
+        if lease_is_valid && heartbeat_interval * 3 > lease_ttl {
             env.problem(
                 &JOB_HEARTBEAT_INTERVAL,
                 "at most a third of JOB_LEASE_TTL, so one missed renewal does not lose the lease",

@@ -30,5 +30,6 @@ pub fn record_attempt(kind: &str, due_for: Millis, took: Duration, end: &Attempt
     let labels = [("kind", kind.to_owned()), ("outcome", outcome.to_owned())];
     metrics::counter!(ATTEMPTS_TOTAL, &labels).increment(1);
     metrics::histogram!(ATTEMPT_DURATION, &labels).record(took.as_secs_f64());
-    metrics::histogram!(START_LATENCY, "kind" => kind.to_owned()).record(due_for.max(0) as f64 / 1000.0);
+    metrics::histogram!(START_LATENCY, "kind" => kind.to_owned())
+        .record(due_for.max(0) as f64 / 1000.0);
 }

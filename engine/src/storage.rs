@@ -647,8 +647,8 @@ pub async fn prune_batch(db: &Db, status: JobState, before: Millis, batch: i64) 
     Ok(n)
 }
 
-/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 5 bound values a row (plus one
-/// shared `created_at`), far under SQLite's 32,766 and Postgres' 65,535 parameters.
+/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 6 bound values a row, far
+/// under SQLite's 32,766 and Postgres' 65,535 parameters.
 pub const INSERT_CHUNK: usize = 500;
 
 /// Inserts many jobs on `conn` (the caller's transaction, if it has one) and returns their
@@ -666,6 +666,7 @@ pub async fn insert_jobs(
     jobs: &[InsertJob<'_>],
     now: Millis,
 ) -> Result<Vec<i64>> {
+    let backend = Backend::of(conn);
     let mut ids = Vec::with_capacity(jobs.len());
     let mut due_kinds: Vec<&str> = Vec::new();
     let mut rest = jobs;
@@ -683,34 +684,43 @@ pub async fn insert_jobs(
         let (chunk, tail) = rest.split_at(run);
         rest = tail;
 
-        // $1 is `created_at`, shared; then 5 values a row.
         let mut sql = String::from(
             "INSERT INTO jobs (kind, args, status, priority, attempt, max_attempts, run_at, created_at) VALUES ",
         );
         for i in 0..chunk.len() {
-            let p = 2 + 5 * i;
             if i > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(
-                sql,
-                "(${}, ${}, 'pending', ${}, 0, ${}, ${}, $1)",
-                p,
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4
-            );
+            match backend {
+                // Anonymous parameters: SQLite finds the slot of a `$N` by walking its list
+                // of named parameters, so binding N of them costs O(N²) (7× slower at 500
+                // rows a statement).
+                Backend::Sqlite => sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?)"),
+                Backend::Postgres => {
+                    let p = 1 + 6 * i;
+                    let _ = write!(
+                        sql,
+                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${})",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    );
+                }
+            }
         }
         sql.push_str(" RETURNING id");
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).bind(now);
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
         for job in chunk {
             query = query
                 .bind(job.kind)
                 .bind(job.args)
                 .bind(job.priority)
                 .bind(i64::from(job.max_attempts))
-                .bind(job.run_at);
+                .bind(job.run_at)
+                .bind(now);
         }
         let mut inserted = query.fetch_all(&mut *conn).await?;
         if inserted.len() != chunk.len() {
@@ -730,7 +740,7 @@ pub async fn insert_jobs(
             }
         }
     }
-    if Backend::of(conn) == Backend::Postgres {
+    if backend == Backend::Postgres {
         for kind in due_kinds {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)

@@ -1,4 +1,4 @@
-//! Logging: human-readable on a terminal, JSON lines with `LOG_FORMAT=json`.
+//! Logging: human-readable (coloured only on a terminal), JSON lines with `LOG_FORMAT=json`.
 
 use tracing_subscriber::EnvFilter;
 
@@ -7,7 +7,8 @@ pub fn init(format: &str, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if format == "json" {
         builder.json().try_init()
     } else {

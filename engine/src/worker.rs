@@ -95,7 +95,7 @@ pub async fn run_attempt(engine: &Engine, job: ClaimedJob) -> Ack {
         },
         Some(entry) => {
             let result = execute(engine, entry, &job).await;
-                        decide(engine, entry, &job, result)
+            decide(engine, entry, &job, result)
         }
     };
     crate::metrics::record_attempt(&job.kind, due_for, started.elapsed(), &end);
@@ -239,6 +239,7 @@ impl WorkerPool {
         !self.acker.is_finished()
             && !self.heartbeat.is_finished()
             && self.fetchers.iter().all(|f| !f.is_finished())
+            && self.listener.as_ref().is_none_or(|l| !l.is_finished())
     }
 
     /// Stops taking work, lets running attempts finish until `deadline`, then cuts off the

@@ -22,6 +22,9 @@ fn tagged(i: usize) -> Probe {
     }
 }
 
+/// id, args, status, priority, max_attempts, run_at, created_at, unique_key.
+type JobRow = (i64, String, String, i32, i32, i64, i64, Option<String>);
+
 backend_tests!(enqueue_many_inserts_rows_in_order_and_they_run);
 
 async fn enqueue_many_inserts_rows_in_order_and_they_run(t: TestDb) {
@@ -92,7 +95,7 @@ async fn enqueue_many_inserts_rows_in_order_and_they_run(t: TestDb) {
     assert!(fresh[0] > holder.id());
 
     // Every row is what its NewJob said, under the id returned at its position.
-    let rows: Vec<(i64, String, String, i32, i32, i64, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, args, status, priority, max_attempts, run_at, created_at, unique_key \
          FROM jobs WHERE id <> $1 ORDER BY id",
     )
