@@ -220,7 +220,10 @@ pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec
 
     // The common case, plain successes, in two statements whatever their number. Each row
     // is matched on (id, attempt), so a late ack of an older attempt never completes a newer
-    // one that another claim started after a lease expiry.
+    // one that another claim started after a lease expiry. The plain `id IN (…)` comes
+    // first so that Postgres drives the match from the primary key: a row-value list alone
+    // plans as a nested-loop semi join over every running row (250 ms per 100 acks with
+    // 8,000 jobs running, measured).
     let plain: Vec<(i64, u32)> = acks
         .iter()
         .filter(|a| matches!(a.end, AttemptEnd::Succeeded { skipped: None }))
@@ -230,8 +233,10 @@ pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec
         let done: Vec<(i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'succeeded', finished_at = $1, locked_by = NULL, \
                  lease_expires_at = NULL \
-             WHERE (id, attempt) IN (VALUES {}) AND status = 'running' AND locked_by = $2 \
+             WHERE id IN ({}) AND (id, attempt) IN (VALUES {}) \
+                 AND status = 'running' AND locked_by = $2 \
              RETURNING id, attempt",
+            id_list(plain.iter().map(|(id, _)| *id)),
             pair_list(&plain)
         )))
         .bind(now)
@@ -246,7 +251,9 @@ pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec
         if !done.is_empty() {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE job_attempts SET finished_at = $1, outcome = 'succeeded' \
-                 WHERE (job_id, attempt) IN (VALUES {}) AND worker_id = $2 AND finished_at IS NULL",
+                 WHERE job_id IN ({}) AND (job_id, attempt) IN (VALUES {}) \
+                     AND worker_id = $2 AND finished_at IS NULL",
+                id_list(done.iter().map(|(id, _)| *id)),
                 pair_list(&done)
             )))
             .bind(now)
