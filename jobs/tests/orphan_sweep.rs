@@ -23,6 +23,9 @@ fn world(t: &TestDb) -> World {
             media_root: media.path().to_owned(),
             min_age: Duration::from_secs(3600),
         },
+        thumbnail: jobs::thumbnail::ThumbnailSettings::new(media.path()),
+        payments: jobs::payments::PaymentsConfig::without_stripe(),
+        gdpr: jobs::gdpr::GdprSettings::new(media.path(), media.path()),
     };
     let mut registry = Registry::new();
     register_all(&mut registry, &config);

@@ -1,0 +1,881 @@
+//! `data_export`: writes one user's personal data into a ZIP under `EXPORT_DIR`.
+//!
+//! Enqueued by [`crate::exports::request_export`] with the export row, one job per export
+//! (unique key `data_export:{id}`). The ZIP holds one file per category plus a manifest:
+//!
+//! | file | content |
+//! |---|---|
+//! | `profile.json` | the account (e-mail, username, display name, status, dates) and its profile |
+//! | `tracks.ndjson` | one line per track the user owns |
+//! | `playlists.ndjson` | one line per playlist, with its items |
+//! | `messages.ndjson` | one line per message sent or received |
+//! | `playback_history.ndjson` | one line per play |
+//! | `manifest.json` | schema version, generation time, row counts per file |
+//!
+//! Rows are read in keyset pages of `page_size` and streamed into the ZIP (written on a
+//! blocking-pool thread), never collected: memory does not grow with the export. The file
+//! is written as `.{id}.zip.part` and renamed to `{id}.zip` once complete and synced;
+//! progress (`rows_done` of `rows_total`) is updated on the row after every page. Then, in
+//! one transaction, the export becomes `ready` (size, SHA-256, expiries) and the
+//! notification e-mail is enqueued.
+//!
+//! A failure removes the partial file and records the error on the export. I/O and
+//! database errors are retried (the export stays `running`, its `error` says what
+//! happened); on the last attempt, or when the account was erased meanwhile, the export
+//! becomes `failed`.
+
+mod zip_sink;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{Datelike, Timelike};
+use engine::clock::{duration_ms, to_datetime};
+use engine::state_machine::{Actor, TransitionError};
+use engine::{Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use self::zip_sink::ZipSink;
+use crate::exports::state::{self, ExportStatus, ReadyFile};
+use crate::exports::{ExportSettings, file_path_in, part_path_in};
+use crate::send_email::SendEmail;
+use crate::users::UserStatus;
+
+/// The version of the archive's layout, in `manifest.json`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The files of an export, in the order they are written.
+pub const FILES: [&str; 6] = [
+    "profile.json",
+    "tracks.ndjson",
+    "playlists.ndjson",
+    "messages.ndjson",
+    "playback_history.ndjson",
+    "manifest.json",
+];
+
+/// Args: the export row to fill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataExport {
+    /// `data_exports.id`.
+    pub export_id: i64,
+}
+
+impl Job for DataExport {
+    const KIND: &'static str = "data_export";
+    const POLICY: JobPolicy = JobPolicy {
+        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(1800), 5),
+        timeout: Duration::from_secs(3600),
+        concurrency: 2,
+        priority: 5,
+    };
+
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("data_export:{}", self.export_id))
+    }
+}
+
+/// A failure of one attempt.
+struct Failure {
+    permanent: bool,
+    message: String,
+}
+
+impl Failure {
+    fn transient(message: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            message: message.into(),
+        }
+    }
+    fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            message: message.into(),
+        }
+    }
+    fn io(what: &str, e: &std::io::Error) -> Self {
+        Self::transient(format!("{what}: {e}"))
+    }
+    fn db(e: &sqlx::Error) -> Self {
+        Self::transient(format!("database: {}", engine::job::error_chain(e)))
+    }
+}
+
+/// Rows written per file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// `profile.json` (1).
+    pub profile: i64,
+    /// `tracks.ndjson`.
+    pub tracks: i64,
+    /// `playlists.ndjson` lines.
+    pub playlists: i64,
+    /// Items inside those playlists.
+    pub playlist_items: i64,
+    /// `messages.ndjson`.
+    pub messages: i64,
+    /// `playback_history.ndjson`.
+    pub playback_history: i64,
+}
+
+impl Counts {
+    fn total(&self) -> i64 {
+        self.profile
+            + self.tracks
+            + self.playlists
+            + self.playlist_items
+            + self.messages
+            + self.playback_history
+    }
+}
+
+/// Runs one export.
+pub async fn handle(
+    args: DataExport,
+    ctx: JobContext,
+    settings: &ExportSettings,
+) -> Result<Outcome, JobError> {
+    let id = args.export_id;
+    let row = sqlx::query("SELECT user_id, status FROM data_exports WHERE id = $1")
+        .bind(id)
+        .fetch_optional(ctx.db())
+        .await
+        .map_err(|e| JobError::database(&e))?;
+    let Some(row) = row else {
+        return Ok(Outcome::Skipped {
+            reason: format!("export {id} no longer exists (the account was erased)"),
+        });
+    };
+    let user_id: i64 = row.try_get(0).map_err(|e| JobError::database(&e))?;
+    let status: String = row.try_get(1).map_err(|e| JobError::database(&e))?;
+    let status = ExportStatus::parse(&status)
+        .ok_or_else(|| JobError::permanent(format!("unknown export status {status:?}")))?;
+    match status {
+        ExportStatus::Pending | ExportStatus::Running => {}
+        ExportStatus::Ready | ExportStatus::Expired | ExportStatus::Failed => {
+            return Ok(Outcome::Skipped {
+                reason: format!("export {id} is already {}", status_name(status)),
+            });
+        }
+    }
+    let part = part_path_in(&settings.dir, id);
+    match run(&ctx, settings, id, user_id, status).await {
+        Ok(rows) => {
+            tracing::info!(export_id = id, user_id, rows, "data export ready");
+            Ok(Outcome::Succeeded)
+        }
+        Err(failure) => {
+            remove_quietly(&part).await;
+            Err(record_failure(&ctx, id, failure).await)
+        }
+    }
+}
+
+fn status_name(s: ExportStatus) -> &'static str {
+    engine::state_machine::Lifecycle::as_str(s)
+}
+
+async fn remove_quietly(path: &Path) {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove export file"),
+    }
+}
+
+/// Records `failure` on the export: `failed` when it is permanent or this is the last
+/// attempt, else the error text only (the job is retried). Returns the job's error.
+async fn record_failure(ctx: &JobContext, id: i64, failure: Failure) -> JobError {
+    let last = ctx.attempt >= ctx.max_attempts;
+    let message = format!("export failed: {}", failure.message);
+    let now = ctx.now_ms();
+    let recorded = async {
+        let mut conn = ctx.db().acquire().await?;
+        if failure.permanent || last {
+            for from in [ExportStatus::Running, ExportStatus::Pending] {
+                match state::fail(&mut conn, id, from, &message, &Actor::job(ctx.job_id), now).await
+                {
+                    Ok(()) => break,
+                    // Not in that state (or the row is gone with an erased account).
+                    Err(TransitionError::Stale { .. }) => {}
+                    Err(TransitionError::Database(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(export_id = id, error = %e, "cannot mark export failed")
+                    }
+                }
+            }
+        } else {
+            sqlx::query("UPDATE data_exports SET error = $1, updated_at = $2 WHERE id = $3")
+                .bind(format!("{message} (will retry)"))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(export_id = id, error = %e, "cannot record the export's failure");
+    }
+    tracing::warn!(export_id = id, permanent = failure.permanent, error = %failure.message, "data export attempt failed");
+    if failure.permanent {
+        JobError::Permanent(message)
+    } else {
+        JobError::Transient(message)
+    }
+}
+
+async fn user_status(ctx: &JobContext, user_id: i64) -> Result<Option<UserStatus>, Failure> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(ctx.db())
+        .await
+        .map_err(|e| Failure::db(&e))?;
+    Ok(status.as_deref().and_then(UserStatus::parse))
+}
+
+const ERASED: &str = "the account was erased; its data can no longer be exported";
+
+async fn run(
+    ctx: &JobContext,
+    settings: &ExportSettings,
+    id: i64,
+    user_id: i64,
+    status: ExportStatus,
+) -> Result<i64, Failure> {
+    match user_status(ctx, user_id).await? {
+        Some(UserStatus::Active | UserStatus::DeletionRequested) => {}
+        Some(UserStatus::Erased) | None => return Err(Failure::permanent(ERASED)),
+    }
+    let expected = count_rows(ctx, user_id).await?;
+    let now = ctx.now_ms();
+    let mut conn = ctx.db().acquire().await.map_err(|e| Failure::db(&e))?;
+    match status {
+        ExportStatus::Pending => {
+            state::start(
+                &mut conn,
+                id,
+                expected.total(),
+                &Actor::job(ctx.job_id),
+                now,
+            )
+            .await
+            .map_err(|e| Failure::transient(format!("starting the export: {e}")))?;
+        }
+        _ => {
+            // A retry: start over, with a fresh total.
+            sqlx::query(
+                "UPDATE data_exports SET rows_total = $1, rows_done = 0, updated_at = $2 WHERE id = $3",
+            )
+            .bind(expected.total())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| Failure::db(&e))?;
+        }
+    }
+    drop(conn);
+
+    tokio::fs::create_dir_all(&settings.dir)
+        .await
+        .map_err(|e| Failure::io("creating EXPORT_DIR", &e))?;
+    let part = part_path_in(&settings.dir, id);
+    let file = file_path_in(&settings.dir, id);
+    let generated_at = ctx.now_ms();
+    let mut writer = Writer {
+        ctx,
+        export_id: id,
+        user_id,
+        page: settings.page_size.max(1),
+        sink: ZipSink::create(part.clone(), zip_time(generated_at)),
+        done: 0,
+        counts: Counts::default(),
+    };
+    let written = async {
+        writer.profile().await?;
+        writer.tracks().await?;
+        writer.playlists().await?;
+        writer.messages().await?;
+        writer.playback_history().await?;
+        writer.manifest(generated_at).await
+    }
+    .await;
+    let Writer { sink, counts, .. } = writer;
+    if let Err(failure) = written {
+        // Wait for the writer thread before the caller removes the partial file.
+        sink.abandon().await;
+        return Err(failure);
+    }
+    let finished = sink
+        .finish()
+        .await
+        .map_err(|e| Failure::io("writing the ZIP", &e))?;
+    tokio::fs::rename(&part, &file)
+        .await
+        .map_err(|e| Failure::io("renaming the finished ZIP", &e))?;
+
+    match mark_ready(ctx, settings, id, user_id, &counts, &finished).await {
+        Ok(()) => Ok(counts.total()),
+        Err(failure) => {
+            remove_quietly(&file).await;
+            Err(failure)
+        }
+    }
+}
+
+/// In one transaction: checks the account is not erased (locking its row, so a concurrent
+/// erasure waits for us or we see it), marks the export ready and enqueues the e-mail.
+async fn mark_ready(
+    ctx: &JobContext,
+    settings: &ExportSettings,
+    id: i64,
+    user_id: i64,
+    counts: &Counts,
+    finished: &zip_sink::Finished,
+) -> Result<(), Failure> {
+    let now = ctx.now_ms();
+    let mut tx = ctx.db().begin().await.map_err(|e| Failure::db(&e))?;
+    let alive = sqlx::query(
+        "UPDATE users SET updated_at = updated_at WHERE id = $1 AND status <> 'erased'",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| Failure::db(&e))?
+    .rows_affected();
+    if alive == 0 {
+        return Err(Failure::permanent(ERASED));
+    }
+    let ready = ReadyFile {
+        rows: counts.total(),
+        size_bytes: i64::try_from(finished.size).unwrap_or(i64::MAX),
+        sha256: finished.sha256.clone(),
+        link_expires_at: now.saturating_add(duration_ms(settings.link_ttl)),
+        expires_at: now.saturating_add(duration_ms(settings.retention)),
+    };
+    match state::mark_ready(&mut tx, id, &ready, &Actor::job(ctx.job_id), now).await {
+        Ok(()) => {}
+        Err(TransitionError::Database(e)) => return Err(Failure::db(&e)),
+        Err(e) => {
+            return Err(Failure::permanent(format!(
+                "export {id} changed meanwhile: {e}"
+            )));
+        }
+    }
+    ctx.engine
+        .enqueue_tx(&mut tx, SendEmail::export_ready(user_id, id))
+        .await
+        .map_err(|e| Failure::transient(format!("enqueueing the e-mail: {e}")))?;
+    tx.commit().await.map_err(|e| Failure::db(&e))?;
+    ctx.engine.wake(SendEmail::KIND);
+    Ok(())
+}
+
+async fn count_rows(ctx: &JobContext, user_id: i64) -> Result<Counts, Failure> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM tracks WHERE owner_id = $1), \
+                (SELECT COUNT(*) FROM playlists WHERE owner_id = $1), \
+                (SELECT COUNT(*) FROM playlist_items i JOIN playlists p ON p.id = i.playlist_id \
+                  WHERE p.owner_id = $1), \
+                (SELECT COUNT(*) FROM messages WHERE sender_id = $1 OR recipient_id = $1), \
+                (SELECT COUNT(*) FROM playback_history WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .fetch_one(ctx.db())
+    .await
+    .map_err(|e| Failure::db(&e))?;
+    let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| Failure::db(&e));
+    Ok(Counts {
+        profile: 1,
+        tracks: get(0)?,
+        playlists: get(1)?,
+        playlist_items: get(2)?,
+        messages: get(3)?,
+        playback_history: get(4)?,
+    })
+}
+
+fn zip_time(ms: Millis) -> zip::DateTime {
+    let t = to_datetime(ms);
+    zip::DateTime::from_date_and_time(
+        u16::try_from(t.year()).unwrap_or(1980),
+        t.month() as u8,
+        t.day() as u8,
+        t.hour() as u8,
+        t.minute() as u8,
+        t.second() as u8,
+    )
+    .unwrap_or_default()
+}
+
+/// Streams the categories into the sink, keeping count and reporting progress.
+struct Writer<'a> {
+    ctx: &'a JobContext,
+    export_id: i64,
+    user_id: i64,
+    page: i64,
+    sink: ZipSink,
+    done: i64,
+    counts: Counts,
+}
+
+#[derive(Serialize)]
+struct UserOut {
+    id: i64,
+    email: Option<String>,
+    username: Option<String>,
+    display_name: Option<String>,
+    status: String,
+    keep_public_tracks: bool,
+    deletion_requested_at: Option<Millis>,
+    recovery_deadline: Option<Millis>,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
+struct ProfileOut {
+    bio: Option<String>,
+    avatar_path: Option<String>,
+    location: Option<String>,
+    website: Option<String>,
+    links: Option<serde_json::Value>,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
+struct ProfileFile {
+    account: UserOut,
+    profile: Option<ProfileOut>,
+}
+
+#[derive(Serialize)]
+struct TrackOut {
+    id: i64,
+    title: Option<String>,
+    artist_name: Option<String>,
+    status: String,
+    is_public: bool,
+    file_path: String,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
+struct PlaylistHead {
+    id: i64,
+    name: String,
+    description: Option<String>,
+    is_public: bool,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
+struct ItemOut {
+    id: i64,
+    track_id: i64,
+    position: i64,
+    added_at: Millis,
+}
+
+#[derive(Serialize)]
+struct MessageOut {
+    id: i64,
+    direction: &'static str,
+    sender_id: i64,
+    recipient_id: i64,
+    body: String,
+    created_at: Millis,
+    read_at: Option<Millis>,
+}
+
+#[derive(Serialize)]
+struct PlayOut {
+    id: i64,
+    track_id: Option<i64>,
+    played_at: Millis,
+    duration_ms: i64,
+    client: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Manifest {
+    schema_version: u32,
+    export_id: i64,
+    user_id: i64,
+    generated_at: Millis,
+    generated_at_utc: String,
+    times: &'static str,
+    counts: Counts,
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Serialize)]
+struct ManifestFile {
+    name: &'static str,
+    format: &'static str,
+    rows: i64,
+}
+
+fn line(buf: &mut Vec<u8>, value: &impl Serialize) -> Result<(), Failure> {
+    serde_json::to_writer(&mut *buf, value)
+        .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+fn db<T>(r: Result<T, sqlx::Error>) -> Result<T, Failure> {
+    r.map_err(|e| Failure::db(&e))
+}
+
+impl Writer<'_> {
+    async fn start(&mut self, name: &'static str) -> Result<(), Failure> {
+        self.sink
+            .start_file(name)
+            .await
+            .map_err(|e| Failure::io("writing the ZIP", &e))
+    }
+
+    async fn write(&mut self, bytes: Vec<u8>) -> Result<(), Failure> {
+        self.sink
+            .write(bytes)
+            .await
+            .map_err(|e| Failure::io("writing the ZIP", &e))
+    }
+
+    /// Counts `rows` more and records progress on the export row. The row vanishing means
+    /// the account was erased meanwhile: the export stops.
+    async fn progress(&mut self, rows: i64) -> Result<(), Failure> {
+        self.done += rows;
+        let n = db(sqlx::query(
+            "UPDATE data_exports SET rows_done = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(self.done)
+        .bind(self.ctx.now_ms())
+        .bind(self.export_id)
+        .execute(self.ctx.db())
+        .await)?
+        .rows_affected();
+        if n == 0 {
+            return Err(Failure::permanent(ERASED));
+        }
+        Ok(())
+    }
+
+    async fn page(&self, sql: &'static str, after: i64) -> Result<Vec<AnyRow>, Failure> {
+        db(sqlx::query(sql)
+            .bind(self.user_id)
+            .bind(after)
+            .bind(self.page)
+            .fetch_all(self.ctx.db())
+            .await)
+    }
+
+    async fn profile(&mut self) -> Result<(), Failure> {
+        let u = db(sqlx::query(
+            "SELECT id, email, username, display_name, status, keep_public_tracks, \
+             deletion_requested_at, recovery_deadline, created_at, updated_at FROM users WHERE id = $1",
+        )
+        .bind(self.user_id)
+        .fetch_optional(self.ctx.db())
+        .await)?
+        .ok_or_else(|| Failure::permanent(ERASED))?;
+        let account = db((|| {
+            Ok(UserOut {
+                id: u.try_get(0)?,
+                email: u.try_get(1)?,
+                username: u.try_get(2)?,
+                display_name: u.try_get(3)?,
+                status: u.try_get(4)?,
+                keep_public_tracks: u.try_get::<i64, _>(5)? != 0,
+                deletion_requested_at: u.try_get(6)?,
+                recovery_deadline: u.try_get(7)?,
+                created_at: u.try_get(8)?,
+                updated_at: u.try_get(9)?,
+            })
+        })())?;
+        let p = db(sqlx::query(
+            "SELECT bio, avatar_path, location, website, links, updated_at \
+             FROM user_profiles WHERE user_id = $1",
+        )
+        .bind(self.user_id)
+        .fetch_optional(self.ctx.db())
+        .await)?;
+        let profile = match p {
+            None => None,
+            Some(p) => Some(db((|| {
+                let links: Option<String> = p.try_get(4)?;
+                Ok(ProfileOut {
+                    bio: p.try_get(0)?,
+                    avatar_path: p.try_get(1)?,
+                    location: p.try_get(2)?,
+                    website: p.try_get(3)?,
+                    links: links
+                        .map(|l| serde_json::from_str(&l).unwrap_or(serde_json::Value::String(l))),
+                    updated_at: p.try_get(5)?,
+                })
+            })())?),
+        };
+        self.start("profile.json").await?;
+        let bytes = serde_json::to_vec_pretty(&ProfileFile { account, profile })
+            .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+        self.write(bytes).await?;
+        self.counts.profile = 1;
+        self.progress(1).await
+    }
+
+    async fn tracks(&mut self) -> Result<(), Failure> {
+        self.start("tracks.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    "SELECT id, title, artist_name, status, is_public, file_path, created_at, updated_at \
+                     FROM tracks WHERE owner_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 200);
+            for r in &rows {
+                let t = db((|| {
+                    Ok(TrackOut {
+                        id: r.try_get(0)?,
+                        title: r.try_get(1)?,
+                        artist_name: r.try_get(2)?,
+                        status: r.try_get(3)?,
+                        is_public: r.try_get::<i64, _>(4)? != 0,
+                        file_path: r.try_get(5)?,
+                        created_at: r.try_get(6)?,
+                        updated_at: r.try_get(7)?,
+                    })
+                })())?;
+                after = t.id;
+                line(&mut buf, &t)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.tracks += n;
+            self.progress(n).await?;
+        }
+    }
+
+    async fn playlists(&mut self) -> Result<(), Failure> {
+        self.start("playlists.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    "SELECT id, name, description, is_public, created_at, updated_at \
+                     FROM playlists WHERE owner_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for r in &rows {
+                let head = db((|| {
+                    Ok(PlaylistHead {
+                        id: r.try_get(0)?,
+                        name: r.try_get(1)?,
+                        description: r.try_get(2)?,
+                        is_public: r.try_get::<i64, _>(3)? != 0,
+                        created_at: r.try_get(4)?,
+                        updated_at: r.try_get(5)?,
+                    })
+                })())?;
+                after = head.id;
+                self.playlist(&head).await?;
+            }
+        }
+    }
+
+    /// One playlist line: its fields, then `"items":[…]` streamed page by page.
+    async fn playlist(&mut self, head: &PlaylistHead) -> Result<(), Failure> {
+        let mut open = serde_json::to_vec(head)
+            .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+        open.pop(); // the closing brace: the items follow
+        open.extend_from_slice(br#","items":["#);
+        self.write(open).await?;
+        let (mut after, mut first, mut items) = (0i64, true, 0i64);
+        loop {
+            let rows = db(sqlx::query(
+                "SELECT id, track_id, position, added_at FROM playlist_items \
+                 WHERE playlist_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind(head.id)
+            .bind(after)
+            .bind(self.page)
+            .fetch_all(self.ctx.db())
+            .await)?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 80);
+            for r in &rows {
+                let item = db((|| {
+                    Ok(ItemOut {
+                        id: r.try_get(0)?,
+                        track_id: r.try_get(1)?,
+                        position: r.try_get(2)?,
+                        added_at: r.try_get(3)?,
+                    })
+                })())?;
+                after = item.id;
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut buf, &item)
+                    .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+            }
+            let n = rows.len() as i64;
+            items += n;
+            self.write(buf).await?;
+            self.progress(n).await?;
+        }
+        self.write(b"]}\n".to_vec()).await?;
+        self.counts.playlists += 1;
+        self.counts.playlist_items += items;
+        self.progress(1).await
+    }
+
+    async fn messages(&mut self) -> Result<(), Failure> {
+        self.start("messages.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    // Each side is a bounded range scan of its own index; a plain
+                    // `sender_id = $1 OR recipient_id = $1` makes SQLite sort every remaining
+                    // row for each page (time and memory growing with the mailbox).
+                    "SELECT id, sender_id, recipient_id, body, created_at, read_at FROM messages \
+                     WHERE id IN ( \
+                       SELECT id FROM (SELECT id FROM messages WHERE sender_id = $1 AND id > $2 \
+                                       ORDER BY id LIMIT $3) AS sent \
+                       UNION ALL \
+                       SELECT id FROM (SELECT id FROM messages WHERE recipient_id = $1 AND id > $2 \
+                                       ORDER BY id LIMIT $3) AS received) \
+                     ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 200);
+            for r in &rows {
+                let m = db((|| {
+                    let sender_id: i64 = r.try_get(1)?;
+                    Ok(MessageOut {
+                        id: r.try_get(0)?,
+                        direction: if sender_id == self.user_id {
+                            "sent"
+                        } else {
+                            "received"
+                        },
+                        sender_id,
+                        recipient_id: r.try_get(2)?,
+                        body: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        read_at: r.try_get(5)?,
+                    })
+                })())?;
+                after = m.id;
+                line(&mut buf, &m)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.messages += n;
+            self.progress(n).await?;
+        }
+    }
+
+    async fn playback_history(&mut self) -> Result<(), Failure> {
+        self.start("playback_history.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    "SELECT id, track_id, played_at, duration_ms, client FROM playback_history \
+                     WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 100);
+            for r in &rows {
+                let p = db((|| {
+                    Ok(PlayOut {
+                        id: r.try_get(0)?,
+                        track_id: r.try_get(1)?,
+                        played_at: r.try_get(2)?,
+                        duration_ms: r.try_get(3)?,
+                        client: r.try_get(4)?,
+                    })
+                })())?;
+                after = p.id;
+                line(&mut buf, &p)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.playback_history += n;
+            self.progress(n).await?;
+        }
+    }
+
+    async fn manifest(&mut self, generated_at: Millis) -> Result<(), Failure> {
+        let c = &self.counts;
+        let manifest = Manifest {
+            schema_version: SCHEMA_VERSION,
+            export_id: self.export_id,
+            user_id: self.user_id,
+            generated_at,
+            generated_at_utc: to_datetime(generated_at).to_rfc3339(),
+            times: "every *_at field is milliseconds since the Unix epoch, UTC",
+            counts: c.clone(),
+            files: vec![
+                ManifestFile {
+                    name: "profile.json",
+                    format: "json",
+                    rows: c.profile,
+                },
+                ManifestFile {
+                    name: "tracks.ndjson",
+                    format: "ndjson",
+                    rows: c.tracks,
+                },
+                ManifestFile {
+                    name: "playlists.ndjson",
+                    format: "ndjson",
+                    rows: c.playlists,
+                },
+                ManifestFile {
+                    name: "messages.ndjson",
+                    format: "ndjson",
+                    rows: c.messages,
+                },
+                ManifestFile {
+                    name: "playback_history.ndjson",
+                    format: "ndjson",
+                    rows: c.playback_history,
+                },
+            ],
+        };
+        self.start("manifest.json").await?;
+        let bytes = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+        self.write(bytes).await
+    }
+}

@@ -1,0 +1,286 @@
+//! The erasure receipt: what a hard delete did in each store (counts), what it skipped and
+//! why, and when it started and ended. It holds no personal data: ids, counts, times and
+//! error texts of the stores only.
+//!
+//! Each step's time column (`collected_at`, `database_at`, `redis_at`, `opensearch_at`) is
+//! set when that step is complete, in the same write as its report, so a retried job
+//! resumes the unfinished steps only. `finished_at` is set once every step is done or
+//! skipped.
+
+use engine::{DbConn, Millis};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+/// The ids read before anything changed: the database step removes the rows, and the
+/// search-index step still needs to know which documents to remove or anonymise.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    /// Tracks deleted: the private ones, and the public ones unless they are kept.
+    pub delete_track_ids: Vec<i64>,
+    /// Public tracks kept and credited to the anonymous artist.
+    pub keep_track_ids: Vec<i64>,
+    /// The user's playlists.
+    pub playlist_ids: Vec<i64>,
+    /// The user's data exports (their files are deleted).
+    pub export_ids: Vec<i64>,
+    /// Whether public tracks were kept (the user's choice when collected).
+    pub keep_public_tracks: bool,
+}
+
+impl Collected {
+    /// Adds ids found later (the database step reads them again before it deletes).
+    pub fn merge(&mut self, other: Collected) {
+        fn union(into: &mut Vec<i64>, more: Vec<i64>) {
+            into.extend(more);
+            into.sort_unstable();
+            into.dedup();
+        }
+        union(&mut self.delete_track_ids, other.delete_track_ids);
+        union(&mut self.keep_track_ids, other.keep_track_ids);
+        union(&mut self.playlist_ids, other.playlist_ids);
+        union(&mut self.export_ids, other.export_ids);
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not done yet (or failed; the job retries it).
+    #[default]
+    Pending,
+    /// Done.
+    Done,
+    /// Not run, on purpose: `reason` says why.
+    Skipped,
+}
+
+/// The database step: rows anonymised and deleted, files removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseReport {
+    /// Step status.
+    pub status: StepStatus,
+    /// `users` rows whose e-mail, username and display name were cleared (1).
+    pub users_anonymised: u64,
+    /// `user_profiles` rows whose fields were cleared.
+    pub profiles_anonymised: u64,
+    /// Messages sent or received, deleted.
+    pub messages_deleted: u64,
+    /// The user's plays, deleted.
+    pub playback_history_deleted: u64,
+    /// Other users' plays of deleted tracks, detached from the track.
+    pub other_plays_detached: u64,
+    /// The user's playlists, deleted.
+    pub playlists_deleted: u64,
+    /// Items of those playlists, deleted.
+    pub playlist_items_deleted: u64,
+    /// Items of other users' playlists pointing at deleted tracks, deleted.
+    pub other_playlist_items_deleted: u64,
+    /// Private tracks, deleted.
+    pub private_tracks_deleted: u64,
+    /// Public tracks, deleted (when not kept).
+    pub public_tracks_deleted: u64,
+    /// Public tracks kept, credited to the anonymous artist.
+    pub public_tracks_anonymised: u64,
+    /// Files of deleted tracks (audio, cover, thumbnails) and the avatar removed from
+    /// `MEDIA_ROOT`.
+    pub media_files_deleted: u64,
+    /// Export rows deleted.
+    pub exports_deleted: u64,
+    /// Export ZIPs (finished or partial) removed from `EXPORT_DIR`.
+    pub export_files_deleted: u64,
+}
+
+/// The Redis step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisReport {
+    /// Step status.
+    pub status: StepStatus,
+    /// Keys `user:{id}:*` unlinked (over every attempt).
+    pub keys_deleted: u64,
+    /// SCAN pages read by the attempt that finished the step.
+    pub scan_pages: u64,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+}
+
+/// One request kind of the search-index step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexReport {
+    /// Status of this part.
+    pub status: StepStatus,
+    /// The index.
+    pub index: String,
+    /// Documents asked for.
+    pub requested: u64,
+    /// Documents the index reports deleted or updated.
+    pub affected: u64,
+    /// e.g. "already gone", "nothing to send".
+    pub note: Option<String>,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+}
+
+/// The OpenSearch step: one part per request kind, each tried even when another fails,
+/// and each retried alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSearchReport {
+    /// Step status (done once every part is).
+    pub status: StepStatus,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+    /// The user's document.
+    pub user_document: IndexReport,
+    /// Deleted tracks' documents.
+    pub tracks_deleted: IndexReport,
+    /// The user's playlists' documents.
+    pub playlists_deleted: IndexReport,
+    /// Kept public tracks' documents, credited to the anonymous artist.
+    pub tracks_anonymised: IndexReport,
+}
+
+/// Everything a receipt reports, per store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The relational database (and the files it points at).
+    pub database: DatabaseReport,
+    /// Redis.
+    pub redis: RedisReport,
+    /// OpenSearch.
+    pub opensearch: OpenSearchReport,
+}
+
+/// An erasure receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The erased user's id.
+    pub user_id: i64,
+    /// The `hard_delete` job that wrote it last.
+    pub job_id: Option<i64>,
+    /// When the erasure started.
+    pub started_at: Millis,
+    /// When the ids were collected.
+    pub collected_at: Option<Millis>,
+    /// When the database step was done.
+    pub database_at: Option<Millis>,
+    /// When the Redis step was done or skipped.
+    pub redis_at: Option<Millis>,
+    /// When the OpenSearch step was done or skipped.
+    pub opensearch_at: Option<Millis>,
+    /// When every step was done or skipped: the erasure is complete.
+    pub finished_at: Option<Millis>,
+    /// Per store.
+    pub report: Report,
+    #[serde(skip)]
+    pub(crate) collected: Option<Collected>,
+}
+
+/// A receipt's step column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Collected,
+    Database,
+    Redis,
+    OpenSearch,
+    Finished,
+}
+
+impl Step {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Collected => "collected_at",
+            Self::Database => "database_at",
+            Self::Redis => "redis_at",
+            Self::OpenSearch => "opensearch_at",
+            Self::Finished => "finished_at",
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// The receipt of `user_id`, if its erasure started.
+pub async fn load(conn: &mut DbConn, user_id: i64) -> Result<Option<Receipt>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT job_id, started_at, collected_at, database_at, redis_at, opensearch_at, \
+         finished_at, report, collected FROM erasure_receipts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let report: String = r.try_get(7)?;
+    let collected: Option<String> = r.try_get(8)?;
+    Ok(Some(Receipt {
+        user_id,
+        job_id: r.try_get(0)?,
+        started_at: r.try_get(1)?,
+        collected_at: r.try_get(2)?,
+        database_at: r.try_get(3)?,
+        redis_at: r.try_get(4)?,
+        opensearch_at: r.try_get(5)?,
+        finished_at: r.try_get(6)?,
+        report: decode(&report)?,
+        collected: collected.as_deref().map(decode).transpose()?,
+    }))
+}
+
+/// Creates the receipt of `user_id` unless it exists; returns it.
+pub(crate) async fn open(
+    conn: &mut DbConn,
+    user_id: i64,
+    job_id: i64,
+    now: Millis,
+) -> Result<Receipt, sqlx::Error> {
+    let report = serde_json::to_string(&Report::default()).expect("a report encodes");
+    sqlx::query(
+        "INSERT INTO erasure_receipts (user_id, job_id, started_at, report, updated_at) \
+         VALUES ($1, $2, $3, $4, $3) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(job_id)
+    .bind(now)
+    .bind(report)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE erasure_receipts SET job_id = $1 WHERE user_id = $2")
+        .bind(job_id)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    load(conn, user_id)
+        .await?
+        .ok_or_else(|| sqlx::Error::RowNotFound)
+}
+
+/// Saves `report` (and `collected`, when given); with `done`, stamps that step's column.
+pub(crate) async fn save(
+    conn: &mut DbConn,
+    user_id: i64,
+    report: &Report,
+    collected: Option<&Collected>,
+    done: Option<Step>,
+    now: Millis,
+) -> Result<(), sqlx::Error> {
+    let mut sql = String::from("UPDATE erasure_receipts SET report = $1, updated_at = $2");
+    if collected.is_some() {
+        sql.push_str(", collected = $4");
+    }
+    if let Some(step) = done {
+        sql.push_str(&format!(", {} = $2", step.column()));
+    }
+    sql.push_str(" WHERE user_id = $3");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::to_string(report).expect("a report encodes"))
+        .bind(now)
+        .bind(user_id);
+    if let Some(c) = collected {
+        q = q.bind(serde_json::to_string(c).expect("ids encode"));
+    }
+    q.execute(conn).await?;
+    Ok(())
+}

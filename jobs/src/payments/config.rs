@@ -1,0 +1,360 @@
+//! The payments jobs' variables: the Stripe client, the payout and reversal workers with
+//! their retry budgets, the safety-net schedules and the drift detector.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use engine::Millis;
+use engine::clock::duration_ms;
+use engine::config::{Env, VarSpec};
+use engine::scheduler::Every;
+
+use crate::transfers::stripe::{StripeClient, StripeSettings};
+
+macro_rules! var {
+    ($ident:ident, $name:literal, $default:literal, $help:literal) => {
+        #[doc = $help]
+        pub const $ident: VarSpec = VarSpec {
+            name: $name,
+            default: $default,
+            help: $help,
+        };
+    };
+}
+
+var!(
+    STRIPE_SECRET_KEY,
+    "STRIPE_SECRET_KEY",
+    "",
+    "Stripe secret key (sk_… or rk_…). Unset: transfer_seller, reverse_transfer and reconcile_transfers are not registered in this process (a warning says so) and their jobs wait."
+);
+var!(
+    STRIPE_API_BASE,
+    "STRIPE_API_BASE",
+    "https://api.stripe.com/",
+    "Base URL of the Stripe API; point it at a local fake in tests (a trailing / is added if missing)."
+);
+var!(
+    STRIPE_TIMEOUT,
+    "STRIPE_TIMEOUT",
+    "20s",
+    "Longest a single Stripe request may take; a timeout counts as a transient error."
+);
+var!(
+    STRIPE_MAX_RPS,
+    "STRIPE_MAX_RPS",
+    "25",
+    "Stripe requests per second this process sends at most, all payments jobs together."
+);
+var!(
+    TRANSFER_RETRY_ENABLED,
+    "TRANSFER_RETRY_ENABLED",
+    "true",
+    "true or false: whether this process runs the payout worker (transfer_seller) and its safety net; when false, payouts wait for another process."
+);
+var!(
+    TRANSFER_RETRY_MAX_RETRIES,
+    "TRANSFER_RETRY_MAX_RETRIES",
+    "10",
+    "Payout retries after the first attempt before a seller transfer becomes permanently_failed."
+);
+var!(
+    TRANSFER_RETRY_BACKOFF_BASE,
+    "TRANSFER_RETRY_BACKOFF_BASE",
+    "30s",
+    "Delay after the first failed payout; it doubles after each further failure."
+);
+var!(
+    TRANSFER_RETRY_BACKOFF_MAX,
+    "TRANSFER_RETRY_BACKOFF_MAX",
+    "1h",
+    "Longest delay between two payout attempts."
+);
+var!(
+    TRANSFER_CHECK_INTERVAL,
+    "TRANSFER_CHECK_INTERVAL",
+    "1m",
+    "How often the transfer_seller_check schedule re-enqueues the payout job of pending or failed transfers that have none."
+);
+var!(
+    REVERSAL_WORKER_ENABLED,
+    "REVERSAL_WORKER_ENABLED",
+    "true",
+    "true or false: whether this process runs the reversal worker (reverse_transfer) and its safety net; when false, reversals wait for another process."
+);
+var!(
+    REVERSAL_MAX_RETRIES,
+    "REVERSAL_MAX_RETRIES",
+    "10",
+    "Reversal retries after the first attempt before a transfer in reversal_pending becomes permanently_failed."
+);
+var!(
+    REVERSAL_BACKOFF_BASE,
+    "REVERSAL_BACKOFF_BASE",
+    "30s",
+    "Delay after the first failed reversal; it doubles after each further failure."
+);
+var!(
+    REVERSAL_BACKOFF_MAX,
+    "REVERSAL_BACKOFF_MAX",
+    "1h",
+    "Longest delay between two reversal attempts."
+);
+var!(
+    REVERSAL_CHECK_INTERVAL,
+    "REVERSAL_CHECK_INTERVAL",
+    "1m",
+    "How often the reverse_transfer_check schedule re-enqueues the reversal job of reversal_pending transfers that have none."
+);
+var!(
+    RECONCILE_TRANSFERS_SCHEDULE,
+    "RECONCILE_TRANSFERS_SCHEDULE",
+    "0 30 3 * * *",
+    "When reconcile_transfers compares completed and reversed transfers with Stripe: a cron expression with seconds (UTC) or an interval such as 24h."
+);
+var!(
+    RECONCILE_TRANSFERS_LOOKBACK,
+    "RECONCILE_TRANSFERS_LOOKBACK",
+    "30d",
+    "reconcile_transfers checks the transfers changed within this long."
+);
+
+/// The payments variables, in `.env.template` order.
+pub const VARS: &[VarSpec] = &[
+    STRIPE_SECRET_KEY,
+    STRIPE_API_BASE,
+    STRIPE_TIMEOUT,
+    STRIPE_MAX_RPS,
+    TRANSFER_RETRY_ENABLED,
+    TRANSFER_RETRY_MAX_RETRIES,
+    TRANSFER_RETRY_BACKOFF_BASE,
+    TRANSFER_RETRY_BACKOFF_MAX,
+    TRANSFER_CHECK_INTERVAL,
+    REVERSAL_WORKER_ENABLED,
+    REVERSAL_MAX_RETRIES,
+    REVERSAL_BACKOFF_BASE,
+    REVERSAL_BACKOFF_MAX,
+    REVERSAL_CHECK_INTERVAL,
+    RECONCILE_TRANSFERS_SCHEDULE,
+    RECONCILE_TRANSFERS_LOOKBACK,
+];
+
+/// One worker's switch and retry budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Whether this process runs the worker.
+    pub enabled: bool,
+    /// Retries after the first attempt; the row is given up after that many failures more.
+    pub max_retries: u32,
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl RetrySettings {
+    /// The delay after a failure when `retry_count` failures came before it:
+    /// `min(max, base·2^retry_count)`.
+    pub fn delay(&self, retry_count: i64) -> Duration {
+        let exp = u32::try_from(retry_count.clamp(0, 62)).unwrap_or(62);
+        let base_ms = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(base_ms.saturating_mul(1u64 << exp)).min(self.max)
+    }
+
+    /// When the next attempt is due, after a failure at `now` that followed `retry_count`
+    /// earlier ones.
+    pub fn next_retry_at(&self, now: Millis, retry_count: i64) -> Millis {
+        now.saturating_add(duration_ms(self.delay(retry_count)))
+    }
+
+    /// True when a row with `failures` failed attempts (this one included) has used up its
+    /// budget.
+    pub fn exhausted(&self, failures: i64) -> bool {
+        failures > i64::from(self.max_retries)
+    }
+}
+
+/// Everything the payments jobs are configured with.
+#[derive(Debug, Clone)]
+pub struct PaymentsConfig {
+    /// The Stripe client's settings; `None` when `STRIPE_SECRET_KEY` is unset.
+    pub stripe: Option<StripeSettings>,
+    /// The payout worker (`TRANSFER_RETRY_*`).
+    pub payout: RetrySettings,
+    /// The reversal worker (`REVERSAL_*`).
+    pub reversal: RetrySettings,
+    /// `TRANSFER_CHECK_INTERVAL`.
+    pub payout_check_interval: Duration,
+    /// `REVERSAL_CHECK_INTERVAL`.
+    pub reversal_check_interval: Duration,
+    /// `RECONCILE_TRANSFERS_SCHEDULE`.
+    pub reconcile_every: Every,
+    /// `RECONCILE_TRANSFERS_LOOKBACK`.
+    pub reconcile_lookback: Duration,
+}
+
+impl PaymentsConfig {
+    /// Reads the payments variables (problems are collected in `env`).
+    pub fn read(env: &mut Env) -> Self {
+        let stripe = env.optional(&STRIPE_SECRET_KEY).map(|secret_key| {
+            let settings = StripeSettings {
+                secret_key: secret_key.trim().to_owned(),
+                api_base: env.string(&STRIPE_API_BASE),
+                timeout: env.duration(&STRIPE_TIMEOUT),
+                max_rps: NonZeroU32::new(env.positive::<u32>(&STRIPE_MAX_RPS))
+                    .unwrap_or(NonZeroU32::MIN),
+            };
+            let base = settings.api_base.trim();
+            if !(base.starts_with("https://") || base.starts_with("http://"))
+                || StripeClient::new(&settings).is_err()
+            {
+                env.problem(
+                    &STRIPE_API_BASE,
+                    "an http(s) URL such as https://api.stripe.com/",
+                );
+            }
+            settings
+        });
+        let payout = retry_settings(
+            env,
+            &TRANSFER_RETRY_ENABLED,
+            &TRANSFER_RETRY_MAX_RETRIES,
+            &TRANSFER_RETRY_BACKOFF_BASE,
+            &TRANSFER_RETRY_BACKOFF_MAX,
+        );
+        let reversal = retry_settings(
+            env,
+            &REVERSAL_WORKER_ENABLED,
+            &REVERSAL_MAX_RETRIES,
+            &REVERSAL_BACKOFF_BASE,
+            &REVERSAL_BACKOFF_MAX,
+        );
+        let raw = env.string(&RECONCILE_TRANSFERS_SCHEDULE);
+        let reconcile_every = Every::parse(&raw).unwrap_or_else(|_| {
+            env.problem(
+                &RECONCILE_TRANSFERS_SCHEDULE,
+                "a cron expression with seconds such as \"0 30 3 * * *\" or an interval such as 24h",
+            );
+            Every::Interval(Duration::from_secs(24 * 3600))
+        });
+        Self {
+            stripe,
+            payout,
+            reversal,
+            payout_check_interval: env.duration(&TRANSFER_CHECK_INTERVAL),
+            reversal_check_interval: env.duration(&REVERSAL_CHECK_INTERVAL),
+            reconcile_every,
+            reconcile_lookback: env.duration(&RECONCILE_TRANSFERS_LOOKBACK),
+        }
+    }
+
+    /// The defaults, without Stripe: what a process without `STRIPE_SECRET_KEY` runs with.
+    pub fn without_stripe() -> Self {
+        let mut env = Env::from_map(Default::default());
+        let config = Self::read(&mut env);
+        debug_assert!(env.finish().is_ok(), "the defaults are valid");
+        config
+    }
+}
+
+fn retry_settings(
+    env: &mut Env,
+    enabled: &VarSpec,
+    max_retries: &VarSpec,
+    base: &VarSpec,
+    max: &VarSpec,
+) -> RetrySettings {
+    let settings = RetrySettings {
+        enabled: env.choice(enabled, &["true", "false"]) == "true",
+        max_retries: env.positive(max_retries),
+        base: env.duration(base),
+        max: env.duration(max),
+    };
+    if settings.max < settings.base {
+        env.problem(
+            max,
+            &format!("at least {} ({})", base.name, humantime_of(settings.base)),
+        );
+    }
+    settings
+}
+
+fn humantime_of(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_run_without_stripe() {
+        let mut e = env(&[]);
+        let c = PaymentsConfig::read(&mut e);
+        e.finish().unwrap();
+        assert!(c.stripe.is_none());
+        assert!(c.payout.enabled && c.reversal.enabled);
+        assert_eq!(c.reversal.max_retries, 10);
+        assert_eq!(c.reversal_check_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn stripe_settings_and_bad_values_are_read() {
+        let mut e = env(&[
+            ("STRIPE_SECRET_KEY", "sk_test_1"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
+            ("STRIPE_MAX_RPS", "5"),
+            ("REVERSAL_WORKER_ENABLED", "false"),
+        ]);
+        let c = PaymentsConfig::read(&mut e);
+        e.finish().unwrap();
+        let s = c.stripe.unwrap();
+        assert_eq!(s.max_rps.get(), 5);
+        assert_eq!(s.timeout, Duration::from_secs(20));
+        assert!(!c.reversal.enabled);
+
+        let mut e = env(&[
+            ("STRIPE_SECRET_KEY", "sk_test_1"),
+            ("STRIPE_API_BASE", "ftp://x"),
+            ("STRIPE_MAX_RPS", "0"),
+            ("REVERSAL_BACKOFF_BASE", "2h"),
+            ("TRANSFER_RETRY_ENABLED", "maybe"),
+            ("RECONCILE_TRANSFERS_SCHEDULE", "sometimes"),
+        ]);
+        PaymentsConfig::read(&mut e);
+        let err = e.finish().unwrap_err().to_string();
+        for var in [
+            "STRIPE_API_BASE",
+            "STRIPE_MAX_RPS",
+            "REVERSAL_BACKOFF_MAX",
+            "TRANSFER_RETRY_ENABLED",
+            "RECONCILE_TRANSFERS_SCHEDULE",
+        ] {
+            assert!(err.contains(&format!("{var} must be")), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn delay_is_base_doubling_up_to_max() {
+        let r = RetrySettings {
+            enabled: true,
+            max_retries: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        };
+        let delays: Vec<u64> = (0..5).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60]);
+        assert_eq!(r.next_retry_at(1_000, 1), 21_000);
+        assert!(!r.exhausted(3));
+        assert!(r.exhausted(4));
+    }
+}

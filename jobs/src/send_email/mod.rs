@@ -1,0 +1,288 @@
+//! `send_email`: sends a notification e-mail over SMTP (lettre), or, when `SMTP_URL` is
+//! unset, writes it as an `.eml` file into `MAIL_OUTBOX_DIR` and logs it.
+//!
+//! The args name the recipient by user id and the message by template and ids, never by
+//! address or content: the address is read when the job runs (an erased account gets no
+//! mail, and no e-mail address sits in the jobs table), and the message is rendered then
+//! (for an export, its signed download link).
+//!
+//! SMTP replies: `4xx` is transient (retried with the kind's backoff), `5xx` is permanent
+//! (the job fails at once); connection errors and timeouts are transient. Delivery is at
+//! least once: each message carries a `Message-ID` derived from what it is about, so that a
+//! retried send after a lost reply can be recognised as a duplicate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use engine::{Job, JobContext, JobError, JobPolicy, Outcome, RetryPolicy};
+use lettre::message::header::ContentType;
+use lettre::message::{Body, Mailbox, SinglePart};
+use lettre::{
+    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::exports::{ExportSettings, ExportStatus, download_link};
+use crate::users::UserStatus;
+
+/// Who receives the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Recipient {
+    /// A user, at the address on their account when the job runs.
+    User {
+        /// `users.id`.
+        user_id: i64,
+    },
+}
+
+/// What the message says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Template {
+    /// "Your data export is ready", with its download link.
+    ExportReady {
+        /// `data_exports.id`.
+        export_id: i64,
+    },
+}
+
+/// Args: recipient and template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendEmail {
+    /// To whom.
+    pub to: Recipient,
+    /// What.
+    pub template: Template,
+}
+
+impl SendEmail {
+    /// The "export ready" e-mail of `export_id` to its owner.
+    pub fn export_ready(user_id: i64, export_id: i64) -> Self {
+        Self {
+            to: Recipient::User { user_id },
+            template: Template::ExportReady { export_id },
+        }
+    }
+}
+
+impl Job for SendEmail {
+    const KIND: &'static str = "send_email";
+    const POLICY: JobPolicy = JobPolicy {
+        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(3600), 10),
+        timeout: Duration::from_secs(120),
+        concurrency: 4,
+        priority: 3,
+    };
+
+    fn unique_key(&self) -> Option<String> {
+        match self.template {
+            Template::ExportReady { export_id } => {
+                Some(format!("send_email:export_ready:{export_id}"))
+            }
+        }
+    }
+}
+
+/// The mail settings, from `SMTP_URL`, `MAIL_FROM` and `MAIL_OUTBOX_DIR`.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `SMTP_URL` (`smtp://host:port`, `smtps://user:pass@host`, `?tls=required`…); unset:
+    /// the outbox.
+    pub smtp_url: Option<String>,
+    /// `MAIL_FROM`: the sender, `Name <address>` or `address`.
+    pub from: Mailbox,
+    /// `MAIL_OUTBOX_DIR`: where `.eml` files go without `SMTP_URL`.
+    pub outbox_dir: PathBuf,
+    /// Timeout of each SMTP command.
+    pub timeout: Duration,
+}
+
+impl MailSettings {
+    /// The outbox in `outbox_dir`, sent from `Veza <no-reply@veza.local>`.
+    pub fn new(outbox_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            smtp_url: None,
+            from: default_from(),
+            outbox_dir: outbox_dir.into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `Veza <no-reply@veza.local>`.
+pub fn default_from() -> Mailbox {
+    Mailbox::new(
+        Some("Veza".to_owned()),
+        Address::new("no-reply", "veza.local").expect("a valid address"),
+    )
+}
+
+/// Where messages go.
+#[derive(Clone)]
+pub enum Mailer {
+    /// An SMTP server.
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// `.eml` files in a directory.
+    Outbox(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+impl Mailer {
+    /// The mailer `settings` describe; an unusable `SMTP_URL` is an error naming it.
+    pub fn new(settings: &MailSettings) -> Result<Self, String> {
+        match &settings.smtp_url {
+            Some(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                .map(|b| Mailer::Smtp(b.timeout(Some(settings.timeout)).build()))
+                .map_err(|e| format!("SMTP_URL cannot be used: {e}")),
+            None => Ok(Mailer::Outbox(
+                AsyncFileTransport::new(&settings.outbox_dir),
+                settings.outbox_dir.clone(),
+            )),
+        }
+    }
+}
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct MailContext {
+    /// The mailer (or why it could not be built: each job then fails with it).
+    pub mailer: Result<Mailer, String>,
+    /// The settings.
+    pub settings: MailSettings,
+    /// For the links in export e-mails.
+    pub exports: ExportSettings,
+}
+
+/// A rendered message.
+struct Rendered {
+    subject: String,
+    body: String,
+    message_id: String,
+}
+
+/// Sends one message.
+pub async fn handle(
+    args: SendEmail,
+    ctx: JobContext,
+    mail: &MailContext,
+) -> Result<Outcome, JobError> {
+    let mailer = mail.mailer.as_ref().map_err(JobError::permanent)?;
+    let Recipient::User { user_id } = args.to;
+    let row = sqlx::query("SELECT email, display_name, status FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(ctx.db())
+        .await
+        .map_err(|e| JobError::database(&e))?;
+    let Some(row) = row else {
+        return Ok(Outcome::Skipped {
+            reason: format!("user {user_id} does not exist"),
+        });
+    };
+    let email: Option<String> = row.try_get(0).map_err(|e| JobError::database(&e))?;
+    let name: Option<String> = row.try_get(1).map_err(|e| JobError::database(&e))?;
+    let status: String = row.try_get(2).map_err(|e| JobError::database(&e))?;
+    if UserStatus::parse(&status) == Some(UserStatus::Erased) {
+        return Ok(Outcome::Skipped {
+            reason: format!("user {user_id} is erased"),
+        });
+    }
+    let Some(email) = email else {
+        return Ok(Outcome::Skipped {
+            reason: format!("user {user_id} has no e-mail address"),
+        });
+    };
+    let address: Address = email.parse().map_err(|e| {
+        JobError::permanent(format!("user {user_id}'s e-mail address is not valid: {e}"))
+    })?;
+    let rendered = match render(&ctx, mail, &args.template).await? {
+        Ok(r) => r,
+        Err(reason) => return Ok(Outcome::Skipped { reason }),
+    };
+    // lettre picks the transfer encoding: quoted-printable here, as the link line is longer
+    // than 78 characters (soft line breaks keep it intact for mail clients).
+    let body = Body::new(rendered.body);
+    let message = Message::builder()
+        .from(mail.settings.from.clone())
+        .to(Mailbox::new(name, address))
+        .subject(rendered.subject)
+        .message_id(Some(rendered.message_id))
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(body),
+        )
+        .map_err(|e| JobError::permanent(format!("building the message: {e}")))?;
+    match mailer {
+        Mailer::Smtp(smtp) => match smtp.send(message).await {
+            Ok(response) => {
+                tracing::info!(user_id, code = %response.code(), "e-mail sent");
+                Ok(Outcome::Succeeded)
+            }
+            Err(e) if e.is_permanent() => Err(JobError::permanent(format!(
+                "the SMTP server refused the message: {e}"
+            ))),
+            Err(e) => Err(JobError::transient(format!("SMTP: {e}"))),
+        },
+        Mailer::Outbox(files, dir) => {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| JobError::transient(format!("creating MAIL_OUTBOX_DIR: {e}")))?;
+            let id = files
+                .send(message)
+                .await
+                .map_err(|e| JobError::transient(format!("writing to MAIL_OUTBOX_DIR: {e}")))?;
+            let path = dir.join(format!("{id}.eml"));
+            tracing::info!(user_id, file = %path.display(), "SMTP_URL unset: e-mail written to the outbox");
+            Ok(Outcome::Succeeded)
+        }
+    }
+}
+
+/// Renders `template`, or `Err(reason)` when there is nothing to send any more.
+async fn render(
+    ctx: &JobContext,
+    mail: &MailContext,
+    template: &Template,
+) -> Result<Result<Rendered, String>, JobError> {
+    match *template {
+        Template::ExportReady { export_id } => {
+            let row = sqlx::query(
+                "SELECT status, link_expires_at, size_bytes FROM data_exports WHERE id = $1",
+            )
+            .bind(export_id)
+            .fetch_optional(ctx.db())
+            .await
+            .map_err(|e| JobError::database(&e))?;
+            let Some(row) = row else {
+                return Ok(Err(format!("export {export_id} no longer exists")));
+            };
+            let status: String = row.try_get(0).map_err(|e| JobError::database(&e))?;
+            let expires: Option<i64> = row.try_get(1).map_err(|e| JobError::database(&e))?;
+            let size: Option<i64> = row.try_get(2).map_err(|e| JobError::database(&e))?;
+            let (Some(ExportStatus::Ready), Some(expires)) =
+                (ExportStatus::parse(&status), expires)
+            else {
+                return Ok(Err(format!(
+                    "export {export_id} is no longer ready ({status})"
+                )));
+            };
+            let link = download_link(&mail.exports, export_id, expires);
+            let until = engine::clock::to_datetime(expires).format("%Y-%m-%d %H:%M UTC");
+            let size_mb = size.unwrap_or_default() as f64 / 1_048_576.0;
+            Ok(Ok(Rendered {
+                subject: "Your Veza data export is ready".to_owned(),
+                body: format!(
+                    "Hello,\n\n\
+                     the copy of your Veza data you asked for is ready ({size_mb:.1} MB, ZIP).\n\n\
+                     Download it here until {until}:\n\n\
+                     {link}\n\n\
+                     The link is personal: do not share it. If you did not ask for this export,\n\
+                     please contact support.\n\n\
+                     -- Veza\n"
+                ),
+                message_id: format!("<export-ready-{export_id}@veza-jobs>"),
+            }))
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! Account deletion end to end on both backends: request and cancel within the recovery
+//! period, then the daily schedule's hard delete after it, against real Redis
+//! (`TEST_REDIS_URL`) and a local fake OpenSearch, with a scanner proving that no table
+//! keeps the user's e-mail, username or display name.
+
+mod gdpr_support;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use engine::scheduler::Scheduler;
+use engine::testing::{TestDb, drain, enqueued, perform_job};
+use engine::{Actor, JobState, Outcome, backend_tests};
+use gdpr_support::fake_opensearch::FakeOpenSearch;
+use gdpr_support::*;
+use jobs::exports;
+use jobs::hard_delete::receipt::StepStatus;
+use jobs::hard_delete::scan::HardDeleteScan;
+use jobs::hard_delete::{HardDelete, OPENSEARCH_SKIPPED, REDIS_SKIPPED};
+use jobs::users::{self, DeletionError, UserStatus};
+use serde_json::{Value, json};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+backend_tests!(
+    deletion_can_be_cancelled_before_the_deadline,
+    cancelling_at_or_after_the_deadline_is_a_conflict,
+    hard_delete_after_the_deadline_erases_every_store,
+    public_tracks_are_deleted_unless_kept_and_unset_stores_are_skipped,
+    one_failing_index_is_retried_alone,
+    a_missing_user_document_and_empty_lists_need_no_request,
+    unreachable_redis_leaves_the_step_unfinished,
+);
+
+async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
+    let w = world(&t, |_| {});
+    let user = Person::new("ana");
+    insert_user(&w, &user).await;
+    let actor = Actor::api_key(7);
+    let accounts = &w.settings.accounts;
+    let t0 = w.now();
+
+    let st = users::request_deletion(&w.engine, accounts, user.id, Some(true), &actor)
+        .await
+        .unwrap();
+    assert_eq!(st.status, UserStatus::DeletionRequested);
+    assert_eq!(st.deletion_requested_at, Some(t0));
+    assert_eq!(st.recovery_deadline, Some(t0 + 30 * 86_400_000));
+    assert!(st.keep_public_tracks);
+    assert!(st.receipt.is_none());
+    assert!(matches!(
+        users::request_deletion(&w.engine, accounts, user.id, None, &actor).await,
+        Err(DeletionError::AlreadyRequested { recovery_deadline, .. }) if recovery_deadline == t0 + 30 * 86_400_000
+    ));
+
+    // The last millisecond of the recovery period: still restorable.
+    w.clock.advance(30 * DAY - Duration::from_millis(1));
+    let st = users::cancel_deletion(&w.engine, user.id, &actor)
+        .await
+        .unwrap();
+    assert_eq!(st.status, UserStatus::Active);
+    assert_eq!(
+        (st.deletion_requested_at, st.recovery_deadline),
+        (None, None)
+    );
+    assert!(matches!(
+        users::cancel_deletion(&w.engine, user.id, &actor).await,
+        Err(DeletionError::NotRequested(_))
+    ));
+    let audit = engine::state_machine::history(
+        &mut w.db().acquire().await.unwrap(),
+        "user",
+        &user.id.to_string(),
+    )
+    .await
+    .unwrap();
+    let edges: Vec<_> = audit
+        .iter()
+        .map(|a| {
+            (
+                a.from_status.as_str(),
+                a.to_status.as_str(),
+                a.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("active", "deletion_requested", "api_key:7"),
+            ("deletion_requested", "active", "api_key:7")
+        ]
+    );
+
+    // A restored account is not erased by the daily pass, and can ask again.
+    w.clock.advance(2 * DAY);
+    perform_job(&w.engine, &HardDeleteScan {}).await.unwrap();
+    assert!(enqueued::<HardDelete>(&w.engine).await.is_empty());
+    let st = users::request_deletion(&w.engine, accounts, user.id, None, &actor)
+        .await
+        .unwrap();
+    assert_eq!(st.status, UserStatus::DeletionRequested);
+    assert!(matches!(
+        users::deletion_status(w.db(), 1).await,
+        Err(DeletionError::NotFound(1))
+    ));
+}
+
+async fn cancelling_at_or_after_the_deadline_is_a_conflict(t: TestDb) {
+    let w = world(&t, |_| {});
+    let user = Person::new("cy");
+    insert_user(&w, &user).await;
+    let actor = Actor::api_key(1);
+    let st = users::request_deletion(&w.engine, &w.settings.accounts, user.id, None, &actor)
+        .await
+        .unwrap();
+    w.clock.advance(30 * DAY);
+    match users::cancel_deletion(&w.engine, user.id, &actor).await {
+        Err(DeletionError::DeadlinePassed {
+            recovery_deadline, ..
+        }) => assert_eq!(Some(recovery_deadline), st.recovery_deadline),
+        other => panic!("expected DeadlinePassed, got {other:?}"),
+    }
+    let st = users::deletion_status(w.db(), user.id).await.unwrap();
+    assert_eq!(st.status, UserStatus::DeletionRequested, "nothing changed");
+    // Before the deadline, the hard delete job refuses to run (an early manual enqueue).
+    let w2 = world(&t, |_| {});
+    let early = Person::new("dee");
+    insert_user(&w2, &early).await;
+    users::request_deletion(&w2.engine, &w2.settings.accounts, early.id, None, &actor)
+        .await
+        .unwrap();
+    let out = perform_job(&w2.engine, &HardDelete { user_id: early.id })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out, Outcome::Skipped { reason } if reason.contains("recovery period is not over")),
+        "{out:?}"
+    );
+}
+
+fn ids(v: &[i64]) -> Value {
+    json!(v.iter().map(i64::to_string).collect::<Vec<_>>())
+}
+
+async fn hard_delete_after_the_deadline_erases_every_store(t: TestDb) {
+    let os = FakeOpenSearch::start().await;
+    let redis = redis_url();
+    let w = world(&t, |s| {
+        s.erasure.opensearch_url = Some(os.url());
+        s.erasure.redis_url = redis.clone();
+        // Keep the earlier export's file until the erasure (cleanup would remove it first).
+        s.exports.retention = 90 * DAY;
+    });
+    let (user, other) = (Person::new("ana"), Person::new("bob"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    let seeded = seed(&w, &user, &other).await;
+    let actor = Actor::api_key(3);
+
+    // The user exported their data before: the ZIP must go too.
+    let export = exports::request_export(&w.engine, &w.settings.exports, user.id, &actor)
+        .await
+        .unwrap();
+    drain(&w.engine).await;
+    let export_file = exports::export_file_path(&w.settings.exports, export.export_id);
+    assert!(export_file.exists());
+
+    // Redis: 154 keys of the user (several SCAN pages), 4 of another user whose id starts
+    // with the same digits, and global keys.
+    let user_keys: Vec<String> = (0..154).map(|i| format!("user:{}:k{i}", user.id)).collect();
+    let other_keys: Vec<String> = (0..4).map(|i| format!("user:{}0:k{i}", user.id)).collect();
+    let global_keys = vec![
+        format!("global:{}:charts", user.id),
+        format!("user:{}", user.id),
+        format!("users:{}:count", user.id),
+    ];
+    let client = match &redis {
+        Some(url) => {
+            let c = redis_client(url).await;
+            redis_set(&c, &user_keys).await;
+            redis_set(&c, &other_keys).await;
+            redis_set(&c, &global_keys).await;
+            Some(c)
+        }
+        None => None,
+    };
+
+    // The scanner sees the user's identity before: it is not blind.
+    let before = find_everywhere(&w, &user.identity()).await;
+    for place in [
+        "users.email",
+        "users.username",
+        "users.display_name",
+        "user_profiles.bio",
+        "messages.body",
+        "tracks.artist_name",
+        "playlists.name",
+    ] {
+        assert!(
+            before.iter().any(|h| h.starts_with(place)),
+            "{place} not found in {before:#?}"
+        );
+    }
+
+    let scheduler = Scheduler::new(w.engine.clone(), jobs::gdpr::schedules());
+    scheduler.register().await.unwrap();
+    users::request_deletion(&w.engine, &w.settings.accounts, user.id, Some(true), &actor)
+        .await
+        .unwrap();
+
+    // Day 30, 03:00: the deadline (12:00) has not passed; the pass enqueues nothing.
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 5, 31, 3, 0, 0).unwrap());
+    let fired: Vec<&str> = scheduler
+        .tick()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(fired.contains(&"hard_delete"), "{fired:?}");
+    drain(&w.engine).await;
+    assert!(enqueued::<HardDelete>(&w.engine).await.is_empty());
+    assert_eq!(
+        users::deletion_status(w.db(), user.id)
+            .await
+            .unwrap()
+            .status,
+        UserStatus::DeletionRequested
+    );
+
+    // Day 31, 03:00: past the deadline.
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 6, 1, 3, 0, 0).unwrap());
+    let fired: Vec<&str> = scheduler
+        .tick()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(fired.contains(&"hard_delete"), "{fired:?}");
+    let report = drain(&w.engine).await;
+    assert_eq!((report.retried, report.failed), (0, 0), "{report:?}");
+    let jobs = enqueued::<HardDelete>(&w.engine).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].1, JobState::Succeeded);
+    assert_eq!(jobs[0].2.user_id, user.id);
+
+    // Status and receipt.
+    let st = users::deletion_status(w.db(), user.id).await.unwrap();
+    assert_eq!(st.status, UserStatus::Erased);
+    assert_eq!(st.erased_at, Some(w.now()));
+    let receipt = st.receipt.expect("a receipt");
+    assert_eq!(receipt.finished_at, Some(w.now()));
+    assert!(receipt.started_at <= receipt.finished_at.unwrap());
+    let d = &receipt.report.database;
+    assert_eq!(d.status, StepStatus::Done);
+    assert_eq!((d.users_anonymised, d.profiles_anonymised), (1, 1));
+    assert_eq!(
+        d.messages_deleted,
+        (seeded.messages_sent + seeded.messages_received) as u64
+    );
+    assert_eq!(d.playback_history_deleted, seeded.plays as u64);
+    assert_eq!(
+        (d.playlists_deleted, d.playlist_items_deleted),
+        (2, seeded.playlist_items as u64)
+    );
+    assert_eq!(
+        (
+            d.private_tracks_deleted,
+            d.public_tracks_deleted,
+            d.public_tracks_anonymised
+        ),
+        (2, 0, 2)
+    );
+    assert_eq!(
+        d.other_plays_detached, 1,
+        "the other user's play of a private track"
+    );
+    assert_eq!(d.media_files_deleted, seeded.private_files.len() as u64);
+    assert_eq!((d.exports_deleted, d.export_files_deleted), (1, 1));
+    let receipt_json = serde_json::to_string(&receipt).unwrap();
+    for needle in user.identity() {
+        assert!(
+            !receipt_json.contains(needle),
+            "the receipt holds no personal data"
+        );
+    }
+
+    // Database rows.
+    let (email, username, name): (Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT email, username, display_name FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(w.db())
+            .await
+            .unwrap();
+    assert_eq!((email, username, name), (None, None, None));
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM user_profiles WHERE user_id = $1 AND bio IS NULL \
+         AND avatar_path IS NULL AND location IS NULL AND website IS NULL AND links IS NULL",
+    )
+    .bind(user.id)
+    .fetch_one(w.db())
+    .await
+    .unwrap();
+    assert_eq!(left, 1, "the profile row stays, every field cleared");
+    for (sql, left) in [
+        (
+            "SELECT COUNT(*) FROM messages WHERE sender_id = $1 OR recipient_id = $1",
+            0,
+        ),
+        (
+            "SELECT COUNT(*) FROM playback_history WHERE user_id = $1",
+            0,
+        ),
+        ("SELECT COUNT(*) FROM playlists WHERE owner_id = $1", 0),
+        ("SELECT COUNT(*) FROM tracks WHERE owner_id = $1", 0),
+        ("SELECT COUNT(*) FROM data_exports WHERE user_id = $1", 0),
+    ] {
+        assert_eq!(count(&w, sql, user.id).await, left, "{sql}");
+    }
+    let kept: Vec<(i64, Option<i64>, String)> = sqlx::query_as(
+        "SELECT id, owner_id, artist_name FROM tracks WHERE artist_name = 'Anonymous artist' ORDER BY id",
+    )
+    .fetch_all(w.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        seeded
+            .public_tracks
+            .iter()
+            .map(|id| (*id, None, "Anonymous artist".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    // The other user keeps everything of theirs, including the kept track in their playlist.
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM playlist_items WHERE playlist_id = $1",
+            seeded.other_playlist
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM playback_history WHERE user_id = $1",
+            other.id
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM playback_history WHERE user_id = $1 AND track_id IS NULL",
+            other.id
+        )
+        .await,
+        1
+    );
+    let other_email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(other.id)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert_eq!(other_email.as_deref(), Some(other.email.as_str()));
+
+    // Files.
+    for f in &seeded.private_files {
+        assert!(!f.exists(), "{} should be deleted", f.display());
+    }
+    for f in seeded.public_files.iter().chain(&seeded.other_files) {
+        assert!(f.exists(), "{} should be kept", f.display());
+    }
+    assert!(!export_file.exists(), "the export ZIP is deleted");
+
+    // Redis.
+    if let Some(c) = &client {
+        assert_eq!(redis_exists(c, &user_keys).await, 0, "all 154 keys gone");
+        assert_eq!(
+            redis_exists(c, &other_keys).await,
+            4,
+            "the other user's keys intact"
+        );
+        assert_eq!(redis_exists(c, &global_keys).await, 3, "global keys intact");
+        let r = &receipt.report.redis;
+        assert_eq!((r.status, r.keys_deleted), (StepStatus::Done, 154));
+        assert!(r.scan_pages >= 2, "several SCAN pages: {}", r.scan_pages);
+        redis_del(c, &other_keys).await;
+        redis_del(c, &global_keys).await;
+    } else {
+        assert_eq!(receipt.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+    }
+
+    // OpenSearch: the right paths and bodies, one request each.
+    let seen = os.requests().await;
+    let paths: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("DELETE", format!("/users/_doc/{}", user.id).as_str()),
+            ("POST", "/tracks/_delete_by_query"),
+            ("POST", "/playlists/_delete_by_query"),
+            ("POST", "/tracks/_update_by_query"),
+        ]
+    );
+    assert_eq!(
+        seen[1].body.as_ref().unwrap()["query"]["terms"]["_id"],
+        ids(&seeded.private_tracks)
+    );
+    assert_eq!(
+        seen[2].body.as_ref().unwrap()["query"]["terms"]["_id"],
+        ids(&seeded.playlists)
+    );
+    let update = seen[3].body.as_ref().unwrap();
+    assert_eq!(update["query"]["terms"]["_id"], ids(&seeded.public_tracks));
+    assert_eq!(
+        update["script"]["params"]["artist_name"],
+        "Anonymous artist"
+    );
+    for r in &seen[1..] {
+        assert!(
+            r.query.contains("conflicts=proceed") && r.query.contains("refresh=true"),
+            "{}",
+            r.query
+        );
+    }
+    let o = &receipt.report.opensearch;
+    assert_eq!(o.status, StepStatus::Done);
+    assert_eq!(
+        (
+            o.tracks_deleted.affected,
+            o.playlists_deleted.affected,
+            o.tracks_anonymised.affected
+        ),
+        (2, 2, 2)
+    );
+
+    // Nothing of the user's identity is left in any table.
+    let after = find_everywhere(&w, &user.identity()).await;
+    assert!(after.is_empty(), "personal data left behind: {after:#?}");
+    // … while the other user's identity is still found (the scanner still sees).
+    assert!(!find_everywhere(&w, &[&other.email]).await.is_empty());
+
+    // Running it again, or the next day's pass, changes nothing.
+    let again = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert!(matches!(again, Outcome::Skipped { .. }), "{again:?}");
+    w.clock.advance(DAY);
+    scheduler.tick().await.unwrap();
+    drain(&w.engine).await;
+    assert_eq!(enqueued::<HardDelete>(&w.engine).await.len(), 1);
+    assert_eq!(os.requests().await.len(), 4);
+}
+
+async fn past_deadline(w: &World, user: &Person, keep: Option<bool>) {
+    users::request_deletion(
+        &w.engine,
+        &w.settings.accounts,
+        user.id,
+        keep,
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    w.clock.advance(31 * DAY);
+}
+
+async fn public_tracks_are_deleted_unless_kept_and_unset_stores_are_skipped(t: TestDb) {
+    let w = world(&t, |_| {});
+    let (user, other) = (Person::new("eve"), Person::new("fox"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    let seeded = seed(&w, &user, &other).await;
+    past_deadline(&w, &user, Some(false)).await;
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Succeeded);
+
+    let receipt = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    let d = &receipt.report.database;
+    assert_eq!(
+        (
+            d.private_tracks_deleted,
+            d.public_tracks_deleted,
+            d.public_tracks_anonymised
+        ),
+        (2, 2, 0)
+    );
+    assert_eq!(
+        d.other_playlist_items_deleted, 1,
+        "the other's playlist item of a deleted public track"
+    );
+    assert_eq!(d.other_plays_detached, 2);
+    assert_eq!(
+        d.media_files_deleted,
+        (seeded.private_files.len() + seeded.public_files.len()) as u64
+    );
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM tracks WHERE owner_id = $1 OR artist_name = 'Anonymous artist'",
+            user.id
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM playlist_items WHERE playlist_id = $1",
+            seeded.other_playlist
+        )
+        .await,
+        1
+    );
+    for f in seeded.private_files.iter().chain(&seeded.public_files) {
+        assert!(!f.exists(), "{}", f.display());
+    }
+    for f in &seeded.other_files {
+        assert!(f.exists());
+    }
+    // Unset stores: skipped, with the reason on the receipt.
+    assert_eq!(receipt.report.redis.status, StepStatus::Skipped);
+    assert_eq!(receipt.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+    assert_eq!(receipt.report.opensearch.status, StepStatus::Skipped);
+    assert_eq!(
+        receipt.report.opensearch.reason.as_deref(),
+        Some(OPENSEARCH_SKIPPED)
+    );
+    assert!(receipt.redis_at.is_some() && receipt.finished_at.is_some());
+    assert!(find_everywhere(&w, &user.identity()).await.is_empty());
+}
+
+async fn one_failing_index_is_retried_alone(t: TestDb) {
+    let os = FakeOpenSearch::start().await;
+    os.fail("POST", "/playlists/_delete_by_query", 500, 1).await;
+    let redis = redis_url();
+    let w = world(&t, |s| {
+        s.erasure.opensearch_url = Some(os.url());
+        s.erasure.redis_url = redis.clone();
+        s.erasure.indices.playlists = "playlists".into();
+    });
+    let (user, other) = (Person::new("gus"), Person::new("hal"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    seed(&w, &user, &other).await;
+    let keys: Vec<String> = (0..10).map(|i| format!("user:{}:k{i}", user.id)).collect();
+    let client = match &redis {
+        Some(url) => {
+            let c = redis_client(url).await;
+            redis_set(&c, &keys).await;
+            Some(c)
+        }
+        None => None,
+    };
+    past_deadline(&w, &user, Some(true)).await;
+    w.engine
+        .enqueue(HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+
+    let first = drain(&w.engine).await;
+    assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
+    let jobs = enqueued::<HardDelete>(&w.engine).await;
+    assert_eq!(jobs[0].1, JobState::Retrying);
+    let st = users::deletion_status(w.db(), user.id).await.unwrap();
+    assert_eq!(st.status, UserStatus::Erased, "the database step is done");
+    let r = st.receipt.unwrap();
+    assert!(r.database_at.is_some() && r.redis_at.is_some());
+    assert!(r.opensearch_at.is_none() && r.finished_at.is_none());
+    let o = &r.report.opensearch;
+    assert_eq!(o.status, StepStatus::Pending);
+    assert_eq!(o.playlists_deleted.status, StepStatus::Pending);
+    assert!(
+        o.playlists_deleted
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("500"),
+        "{o:?}"
+    );
+    for part in [&o.user_document, &o.tracks_deleted, &o.tracks_anonymised] {
+        assert_eq!(part.status, StepStatus::Done, "{part:?}");
+    }
+    // Every index was tried despite the failure.
+    let per_path = |seen: &[gdpr_support::fake_opensearch::Seen], p: &str| {
+        seen.iter().filter(|r| r.path == p).count()
+    };
+    let seen = os.requests().await;
+    assert_eq!(seen.len(), 4);
+    assert_eq!(per_path(&seen, "/playlists/_delete_by_query"), 1);
+
+    // A key appearing now is not touched by the retry: the Redis step is done, not re-run.
+    let late = vec![format!("user:{}:late", user.id)];
+    if let Some(c) = &client {
+        assert_eq!(redis_exists(c, &keys).await, 0);
+        redis_set(c, &late).await;
+    }
+
+    w.clock.advance(Duration::from_secs(600));
+    let second = drain(&w.engine).await;
+    assert_eq!((second.succeeded, second.retried), (1, 0), "{second:?}");
+    let seen = os.requests().await;
+    assert_eq!(seen.len(), 5, "only the failed part is sent again");
+    assert_eq!(per_path(&seen, "/playlists/_delete_by_query"), 2);
+    assert_eq!(seen[4].path, "/playlists/_delete_by_query");
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        r.report.opensearch.playlists_deleted.status,
+        StepStatus::Done
+    );
+    assert_eq!(r.report.opensearch.playlists_deleted.last_error, None);
+    if let Some(c) = &client {
+        assert_eq!(redis_exists(c, &late).await, 1);
+        redis_del(c, &late).await;
+    }
+}
+
+async fn a_missing_user_document_and_empty_lists_need_no_request(t: TestDb) {
+    let os = FakeOpenSearch::start().await;
+    let w = world(&t, |s| s.erasure.opensearch_url = Some(os.url()));
+    let user = Person::new("ivy");
+    insert_user(&w, &user).await;
+    os.fail("DELETE", &format!("/users/_doc/{}", user.id), 404, 1)
+        .await;
+    past_deadline(&w, &user, None).await;
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Succeeded);
+    let seen = os.requests().await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "no tracks, no playlists: nothing but the user document"
+    );
+    assert_eq!(seen[0].method, "DELETE");
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    let o = &r.report.opensearch;
+    assert_eq!(o.status, StepStatus::Done);
+    assert_eq!(o.user_document.note.as_deref(), Some("already gone (404)"));
+    assert_eq!(o.tracks_deleted.note.as_deref(), Some("nothing to send"));
+    assert_eq!(o.playlists_deleted.note.as_deref(), Some("nothing to send"));
+    assert_eq!(o.tracks_anonymised.note.as_deref(), Some("nothing to send"));
+}
+
+async fn unreachable_redis_leaves_the_step_unfinished(t: TestDb) {
+    let w = world(&t, |s| {
+        s.erasure.redis_url = Some("redis://127.0.0.1:1".into())
+    });
+    let user = Person::new("jo");
+    insert_user(&w, &user).await;
+    past_deadline(&w, &user, None).await;
+    let err = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, engine::JobError::Transient(m) if m.contains("Redis")),
+        "{err:?}"
+    );
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(
+        r.database_at.is_some(),
+        "the database step is done and kept"
+    );
+    assert!(r.redis_at.is_none() && r.finished_at.is_none());
+    assert_eq!(r.report.redis.status, StepStatus::Pending);
+    assert!(r.report.redis.last_error.is_some());
+    assert_eq!(
+        r.report.opensearch.status,
+        StepStatus::Skipped,
+        "the other store was still handled"
+    );
+}

@@ -1,0 +1,791 @@
+//! `thumbnail` end to end on both backends: real images generated here, real tracks rows,
+//! real files under a temporary MEDIA_ROOT, the real handler run by the engine (and by a
+//! worker pool for the burst test).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use engine::config::Env;
+use engine::testing::{TestDb, drain, perform_job};
+use engine::worker::WorkerPool;
+use engine::{Clock, Engine, Enqueued, Job, JobError, JobPolicy, Outcome, Registry, backend_tests};
+use image::codecs::jpeg::JpegEncoder;
+use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
+use jobs::thumbnail::{Thumbnail, ThumbnailArgs, track_thumbnails};
+use jobs::{JobsConfig, register_all};
+use serde::{Deserialize, Serialize};
+
+struct World {
+    engine: Engine,
+    clock: Clock,
+    media: tempfile::TempDir,
+    /// A directory beside MEDIA_ROOT: what must never be read or written by a job.
+    outside: tempfile::TempDir,
+}
+
+fn config(media: &Path, extra: &[(&str, &str)]) -> JobsConfig {
+    let mut vars: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.insert("MEDIA_ROOT".into(), media.to_string_lossy().into_owned());
+    let mut env = Env::from_map(vars);
+    let config = JobsConfig::read(&mut env);
+    env.finish().expect("valid test configuration");
+    config
+}
+
+fn world(t: &TestDb) -> World {
+    let media = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let mut registry = Registry::new();
+    register_all(&mut registry, &config(media.path(), &[]));
+    let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap());
+    World {
+        engine: t.engine(registry, clock.clone()),
+        clock,
+        media,
+        outside,
+    }
+}
+
+impl World {
+    async fn track(&self) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO tracks (status, file_path, created_at, updated_at) \
+             VALUES ('processing', 'uploads/a.mp3', $1, $1) RETURNING id",
+        )
+        .bind(self.clock.now_ms())
+        .fetch_one(self.engine.db())
+        .await
+        .unwrap()
+    }
+
+    fn put(&self, relative: &str, bytes: &[u8]) {
+        let path = self.media.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    async fn run(&self, track_id: i64, source: &str) -> Result<Outcome, JobError> {
+        perform_job(
+            &self.engine,
+            &ThumbnailArgs {
+                track_id,
+                source: source.into(),
+            },
+        )
+        .await
+    }
+
+    async fn recorded(&self, track_id: i64) -> jobs::thumbnail::TrackThumbnails {
+        let mut conn = self.engine.db().acquire().await.unwrap();
+        track_thumbnails(&mut conn, track_id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn status(&self, track_id: i64) -> String {
+        sqlx::query_scalar("SELECT status FROM tracks WHERE id = $1")
+            .bind(track_id)
+            .fetch_one(self.engine.db())
+            .await
+            .unwrap()
+    }
+
+    fn load(&self, relative: &str) -> DynamicImage {
+        image::open(self.media.path().join(relative)).unwrap()
+    }
+
+    /// Enqueues a job and runs everything due; returns (status, attempts, last_error).
+    async fn through_engine(&self, track_id: i64, source: &str) -> (String, i64, String) {
+        let id = self
+            .engine
+            .enqueue(ThumbnailArgs {
+                track_id,
+                source: source.into(),
+            })
+            .await
+            .unwrap()
+            .id();
+        drain(&self.engine).await;
+        sqlx::query_as("SELECT status, attempt, COALESCE(last_error, '') FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.engine.db())
+            .await
+            .unwrap()
+    }
+
+    fn thumbnail_files(&self, track_id: i64) -> Vec<String> {
+        let dir = self.media.path().join(format!("thumbnails/{track_id}"));
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+}
+
+const RED: [u8; 3] = [220, 30, 30];
+const GREEN: [u8; 3] = [30, 200, 30];
+const BLUE: [u8; 3] = [30, 30, 220];
+const WHITE: [u8; 3] = [250, 250, 250];
+
+/// Quadrants red | green over blue | white.
+fn quadrants(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb(match (x < w / 2, y < h / 2) {
+            (true, true) => RED,
+            (false, true) => GREEN,
+            (true, false) => BLUE,
+            (false, false) => WHITE,
+        })
+    })
+}
+
+fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut out, format)
+        .unwrap();
+    out.into_inner()
+}
+
+/// A JPEG carrying an EXIF Orientation tag.
+fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
+    let mut exif = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+    exif.extend_from_slice(&orientation.to_be_bytes());
+    exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut out = Vec::new();
+    let mut enc = JpegEncoder::new_with_quality(&mut out, 90);
+    enc.set_exif_metadata(exif).unwrap();
+    enc.write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        ExtendedColorType::Rgb8,
+    )
+    .unwrap();
+    out
+}
+
+/// A real PNG whose header is patched to claim `w`x`h`: what a decompression bomb looks
+/// like to a decoder before it allocates (a fully inflating 50,000 x 50,000 file would
+/// take 2.5 GB to generate).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut bytes = encode(&RgbImage::new(64, 64), ImageFormat::Png);
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn close(a: [u8; 3], b: [u8; 3]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) < 40)
+}
+
+fn at(img: &DynamicImage, x: u32, y: u32) -> [u8; 3] {
+    img.to_rgb8().get_pixel(x, y).0
+}
+
+fn permanent(result: Result<Outcome, JobError>) -> String {
+    match result {
+        Err(JobError::Permanent(msg)) => msg,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+backend_tests!(
+    each_format_is_made_into_every_size_and_recorded,
+    an_exif_rotated_jpeg_comes_out_upright,
+    thumbnails_are_centred_square_crops,
+    rerunning_replaces_the_thumbnails_atomically,
+    a_decompression_bomb_fails_permanently_with_its_message,
+    a_truncated_file_fails_permanently_with_its_message,
+    missing_and_non_image_sources_fail_permanently,
+    paths_escaping_media_root_are_refused,
+    one_unfinished_job_per_track,
+    a_missing_track_fails_permanently,
+    a_burst_of_thumbnails_does_not_hold_up_other_kinds,
+);
+
+async fn each_format_is_made_into_every_size_and_recorded(t: TestDb) {
+    let w = world(&t);
+    for (format, ext) in [
+        (ImageFormat::Jpeg, "jpg"),
+        (ImageFormat::Png, "png"),
+        (ImageFormat::WebP, "webp"),
+        (ImageFormat::Gif, "gif"),
+    ] {
+        let track = w.track().await;
+        // The name says nothing: the content tells the format.
+        let source = format!("covers/{track}.{ext}.upload");
+        w.put(&source, &encode(&quadrants(640, 480), format));
+        assert_eq!(w.run(track, &source).await, Ok(Outcome::Succeeded));
+
+        let rec = w.recorded(track).await;
+        assert_eq!(rec.source.as_deref(), Some(source.as_str()));
+        assert_eq!(rec.updated_at, Some(w.clock.now_ms()));
+        let expected: Vec<Thumbnail> = [64, 256, 512]
+            .into_iter()
+            .map(|size| Thumbnail {
+                size,
+                jpg: format!("thumbnails/{track}/{size}.jpg"),
+                webp: format!("thumbnails/{track}/{size}.webp"),
+            })
+            .collect();
+        assert_eq!(rec.thumbnails, expected, "{format:?}");
+        for thumb in &rec.thumbnails {
+            for (path, fmt) in [
+                (&thumb.jpg, ImageFormat::Jpeg),
+                (&thumb.webp, ImageFormat::WebP),
+            ] {
+                let bytes = std::fs::read(w.media.path().join(path)).unwrap();
+                assert_eq!(image::guess_format(&bytes).unwrap(), fmt, "{path}");
+                let img = image::load_from_memory(&bytes).unwrap();
+                assert_eq!(
+                    (img.width(), img.height()),
+                    (thumb.size, thumb.size),
+                    "{path}"
+                );
+            }
+        }
+        assert_eq!(
+            w.thumbnail_files(track),
+            [
+                "256.jpg", "256.webp", "512.jpg", "512.webp", "64.jpg", "64.webp"
+            ],
+            "exactly the recorded files, no temporary left"
+        );
+        assert_eq!(w.status(track).await, "processing", "status is not ours");
+    }
+    let transitions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")
+        .fetch_one(w.engine.db())
+        .await
+        .unwrap();
+    assert_eq!(transitions, 0);
+}
+
+async fn an_exif_rotated_jpeg_comes_out_upright(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    // Upright: 800x600 quadrants. The camera stored it turned a quarter to the left
+    // (600x800) with Orientation 6: "rotate 90° clockwise to display".
+    let upright = DynamicImage::ImageRgb8(quadrants(800, 600));
+    w.put(
+        "covers/phone.jpg",
+        &jpeg_with_orientation(&upright.rotate270().to_rgb8(), 6),
+    );
+    w.run(track, "covers/phone.jpg").await.unwrap();
+    for ext in ["jpg", "webp"] {
+        let t = w.load(&format!("thumbnails/{track}/256.{ext}"));
+        assert_eq!((t.width(), t.height()), (256, 256));
+        for (x, y, want) in [
+            (20, 20, RED),
+            (235, 20, GREEN),
+            (20, 235, BLUE),
+            (235, 235, WHITE),
+        ] {
+            assert!(
+                close(at(&t, x, y), want),
+                "{ext} at {x},{y}: {:?} is not {want:?}",
+                at(&t, x, y)
+            );
+        }
+    }
+}
+
+async fn thumbnails_are_centred_square_crops(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    // 900x300 in three bands: the centred square is exactly the middle band.
+    let bands = RgbImage::from_fn(900, 300, |x, _| {
+        Rgb(match x {
+            0..300 => RED,
+            300..600 => GREEN,
+            _ => BLUE,
+        })
+    });
+    w.put("covers/wide.png", &encode(&bands, ImageFormat::Png));
+    w.run(track, "covers/wide.png").await.unwrap();
+    for size in [64u32, 256, 512] {
+        let t = w.load(&format!("thumbnails/{track}/{size}.webp"));
+        for (x, y) in [
+            (0, 0),
+            (size - 1, 0),
+            (size / 2, size / 2),
+            (0, size - 1),
+            (size - 1, size - 1),
+        ] {
+            assert!(
+                close(at(&t, x, y), GREEN),
+                "{size} at {x},{y}: {:?}",
+                at(&t, x, y)
+            );
+        }
+    }
+}
+
+async fn rerunning_replaces_the_thumbnails_atomically(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    let solid = |c: [u8; 3]| encode(&RgbImage::from_pixel(700, 500, Rgb(c)), ImageFormat::Png);
+    w.put("covers/same.png", &solid(RED));
+    w.run(track, "covers/same.png").await.unwrap();
+    let first_at = w.recorded(track).await.updated_at.unwrap();
+    let inode = |p: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(w.media.path().join(p)).unwrap().ino()
+    };
+    let old_inode = inode(&format!("thumbnails/{track}/512.jpg"));
+
+    // A reader keeps opening the files while the job is re-run: every read must be a
+    // whole image, old or new, never a part.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads) = (Arc::clone(&stop), Arc::clone(&reads));
+        let dir = w.media.path().join(format!("thumbnails/{track}"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for name in ["512.jpg", "512.webp", "64.jpg"] {
+                    let bytes = std::fs::read(dir.join(name)).expect("the file is always there");
+                    let img = image::load_from_memory(&bytes)
+                        .unwrap_or_else(|e| panic!("{name} read half-written: {e}"));
+                    assert!(img.width() > 0);
+                    reads.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    for colour in [BLUE, GREEN, BLUE, GREEN, BLUE] {
+        // Same source path, new content (the user re-uploaded the cover).
+        w.put("covers/same.png", &solid(colour));
+        w.clock.advance(Duration::from_secs(1));
+        w.run(track, "covers/same.png").await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.join().expect("the reader never saw a partial file");
+    assert!(reads.load(Ordering::SeqCst) > 0);
+
+    for name in ["64.jpg", "256.webp", "512.jpg"] {
+        let t = w.load(&format!("thumbnails/{track}/{name}"));
+        assert!(close(at(&t, 10, 10), BLUE), "{name} shows the last upload");
+    }
+    assert_ne!(
+        inode(&format!("thumbnails/{track}/512.jpg")),
+        old_inode,
+        "replaced by a rename, not rewritten in place"
+    );
+    let rec = w.recorded(track).await;
+    assert_eq!(rec.updated_at, Some(first_at + 5_000));
+    assert_eq!(rec.thumbnails.len(), 3);
+    assert_eq!(w.thumbnail_files(track).len(), 6, "no temporary files left");
+
+    // With fewer sizes configured, the row and the directory hold just those.
+    let mut registry = Registry::new();
+    register_all(
+        &mut registry,
+        &config(w.media.path(), &[("THUMBNAIL_SIZES", "128")]),
+    );
+    let engine = t.engine(registry, w.clock.clone());
+    perform_job(
+        &engine,
+        &ThumbnailArgs {
+            track_id: track,
+            source: "covers/same.png".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.thumbnail_files(track), ["128.jpg", "128.webp"]);
+    let sizes: Vec<u32> = w
+        .recorded(track)
+        .await
+        .thumbnails
+        .iter()
+        .map(|t| t.size)
+        .collect();
+    assert_eq!(sizes, [128]);
+}
+
+async fn a_decompression_bomb_fails_permanently_with_its_message(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    w.put("covers/bomb.png", &png_claiming(50_000, 50_000));
+    let (status, attempts, error) = w.through_engine(track, "covers/bomb.png").await;
+    assert_eq!((status.as_str(), attempts), ("failed", 1), "{error}");
+    assert!(error.contains("image too large"), "{error}");
+    assert!(error.contains("THUMBNAIL_MAX_DIMENSION"), "{error}");
+    assert!(
+        error.contains("scale it down and upload it again"),
+        "{error}"
+    );
+    assert!(error.contains("covers/bomb.png"), "names the file: {error}");
+
+    // Under the side limit but over the pixel count (100 megapixels).
+    w.put("covers/big.png", &png_claiming(10_000, 10_000));
+    let track2 = w.track().await;
+    let (status, _, error) = w.through_engine(track2, "covers/big.png").await;
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains("100.0 megapixels, over the limit of 50.0 (THUMBNAIL_MAX_PIXELS)"),
+        "{error}"
+    );
+    assert!(w.thumbnail_files(track).is_empty() && w.thumbnail_files(track2).is_empty());
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+async fn a_truncated_file_fails_permanently_with_its_message(t: TestDb) {
+    let w = world(&t);
+    for format in [ImageFormat::Jpeg, ImageFormat::Png] {
+        let track = w.track().await;
+        let whole = encode(&quadrants(600, 400), format);
+        let source = format!("covers/cut-{track}");
+        w.put(&source, &whole[..whole.len() * 2 / 3]);
+        let (status, attempts, error) = w.through_engine(track, &source).await;
+        assert_eq!((status.as_str(), attempts), ("failed", 1), "{error}");
+        assert!(error.contains("truncated"), "{error}");
+        assert!(error.contains("upload the complete file again"), "{error}");
+        assert!(w.thumbnail_files(track).is_empty());
+    }
+}
+
+async fn missing_and_non_image_sources_fail_permanently(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    let msg = permanent(w.run(track, "covers/never-uploaded.png").await);
+    assert!(
+        msg.contains("is missing under MEDIA_ROOT; upload it again"),
+        "{msg}"
+    );
+
+    w.put(
+        "covers/song.png",
+        b"ID3\x04\0\0\0\0\0\0 an mp3 uploaded as a cover",
+    );
+    let msg = permanent(w.run(track, "covers/song.png").await);
+    assert!(msg.contains("not an image"), "{msg}");
+
+    let mut bmp = b"BM".to_vec();
+    bmp.extend_from_slice(&[0; 100]);
+    w.put("covers/old.bmp", &bmp);
+    let msg = permanent(w.run(track, "covers/old.bmp").await);
+    assert!(msg.contains("unsupported image format BMP"), "{msg}");
+    assert!(msg.contains("only JPEG, PNG, WebP and GIF"), "{msg}");
+
+    w.put("covers/dir/keep", b"");
+    let msg = permanent(w.run(track, "covers/dir").await);
+    assert!(!msg.is_empty());
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+async fn paths_escaping_media_root_are_refused(t: TestDb) {
+    let w = world(&t);
+    let track = w.track().await;
+    // A perfectly good image, outside MEDIA_ROOT.
+    let secret = w.outside.path().join("secret.png");
+    std::fs::write(&secret, encode(&quadrants(100, 100), ImageFormat::Png)).unwrap();
+    let up = format!(
+        "../{}/secret.png",
+        w.outside.path().file_name().unwrap().to_string_lossy()
+    );
+    std::os::unix::fs::symlink(&secret, w.media.path().join("link.png")).unwrap();
+    std::os::unix::fs::symlink(w.outside.path(), w.media.path().join("covers")).unwrap();
+    for source in [
+        up.as_str(),
+        secret.to_str().unwrap(),
+        "link.png",
+        "covers/secret.png",
+    ] {
+        let msg = permanent(w.run(track, source).await);
+        assert!(msg.starts_with("source image refused"), "{source}: {msg}");
+    }
+    // Through the engine: one attempt, failed.
+    let (status, attempts, _) = w.through_engine(track, "link.png").await;
+    assert_eq!((status.as_str(), attempts), ("failed", 1));
+
+    // The output directory leading out is refused too, and nothing is written there.
+    std::fs::remove_file(w.media.path().join("covers")).unwrap();
+    w.put(
+        "covers/ok.png",
+        &encode(&quadrants(100, 100), ImageFormat::Png),
+    );
+    std::os::unix::fs::symlink(w.outside.path(), w.media.path().join("thumbnails")).unwrap();
+    let msg = permanent(w.run(track, "covers/ok.png").await);
+    assert!(msg.contains("thumbnail directory refused"), "{msg}");
+    let outside: Vec<_> = std::fs::read_dir(w.outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        ["secret.png"],
+        "nothing written outside MEDIA_ROOT"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+async fn one_unfinished_job_per_track(t: TestDb) {
+    let w = world(&t);
+    let (a, b) = (w.track().await, w.track().await);
+    w.put(
+        "covers/a.png",
+        &encode(&quadrants(120, 120), ImageFormat::Png),
+    );
+    let args = |track_id| ThumbnailArgs {
+        track_id,
+        source: "covers/a.png".into(),
+    };
+    let first = w.engine.enqueue(args(a)).await.unwrap();
+    assert!(matches!(first, Enqueued::Inserted(_)));
+    assert_eq!(
+        w.engine.enqueue(args(a)).await.unwrap(),
+        Enqueued::Existing(first.id())
+    );
+    let key: Option<String> = sqlx::query_scalar("SELECT unique_key FROM jobs WHERE id = $1")
+        .bind(first.id())
+        .fetch_one(w.engine.db())
+        .await
+        .unwrap();
+    assert_eq!(key, Some(format!("thumbnail:track:{a}")));
+    assert!(matches!(
+        w.engine.enqueue(args(b)).await.unwrap(),
+        Enqueued::Inserted(_)
+    ));
+    assert_eq!(drain(&w.engine).await.succeeded, 2);
+    // Finished: the track may be done again (a new upload).
+    assert!(matches!(
+        w.engine.enqueue(args(a)).await.unwrap(),
+        Enqueued::Inserted(id) if id != first.id()
+    ));
+}
+
+async fn a_missing_track_fails_permanently(t: TestDb) {
+    let w = world(&t);
+    w.put(
+        "covers/a.png",
+        &encode(&quadrants(120, 120), ImageFormat::Png),
+    );
+    let msg = permanent(w.run(999_999, "covers/a.png").await);
+    assert!(msg.contains("track 999999 does not exist"), "{msg}");
+    assert!(w.thumbnail_files(999_999).is_empty());
+}
+
+/// A job that does nothing: the other kinds' stand-in in the burst test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Noop {}
+
+impl Job for Noop {
+    const KIND: &'static str = "noop";
+    const POLICY: JobPolicy = JobPolicy {
+        concurrency: 1,
+        ..JobPolicy::DEFAULT
+    };
+}
+
+/// A named pipe at `path` that a thread feeds with `bytes` once `gate` opens (or after
+/// [`GATE_TIMEOUT`], so that a broken handler cannot hang the test): a source whose reading
+/// blocks for as long as the test wants.
+fn gated_source(path: &Path, bytes: Arc<Vec<u8>>, gate: Arc<Gate>) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        // Blocks until the job opens the pipe to read it.
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        gate.wait();
+        let _ = pipe.write_all(&bytes);
+    });
+}
+
+const GATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opened by the test, or by itself after [`GATE_TIMEOUT`].
+struct Gate {
+    open: std::sync::Mutex<Option<&'static str>>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: std::sync::Mutex::new(None),
+            changed: std::sync::Condvar::new(),
+        })
+    }
+
+    fn open(&self, by: &'static str) {
+        let mut open = self.open.lock().unwrap();
+        open.get_or_insert(by);
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let (mut open, timeout) = self
+            .changed
+            .wait_timeout_while(open, GATE_TIMEOUT, |o| o.is_none())
+            .unwrap();
+        if timeout.timed_out() {
+            open.get_or_insert("timeout");
+        }
+    }
+
+    fn opened_by(&self) -> Option<&'static str> {
+        *self.open.lock().unwrap()
+    }
+}
+
+async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
+    const BURST: usize = 50;
+    let media = tempfile::tempdir().unwrap();
+    let mut registry = Registry::new();
+    register_all(
+        &mut registry,
+        &config(media.path(), &[("THUMBNAIL_CONCURRENCY", "2")]),
+    );
+    registry.register::<Noop, _, _>(|_, _| async { Ok(Outcome::Succeeded) });
+    // The test runtime has 2 worker threads: as many as thumbnails run at once. Were the
+    // handler to block one of them (reading, decoding, resizing on the async thread), the
+    // burst would hold every worker and nothing else would run.
+    let engine = t.engine(registry, Clock::system());
+
+    // A moderately large photo-like JPEG (1000x700, noisy so it does not compress away),
+    // fed to each job through a pipe that the test holds shut: every thumbnail job blocks
+    // in its read until the test opens the gate.
+    let img = RgbImage::from_fn(1000, 700, |x, y| {
+        let n = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 24;
+        Rgb([
+            (x / 10) as u8 ^ n as u8,
+            (y / 7) as u8,
+            ((x + y) / 16) as u8,
+        ])
+    });
+    let jpeg = Arc::new(encode(&img, ImageFormat::Jpeg));
+    let gate = Gate::new();
+    std::fs::create_dir_all(media.path().join("covers")).unwrap();
+    let mut tracks = Vec::with_capacity(BURST);
+    for _ in 0..BURST {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO tracks (status, file_path, created_at, updated_at) \
+             VALUES ('processing', 'uploads/a.mp3', 0, 0) RETURNING id",
+        )
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+        let source = format!("covers/{id}.jpg");
+        gated_source(
+            &media.path().join(&source),
+            Arc::clone(&jpeg),
+            Arc::clone(&gate),
+        );
+        tracks.push((id, source));
+    }
+    for (track_id, source) in &tracks {
+        engine
+            .enqueue(ThumbnailArgs {
+                track_id: *track_id,
+                source: source.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let count = |status: &'static str| {
+        let engine = engine.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM jobs WHERE kind = 'thumbnail' AND status = $1",
+            )
+            .bind(status)
+            .fetch_one(engine.db())
+            .await
+            .unwrap()
+        }
+    };
+
+    let pool = WorkerPool::start(&engine);
+    // The burst is under way: both slots hold a thumbnail job, blocked in its read.
+    while count("running").await < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let enqueued = Instant::now();
+    let noop = engine.enqueue(Noop {}).await.unwrap().id();
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+            .bind(noop)
+            .fetch_one(engine.db())
+            .await
+            .unwrap();
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let noop_latency = enqueued.elapsed();
+    let unfinished = BURST as i64 - count("succeeded").await - count("failed").await;
+    let held_by = gate.opened_by();
+    gate.open("test");
+    assert_eq!(
+        held_by, None,
+        "the no-op job only ran after the thumbnail jobs were let go: they blocked the async workers"
+    );
+    assert_eq!(unfinished, BURST as i64, "no thumbnail could finish yet");
+
+    // Then the burst itself, for real: every thumbnail made.
+    let released = Instant::now();
+    while count("succeeded").await + count("failed").await < BURST as i64 {
+        assert!(
+            released.elapsed() < Duration::from_secs(120),
+            "the burst did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let burst = released.elapsed();
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    eprintln!(
+        "{:?}: no-op done {noop_latency:?} after enqueue while {BURST} thumbnail jobs were \
+         held; then the burst took {burst:?}",
+        t.backend
+    );
+    assert_eq!(
+        count("succeeded").await,
+        BURST as i64,
+        "every thumbnail made"
+    );
+    for (track_id, _) in tracks.iter().step_by(7) {
+        let dir = media.path().join(format!("thumbnails/{track_id}"));
+        assert!(dir.join("512.webp").exists() && dir.join("64.jpg").exists());
+    }
+}
