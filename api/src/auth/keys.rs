@@ -1,0 +1,223 @@
+//! API keys: `vz_` followed by 32 random bytes in hex. Only the SHA-256 of a key is stored
+//! (a fast hash is right for 256 random bits: there is nothing to brute-force), with its
+//! name, scope, a display prefix, creation, last use (updated at most once a minute) and
+//! revocation times.
+
+use engine::{Db, Millis};
+use poem_openapi::{Enum, Object};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+
+/// Every key starts with this, so that a leaked key is recognisable (secret scanners).
+pub const KEY_PREFIX: &str = "vz_";
+/// Characters of a key kept for display (`vz_` and 8 hex digits).
+const DISPLAY_PREFIX_LEN: usize = 11;
+/// `last_used_at` is written at most this often per key.
+pub const LAST_USED_GRANULARITY_MS: Millis = 60_000;
+
+/// What a key may do.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Enum,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// GET routes.
+    Read,
+    /// GET, and POST/PUT/DELETE on non-admin routes.
+    Write,
+    /// Everything, admin routes included.
+    Admin,
+}
+
+impl Scope {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The scope of a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Self::Read),
+            "write" => Some(Self::Write),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Object, serde::Serialize)]
+pub struct ApiKeyInfo {
+    /// Id (the audit trail's actor is `api_key:{id}`).
+    pub id: i64,
+    /// Who or what it is for.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    /// Created at (ms since the epoch).
+    pub created_at: Millis,
+    /// Last authenticated request (ms since the epoch, to the minute).
+    pub last_used_at: Option<Millis>,
+    /// Revoked at (ms since the epoch); a revoked key is refused.
+    pub revoked_at: Option<Millis>,
+}
+
+/// A key just created: the only time its plaintext exists outside the caller.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+pub struct CreatedKey {
+    /// The stored record.
+    #[oai(flatten)]
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    /// The key, shown once: store it now.
+    pub key: String,
+}
+
+/// An authenticated caller: the key's id and scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Key id.
+    pub key_id: i64,
+    /// Key scope.
+    pub scope: Scope,
+}
+
+/// SHA-256 of a key, hex.
+pub fn hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn generate() -> String {
+    format!("{KEY_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+const INFO_COLUMNS: &str = "id, name, scope, prefix, created_at, last_used_at, revoked_at";
+
+fn info(row: &sqlx::any::AnyRow) -> Result<ApiKeyInfo, sqlx::Error> {
+    let scope: String = row.try_get(2)?;
+    Ok(ApiKeyInfo {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        scope: Scope::parse(&scope)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("unknown scope {scope:?}")))?,
+        prefix: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+        last_used_at: row.try_get(5)?,
+        revoked_at: row.try_get(6)?,
+    })
+}
+
+/// Creates a key; the result holds its plaintext, which is not stored.
+pub async fn create(
+    db: &Db,
+    name: &str,
+    scope: Scope,
+    now: Millis,
+) -> Result<CreatedKey, sqlx::Error> {
+    let key = generate();
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_keys (name, scope, prefix, key_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING {INFO_COLUMNS}"
+    )))
+    .bind(name)
+    .bind(scope.as_str())
+    .bind(&key[..DISPLAY_PREFIX_LEN])
+    .bind(hash(&key))
+    .bind(now)
+    .fetch_one(db)
+    .await?;
+    Ok(CreatedKey {
+        info: info(&row)?,
+        key,
+    })
+}
+
+/// Every key, oldest first.
+pub async fn list(db: &Db) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {INFO_COLUMNS} FROM api_keys ORDER BY id"
+    )))
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(info)
+    .collect()
+}
+
+/// Revokes key `id` (a second revoke keeps the first time); `None` when no key has this id.
+pub async fn revoke(db: &Db, id: i64, now: Millis) -> Result<Option<ApiKeyInfo>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 \
+         RETURNING {INFO_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(info).transpose()
+}
+
+/// The caller presenting `key`, or `None` for an unknown or revoked key. Looks the key up
+/// by its hash, compares the hashes in constant time, and records the use (at most once a
+/// minute per key).
+pub async fn authenticate(db: &Db, key: &str, now: Millis) -> Result<Option<Caller>, sqlx::Error> {
+    if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+        return Ok(None);
+    }
+    let presented = hash(key);
+    let Some(row) = sqlx::query(
+        "SELECT id, scope, key_hash, last_used_at, revoked_at FROM api_keys WHERE key_hash = $1",
+    )
+    .bind(&presented)
+    .fetch_optional(db)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let stored: String = row.try_get(2)?;
+    if !bool::from(stored.as_bytes().ct_eq(presented.as_bytes())) {
+        return Ok(None);
+    }
+    let revoked_at: Option<Millis> = row.try_get(4)?;
+    if revoked_at.is_some() {
+        return Ok(None);
+    }
+    let id: i64 = row.try_get(0)?;
+    let scope: String = row.try_get(1)?;
+    let Some(scope) = Scope::parse(&scope) else {
+        return Ok(None);
+    };
+    let last_used_at: Option<Millis> = row.try_get(3)?;
+    if last_used_at.is_none_or(|t| now - t >= LAST_USED_GRANULARITY_MS) {
+        // Guarded so that concurrent requests write it once.
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 \
+             AND (last_used_at IS NULL OR last_used_at <= $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(now - LAST_USED_GRANULARITY_MS)
+        .execute(db)
+        .await?;
+    }
+    Ok(Some(Caller { key_id: id, scope }))
+}

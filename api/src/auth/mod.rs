@@ -1,0 +1,159 @@
+//! Authentication and authorisation of `/v1`: API keys ([`keys`]), scopes, and per-key
+//! rate limits ([`rate_limit`]).
+//!
+//! [`auth_middleware`] runs before every `/v1` route: it resolves `X-API-Key` once (401 when
+//! missing, unknown or revoked), draws on the key's read or write budget (429 with
+//! `Retry-After` when spent), puts the [`Caller`] in the request and adds the
+//! `X-RateLimit-*` headers to the answer. Each route then takes [`ApiKeyAuth`] (which
+//! documents the `ApiKeyAuth` scheme in the spec) and states its scope first thing:
+//!
+//! ```text
+//! async fn cancel(&self, auth: ApiKeyAuth, id: Path<i64>) -> Result<Json<JobStateView>, ApiError> {
+//!     let caller = auth.require(Scope::Admin)?;
+//! ```
+//!
+//! and says it in its doc (`Scope: admin.`). `tests/auth.rs` walks every route of the
+//! spec with every scope, so a route that forgets its guard fails there.
+
+pub mod keys;
+pub mod rate_limit;
+
+use poem::http::{HeaderValue, StatusCode};
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::ApiKey;
+
+pub use keys::{Caller, Scope};
+use rate_limit::{Class, Decision};
+
+use crate::problem::{ApiError, Problem};
+use crate::state::ApiState;
+
+/// The API key header.
+pub const API_KEY_HEADER: &str = "X-API-Key";
+
+/// A request authenticated with an API key (`X-API-Key` header).
+#[derive(SecurityScheme)]
+#[oai(
+    rename = "ApiKeyAuth",
+    ty = "api_key",
+    key_name = "X-API-Key",
+    key_in = "header",
+    checker = "caller_of"
+)]
+pub struct ApiKeyAuth(pub Caller);
+
+/// The caller [`auth_middleware`] resolved.
+async fn caller_of(req: &Request, _key: ApiKey) -> poem::Result<Caller> {
+    req.extensions()
+        .get::<Caller>()
+        .copied()
+        .ok_or_else(|| poem::Error::from_string("no valid X-API-Key", StatusCode::UNAUTHORIZED))
+}
+
+impl ApiKeyAuth {
+    /// The route's guard: 403 unless the key's scope is at least `scope`.
+    pub fn require(&self, scope: Scope) -> Result<Caller, ApiError> {
+        if self.0.scope >= scope {
+            Ok(self.0)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this route needs a key of scope {}; this key is {}",
+                scope.as_str(),
+                self.0.scope.as_str()
+            )))
+        }
+    }
+}
+
+/// True for the paths that need a key.
+pub fn is_protected(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+fn unauthorized(detail: &str) -> Response {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_poem_response()
+}
+
+fn set_headers(resp: &mut Response, d: &Decision) {
+    let headers = resp.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(ceil_secs(d.reset)));
+    if !d.allowed {
+        headers.insert(
+            "retry-after",
+            HeaderValue::from(ceil_secs(d.retry_after).max(1)),
+        );
+    }
+}
+
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
+/// Authenticates and rate-limits `/v1` requests (see the module docs).
+pub async fn auth_middleware<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    if !is_protected(req.uri().path()) {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
+    let state = req
+        .data::<ApiState>()
+        .cloned()
+        .expect("ApiState is attached to the app");
+    let Some(key) = req
+        .headers()
+        .get(API_KEY_HEADER)
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+    else {
+        return Ok(unauthorized(
+            "this route needs an API key in the X-API-Key header",
+        ));
+    };
+    let now = state.engine.clock().now_ms();
+    let caller = match keys::authenticate(state.engine.db(), &key, now).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => return Ok(unauthorized("the X-API-Key is unknown or revoked")),
+        Err(e) => return Err(internal("authenticating the API key", &e)),
+    };
+    let decision = match state
+        .limiter
+        .check(caller.key_id, Class::of(req.method()))
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return Err(internal("checking the rate limit", &e)),
+    };
+    if !decision.allowed {
+        let mut resp = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this key's budget of {} {} requests per hour is spent; retry after {} s",
+                decision.limit,
+                match Class::of(req.method()) {
+                    Class::Read => "read",
+                    Class::Write => "write",
+                },
+                ceil_secs(decision.retry_after).max(1)
+            ),
+        )
+        .into_poem_response();
+        set_headers(&mut resp, &decision);
+        return Ok(resp);
+    }
+    req.extensions_mut().insert(caller);
+    let mut resp = match next.call(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(e) => e.into_response(),
+    };
+    set_headers(&mut resp, &decision);
+    Ok(resp)
+}
+
+fn internal(context: &str, e: &dyn std::error::Error) -> poem::Error {
+    poem::Error::from_string(
+        format!("{context}: {}", engine::job::error_chain(e)),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+}

@@ -1,0 +1,140 @@
+//! `/metrics`: Prometheus text from `metrics-exporter-prometheus`. It holds the engine's
+//! metrics (see `engine::metrics`), gauges refreshed at each scrape from
+//! `engine::admin::stats`, and HTTP requests by route template × status from
+//! [`http_metrics_middleware`].
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `veza_jobs` | gauge | `kind`, `status` |
+//! | `veza_queue_depth` | gauge | `kind`: pending + retrying |
+//! | `veza_queue_oldest_pending_age_seconds` | gauge | `kind` |
+//! | `veza_http_requests_total` | counter | `method`, `route` (the spec's template, `unmatched` otherwise), `status` |
+
+use std::sync::OnceLock;
+
+use engine::Engine;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use poem::{Endpoint, IntoResponse, Request, Response};
+
+/// Jobs by kind and state.
+pub const JOBS: &str = "veza_jobs";
+/// Jobs waiting (pending + retrying) by kind.
+pub const QUEUE_DEPTH: &str = "veza_queue_depth";
+/// The oldest due job's wait by kind.
+pub const OLDEST_PENDING_AGE: &str = "veza_queue_oldest_pending_age_seconds";
+/// HTTP requests by method, route and status.
+pub const HTTP_REQUESTS: &str = "veza_http_requests_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use; `None` when another recorder
+/// was installed first (then `/metrics` only has what this handle sees: nothing).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Prometheus recorder: /metrics will be empty");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Refreshes the gauges from the database and renders every metric.
+pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
+    let Some(handle) = handle() else {
+        return Ok(String::new());
+    };
+    let stats = engine::admin::stats(engine.db(), engine.clock().now_ms()).await?;
+    for kind in &stats {
+        for (status, count) in &kind.counts {
+            metrics::gauge!(JOBS, "kind" => kind.kind.clone(), "status" => *status)
+                .set(*count as f64);
+        }
+        let depth = kind.counts.get("pending").copied().unwrap_or(0)
+            + kind.counts.get("retrying").copied().unwrap_or(0);
+        metrics::gauge!(QUEUE_DEPTH, "kind" => kind.kind.clone()).set(depth as f64);
+        metrics::gauge!(OLDEST_PENDING_AGE, "kind" => kind.kind.clone())
+            .set(kind.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+    Ok(handle.render())
+}
+
+/// The spec's path templates (`/v1/jobs/{id}`), to label requests without unbounded
+/// cardinality.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTemplates(std::sync::Arc<Vec<Vec<String>>>);
+
+impl RouteTemplates {
+    /// The templates of an OpenAPI document's `paths`, plus the fixed extra routes.
+    pub fn from_spec(spec_json: &str, extra: &[&str]) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
+        let mut templates: Vec<Vec<String>> = spec["paths"]
+            .as_object()
+            .map(|paths| paths.keys().map(|p| split(p)).collect())
+            .unwrap_or_default();
+        templates.extend(extra.iter().map(|p| split(p)));
+        Self(std::sync::Arc::new(templates))
+    }
+
+    /// The template `path` matches, or `unmatched`.
+    pub fn route_of(&self, path: &str) -> String {
+        let segments = split(path);
+        self.0
+            .iter()
+            .find(|t| {
+                t.len() == segments.len()
+                    && t.iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+            })
+            .map_or_else(|| "unmatched".to_owned(), |t| format!("/{}", t.join("/")))
+    }
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Counts each request by method, route template and status.
+pub async fn http_metrics_middleware<E: Endpoint>(
+    next: E,
+    req: Request,
+    templates: &RouteTemplates,
+) -> poem::Result<Response> {
+    let route = templates.route_of(req.uri().path());
+    let method = req.method().as_str().to_owned();
+    let resp = match next.call(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(e) => e.into_response(),
+    };
+    metrics::counter!(
+        HTTP_REQUESTS,
+        "method" => method,
+        "route" => route,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .increment(1);
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_labelled_with_their_route_template() {
+        let spec = r#"{"paths": {"/v1/jobs": {}, "/v1/jobs/{id}": {}, "/v1/jobs/{id}/retry": {}}}"#;
+        let t = RouteTemplates::from_spec(spec, &["/docs"]);
+        assert_eq!(t.route_of("/v1/jobs"), "/v1/jobs");
+        assert_eq!(t.route_of("/v1/jobs/42"), "/v1/jobs/{id}");
+        assert_eq!(t.route_of("/v1/jobs/42/retry"), "/v1/jobs/{id}/retry");
+        assert_eq!(t.route_of("/docs"), "/docs");
+        assert_eq!(t.route_of("/v1/jobs/42/nope"), "unmatched");
+        assert_eq!(t.route_of("/wp-admin.php"), "unmatched");
+    }
+}

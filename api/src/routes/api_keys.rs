@@ -1,0 +1,63 @@
+//! `/v1/api-keys` (admin): create (the key is in the answer, once), list, revoke.
+
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::ApiTags;
+use crate::auth::keys::{self, ApiKeyInfo, CreatedKey};
+use crate::auth::{ApiKeyAuth, Scope};
+use crate::problem::ApiError;
+use crate::state::ApiState;
+
+/// A key to create.
+#[derive(Debug, Clone, Object)]
+pub struct NewApiKey {
+    /// Who or what it is for.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+}
+
+/// The API keys routes.
+pub struct ApiKeysApi(pub ApiState);
+
+#[OpenApi(tag = "ApiTags::ApiKeys")]
+impl ApiKeysApi {
+    /// Create a key; the answer holds the key, shown this once. Scope: admin.
+    #[oai(path = "/v1/api-keys", method = "post")]
+    async fn create(
+        &self,
+        auth: ApiKeyAuth,
+        body: Json<NewApiKey>,
+    ) -> Result<Json<CreatedKey>, ApiError> {
+        auth.require(Scope::Admin)?;
+        let now = self.0.engine.clock().now_ms();
+        let created = keys::create(self.0.engine.db(), &body.0.name, body.0.scope, now).await?;
+        tracing::info!(
+            key_id = created.info.id,
+            scope = created.info.scope.as_str(),
+            "API key created"
+        );
+        Ok(Json(created))
+    }
+
+    /// Every key (never the keys themselves). Scope: admin.
+    #[oai(path = "/v1/api-keys", method = "get")]
+    async fn list(&self, auth: ApiKeyAuth) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
+        auth.require(Scope::Admin)?;
+        Ok(Json(keys::list(self.0.engine.db()).await?))
+    }
+
+    /// Revoke a key: it is refused from now on. Scope: admin.
+    #[oai(path = "/v1/api-keys/:id", method = "delete")]
+    async fn revoke(&self, auth: ApiKeyAuth, id: Path<i64>) -> Result<Json<ApiKeyInfo>, ApiError> {
+        auth.require(Scope::Admin)?;
+        let now = self.0.engine.clock().now_ms();
+        match keys::revoke(self.0.engine.db(), id.0, now).await? {
+            Some(info) => Ok(Json(info)),
+            None => Err(ApiError::not_found(format!("API key {} not found", id.0))),
+        }
+    }
+}

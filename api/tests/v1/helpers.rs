@@ -1,0 +1,188 @@
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use api::auth::Scope;
+use api::auth::keys;
+use api::auth::rate_limit::{Limiter, Limits};
+use api::server::{self, Readiness};
+use api::state::ApiState;
+use engine::scheduler::{Every, Schedule, Scheduler};
+use engine::testing::TestDb;
+use engine::{Clock, Engine, Job, JobError, Outcome, Registry};
+use poem::endpoint::BoxEndpoint;
+use poem::test::{TestClient, TestResponse};
+use poem::{EndpointExt, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job kind for the tests: fails for good when `fail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Probe {
+    pub(crate) fail: bool,
+}
+
+impl Job for Probe {
+    const KIND: &'static str = "probe";
+}
+
+pub(crate) fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Probe, _, _>(|p, _ctx| async move {
+        if p.fail {
+            Err(JobError::permanent("the probe was told to fail"))
+        } else {
+            Ok(Outcome::Succeeded)
+        }
+    });
+    r
+}
+
+pub(crate) const GENEROUS: Limits = Limits {
+    reads_per_hour: NonZeroU32::new(100_000).unwrap(),
+    writes_per_hour: NonZeroU32::new(100_000).unwrap(),
+};
+
+fn router(engine: &Engine, limiter: Limiter) -> TestClient<BoxEndpoint<'static, Response>> {
+    let schedules = vec![Schedule::new(
+        "nightly_probe",
+        Every::parse("1h").expect("every"),
+        &Probe { fail: false },
+    )];
+    let state = ApiState {
+        engine: engine.clone(),
+        scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
+        limiter,
+    };
+    let app = server::app(Readiness::new(engine.db().clone()), state);
+    TestClient::new(app.map_to_response().boxed())
+}
+
+pub(crate) struct TestApp {
+    pub(crate) client: TestClient<BoxEndpoint<'static, Response>>,
+    pub(crate) engine: Engine,
+    pub(crate) db: Arc<TestDb>,
+}
+
+impl TestApp {
+    pub(crate) fn new(db: TestDb) -> Self {
+        Self::with_limiter(db, Limiter::memory(GENEROUS))
+    }
+
+    pub(crate) fn with_limiter(db: TestDb, limiter: Limiter) -> Self {
+        let engine = db.engine(registry(), Clock::system());
+        Self {
+            client: router(&engine, limiter),
+            engine,
+            db: Arc::new(db),
+        }
+    }
+
+    /// Another API "process" on the same database, with its own limiter.
+    pub(crate) fn another(&self, limiter: Limiter) -> Self {
+        let engine = self.db.engine(registry(), Clock::system());
+        Self {
+            client: router(&engine, limiter),
+            engine,
+            db: Arc::clone(&self.db),
+        }
+    }
+
+    /// A new key of `scope` (plaintext).
+    pub(crate) async fn key(&self, scope: Scope) -> String {
+        keys::create(
+            self.engine.db(),
+            "test",
+            scope,
+            self.engine.clock().now_ms(),
+        )
+        .await
+        .expect("create key")
+        .key
+    }
+
+    pub(crate) async fn enqueue(&self, fail: bool) -> i64 {
+        self.engine
+            .enqueue(Probe { fail })
+            .await
+            .expect("enqueue")
+            .id()
+    }
+}
+
+/// Status, headers and body (JSON, or a string when not JSON) of a response.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: poem::http::HeaderMap,
+    pub(crate) body: Value,
+    pub(crate) text: String,
+}
+
+impl Answer {
+    pub(crate) async fn of(resp: TestResponse) -> Self {
+        let resp = resp.0;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.into_body().into_string().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        Self {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem document of `status` and `kind`.
+    pub(crate) fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["type"], kind, "{}", self.text);
+        assert_eq!(self.body["status"], status, "{}", self.text);
+        assert!(self.body["title"].is_string(), "{}", self.text);
+        assert!(self.body["detail"].is_string(), "{}", self.text);
+    }
+}
+
+pub(crate) async fn get(app: &TestApp, path: &str, key: Option<&str>) -> Answer {
+    let mut req = app.client.get(path);
+    if let Some(key) = key {
+        req = req.header("X-API-Key", key);
+    }
+    Answer::of(req.send().await).await
+}
+
+pub(crate) async fn post(
+    app: &TestApp,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    send(app, "POST", path, key, body).await
+}
+
+pub(crate) async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let method: poem::http::Method = method.parse().expect("method");
+    let mut req = app.client.request(method, path);
+    if let Some(key) = key {
+        req = req.header("X-API-Key", key);
+    }
+    if let Some(body) = body {
+        req = req.body_json(&body);
+    }
+    Answer::of(req.send().await).await
+}

@@ -1,0 +1,399 @@
+//! Every `/v1` route's happy path and error shapes, problem documents for what the router
+//! itself refuses, request ids, and pagination that holds under concurrent inserts.
+
+use std::collections::HashSet;
+
+use api::auth::Scope;
+use engine::backend_tests;
+use engine::testing::{TestDb, drain};
+use serde_json::{Value, json};
+
+use crate::helpers::{Answer, TestApp, get, post, send};
+
+backend_tests!(
+    jobs_are_listed_inspected_retried_and_cancelled,
+    queues_count_by_state_and_throughput,
+    schedules_are_listed_and_run_now_with_an_audited_actor,
+    api_keys_are_created_listed_and_revoked,
+    every_refusal_is_a_problem_document,
+    request_ids_are_echoed_or_generated,
+    pages_stay_stable_while_jobs_are_inserted,
+);
+
+async fn jobs_are_listed_inspected_retried_and_cancelled(db: TestDb) {
+    // Arrange: one job that fails for good, one that succeeds, one pending.
+    let app = TestApp::new(db);
+    let admin = app.key(Scope::Admin).await;
+    let failing = app.enqueue(true).await;
+    let fine = app.enqueue(false).await;
+    drain(&app.engine).await;
+    let pending = app.enqueue(false).await;
+
+    // List, newest first, with filters.
+    let all = get(&app, "/v1/jobs", Some(&admin)).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let ids: Vec<i64> = all.body["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![pending, fine, failing]);
+    assert_eq!(all.body["next_cursor"], Value::Null);
+    let failed = get(&app, "/v1/jobs?status=failed&kind=probe", Some(&admin)).await;
+    assert_eq!(
+        failed.body["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        failed.text
+    );
+    assert_eq!(failed.body["jobs"][0]["id"], failing);
+    assert_eq!(failed.body["jobs"][0]["next_run_at"], Value::Null);
+    let none = get(&app, "/v1/jobs?since=2999-01-01T00:00:00Z", Some(&admin)).await;
+    assert_eq!(none.body["jobs"], json!([]));
+    let before = get(
+        &app,
+        "/v1/jobs?until=2999-01-01T00:00:00Z&limit=2",
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(before.body["jobs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(before.body["next_cursor"], fine);
+
+    // One job: args, attempts with their errors, next run.
+    let detail = get(&app, &format!("/v1/jobs/{failing}"), Some(&admin)).await;
+    assert_eq!(detail.status, 200, "{}", detail.text);
+    assert_eq!(detail.body["args"], json!({"fail": true}));
+    assert_eq!(detail.body["status"], "failed");
+    assert_eq!(detail.body["attempts"][0]["outcome"], "failed");
+    assert!(
+        detail.body["attempts"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("told to fail")),
+        "{}",
+        detail.text
+    );
+    let waiting = get(&app, &format!("/v1/jobs/{pending}"), Some(&admin)).await;
+    assert!(waiting.body["next_run_at"].is_i64(), "{}", waiting.text);
+    get(&app, "/v1/jobs/999999", Some(&admin))
+        .await
+        .assert_problem(404, "not_found");
+
+    // Retry the failed job; cancel it; cancelling again is a conflict.
+    let retried = post(
+        &app,
+        &format!("/v1/jobs/{failing}/retry"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.body, json!({"id": failing, "status": "pending"}));
+    let cancelled = post(
+        &app,
+        &format!("/v1/jobs/{failing}/cancel"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        cancelled.body,
+        json!({"id": failing, "status": "cancelled"})
+    );
+    let again = post(
+        &app,
+        &format!("/v1/jobs/{failing}/cancel"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    again.assert_problem(409, "invalid_job_state");
+    assert!(
+        again.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled")
+    );
+    post(&app, &format!("/v1/jobs/{fine}/retry"), Some(&admin), None)
+        .await
+        .assert_problem(409, "invalid_job_state");
+    post(&app, "/v1/jobs/999999/retry", Some(&admin), None)
+        .await
+        .assert_problem(404, "not_found");
+
+    // The audit trail names the key.
+    let key_id = api::auth::keys::list(app.engine.db()).await.expect("keys")[0].id;
+    let trail = get(
+        &app,
+        &format!("/v1/transitions?entity=job&id={failing}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(trail.status, 200, "{}", trail.text);
+    let actors: Vec<&str> = trail
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["actor"].as_str())
+        .collect();
+    let expected = format!("api_key:{key_id}");
+    assert_eq!(
+        actors,
+        vec![expected.as_str(), expected.as_str()],
+        "{}",
+        trail.text
+    );
+    let nothing = get(&app, "/v1/transitions?entity=track&id=1", Some(&admin)).await;
+    assert_eq!((nothing.status, &nothing.body), (200, &json!([])));
+    get(&app, "/v1/transitions?entity=track", Some(&admin))
+        .await
+        .assert_problem(400, "bad_request");
+}
+
+async fn queues_count_by_state_and_throughput(db: TestDb) {
+    let app = TestApp::new(db);
+    let key = app.key(Scope::Read).await;
+    app.enqueue(true).await;
+    app.enqueue(false).await;
+    drain(&app.engine).await;
+    app.enqueue(false).await;
+
+    let queues = get(&app, "/v1/queues", Some(&key)).await;
+    assert_eq!(queues.status, 200, "{}", queues.text);
+    let probe = &queues.body[0];
+    assert_eq!(probe["kind"], "probe");
+    assert_eq!(
+        probe["counts"],
+        json!({"pending": 1, "running": 0, "succeeded": 1, "retrying": 0, "failed": 1, "cancelled": 0})
+    );
+    assert!(
+        probe["oldest_pending_age_ms"]
+            .as_i64()
+            .is_some_and(|a| a >= 0)
+    );
+    assert_eq!(
+        (
+            probe["finished_last_minute"].as_i64(),
+            probe["finished_last_hour"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+}
+
+async fn schedules_are_listed_and_run_now_with_an_audited_actor(db: TestDb) {
+    let app = TestApp::new(db);
+    let admin = app.key(Scope::Admin).await;
+
+    let list = get(&app, "/v1/schedules", Some(&admin)).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.body[0]["name"], "nightly_probe");
+    assert_eq!(list.body[0]["kind"], "probe");
+
+    let run = post(&app, "/v1/schedules/nightly_probe/run", Some(&admin), None).await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    assert_eq!(run.body["enqueued"], true);
+    let job = run.body["job_id"].as_i64().expect("job id");
+    // Its previous run is unfinished: nothing new.
+    let again = post(&app, "/v1/schedules/nightly_probe/run", Some(&admin), None).await;
+    assert_eq!(again.body, json!({"job_id": job, "enqueued": false}));
+    post(&app, "/v1/schedules/nope/run", Some(&admin), None)
+        .await
+        .assert_problem(404, "not_found");
+
+    let trail = get(
+        &app,
+        "/v1/transitions?entity=schedule&id=nightly_probe",
+        Some(&admin),
+    )
+    .await;
+    assert!(
+        trail.body[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("api_key:")),
+        "{}",
+        trail.text
+    );
+}
+
+async fn api_keys_are_created_listed_and_revoked(db: TestDb) {
+    let app = TestApp::new(db);
+    let admin = app.key(Scope::Admin).await;
+
+    let created = send(
+        &app,
+        "POST",
+        "/v1/api-keys",
+        Some(&admin),
+        Some(json!({"name": "grafana", "scope": "read"})),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let key = created.body["key"].as_str().expect("key");
+    assert!(key.starts_with("vz_"));
+    assert_eq!(created.body["scope"], "read");
+
+    let list = get(&app, "/v1/api-keys", Some(&admin)).await;
+    assert_eq!(list.body.as_array().map(Vec::len), Some(2), "{}", list.text);
+    assert!(!list.text.contains(key), "a listing shows a key");
+    assert!(list.body[1]["key"].is_null());
+
+    let id = created.body["id"].as_i64().expect("id");
+    let revoked = send(
+        &app,
+        "DELETE",
+        &format!("/v1/api-keys/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert!(revoked.body["revoked_at"].is_i64(), "{}", revoked.text);
+    send(&app, "DELETE", "/v1/api-keys/999999", Some(&admin), None)
+        .await
+        .assert_problem(404, "not_found");
+}
+
+async fn every_refusal_is_a_problem_document(db: TestDb) {
+    let app = TestApp::new(db);
+    let admin = app.key(Scope::Admin).await;
+    let raw = |method: &str, path: &str, body: &'static str| {
+        let method: poem::http::Method = method.parse().expect("method");
+        app.client
+            .request(method, path)
+            .header("X-API-Key", admin.as_str())
+            .content_type("application/json")
+            .body(body)
+            .send()
+    };
+
+    // Bad JSON, wrong types, missing fields.
+    Answer::of(raw("POST", "/v1/api-keys", "{not json").await)
+        .await
+        .assert_problem(400, "bad_request");
+    Answer::of(raw("POST", "/v1/api-keys", r#"{"name": "x", "scope": 5}"#).await)
+        .await
+        .assert_problem(400, "bad_request");
+    Answer::of(raw("POST", "/v1/api-keys", r#"{"name": "x", "scope": "root"}"#).await)
+        .await
+        .assert_problem(400, "bad_request");
+    Answer::of(raw("POST", "/v1/api-keys", "{}").await)
+        .await
+        .assert_problem(400, "bad_request");
+    // Oversized body.
+    let big = format!(
+        "{{\"name\": \"{}\", \"scope\": \"read\"}}",
+        "x".repeat(100_000)
+    );
+    let answer = Answer::of(
+        app.client
+            .post("/v1/api-keys")
+            .header("X-API-Key", admin.as_str())
+            .content_type("application/json")
+            .body(big)
+            .send()
+            .await,
+    )
+    .await;
+    answer.assert_problem(413, "payload_too_large");
+    // Wrong parameter types and values.
+    for path in [
+        "/v1/jobs/abc",
+        "/v1/jobs?status=done",
+        "/v1/jobs?limit=0",
+        "/v1/jobs?limit=501",
+        "/v1/jobs?limit=many",
+        "/v1/jobs?since=yesterday",
+        "/v1/jobs?cursor=x",
+    ] {
+        let a = get(&app, path, Some(&admin)).await;
+        a.assert_problem(400, "bad_request");
+    }
+    // Unknown routes, with and without a key; a wrong method.
+    get(&app, "/v1/nope", Some(&admin))
+        .await
+        .assert_problem(404, "not_found");
+    get(&app, "/v1/nope", None)
+        .await
+        .assert_problem(401, "unauthorized");
+    get(&app, "/nope", None)
+        .await
+        .assert_problem(404, "not_found");
+    send(&app, "PUT", "/v1/jobs", Some(&admin), None)
+        .await
+        .assert_problem(405, "method_not_allowed");
+}
+
+async fn request_ids_are_echoed_or_generated(db: TestDb) {
+    let app = TestApp::new(db);
+    let echoed = Answer::of(
+        app.client
+            .get("/health")
+            .header("X-Request-Id", "abc-123")
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(echoed.header("x-request-id"), Some("abc-123"));
+    let generated = get(&app, "/nope", None).await;
+    assert_eq!(generated.header("x-request-id").map(str::len), Some(24));
+    let bad = Answer::of(
+        app.client
+            .get("/health")
+            .header("X-Request-Id", "a b\tc")
+            .send()
+            .await,
+    )
+    .await;
+    assert_ne!(bad.header("x-request-id"), Some("a b\tc"));
+}
+
+async fn pages_stay_stable_while_jobs_are_inserted(db: TestDb) {
+    let app = TestApp::new(db);
+    let key = app.key(Scope::Read).await;
+    let mut before = HashSet::new();
+    for _ in 0..40 {
+        before.insert(app.enqueue(false).await);
+    }
+
+    // Page through while another task keeps enqueueing.
+    let engine = app.engine.clone();
+    let inserter = tokio::spawn(async move {
+        for _ in 0..40 {
+            engine
+                .enqueue(crate::helpers::Probe { fail: false })
+                .await
+                .expect("enqueue");
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut seen = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let path = match cursor {
+            Some(c) => format!("/v1/jobs?limit=7&cursor={c}"),
+            None => "/v1/jobs?limit=7".to_owned(),
+        };
+        let page = get(&app, &path, Some(&key)).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        seen.extend(
+            page.body["jobs"]
+                .as_array()
+                .expect("jobs")
+                .iter()
+                .map(|j| j["id"].as_i64().expect("id")),
+        );
+        match page.body["next_cursor"].as_i64() {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    inserter.await.expect("inserter");
+
+    // Strictly newest first: no job twice, none skipped of those there at the start.
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
+    let seen: HashSet<i64> = seen.into_iter().collect();
+    assert!(
+        before.is_subset(&seen),
+        "a job present from the start was skipped"
+    );
+}
