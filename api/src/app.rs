@@ -81,6 +81,7 @@ impl App {
             engine: self.engine.clone(),
             scheduler: Arc::new(self.scheduler()),
             limiter,
+            thumbnails: Arc::new(self.config.jobs.thumbnail.clone()),
         })
     }
 

@@ -1,9 +1,11 @@
-//! What every route shares: the engine, the scheduler and the rate limiter.
+//! What every route shares: the engine, the scheduler, the rate limiter and the thumbnail
+//! settings.
 
 use std::sync::Arc;
 
 use engine::Engine;
 use engine::scheduler::Scheduler;
+use jobs::thumbnail::ThumbnailSettings;
 
 use crate::auth::rate_limit::Limiter;
 
@@ -16,4 +18,6 @@ pub struct ApiState {
     pub scheduler: Arc<Scheduler>,
     /// Per-key rate limits.
     pub limiter: Limiter,
+    /// The thumbnail job's settings (`MEDIA_ROOT`), to check a source before enqueueing.
+    pub thumbnails: Arc<ThumbnailSettings>,
 }

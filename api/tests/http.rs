@@ -52,6 +52,9 @@ async fn start(db: &TestDb, readiness: Readiness) -> (SocketAddr, HttpServer) {
                 .expect("config")
                 .rate_limits,
         ),
+        thumbnails: Arc::new(jobs::thumbnail::ThumbnailSettings::new(
+            "/nonexistent-media",
+        )),
     };
     let server = HttpServer::start(bound, server::app(readiness, state), Duration::from_secs(5));
     (addr, server)

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod jobs;
 pub mod queues;
 pub mod schedules;
+pub mod tracks;
 pub mod transitions;
 
 use poem_openapi::Tags;
@@ -28,6 +29,8 @@ pub enum ApiTags {
     Transitions,
     /// API keys (admin).
     ApiKeys,
+    /// Tracks: thumbnails of their cover images.
+    Tracks,
 }
 
 /// Every `/v1` API, in spec order.
@@ -37,6 +40,7 @@ pub type V1 = (
     schedules::SchedulesApi,
     transitions::TransitionsApi,
     api_keys::ApiKeysApi,
+    tracks::TracksApi,
 );
 
 /// The `/v1` APIs on `state`.
@@ -47,6 +51,7 @@ pub fn v1(state: &ApiState) -> V1 {
         schedules::SchedulesApi(state.clone()),
         transitions::TransitionsApi(state.clone()),
         api_keys::ApiKeysApi(state.clone()),
+        tracks::TracksApi(state.clone()),
     )
 }
 

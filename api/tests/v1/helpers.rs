@@ -9,6 +9,7 @@ use api::state::ApiState;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
 use engine::{Clock, Engine, Job, JobError, Outcome, Registry};
+use jobs::thumbnail::{ThumbnailArgs, ThumbnailSettings};
 use poem::endpoint::BoxEndpoint;
 use poem::test::{TestClient, TestResponse};
 use poem::{EndpointExt, Response};
@@ -25,8 +26,14 @@ impl Job for Probe {
     const KIND: &'static str = "probe";
 }
 
-pub(crate) fn registry() -> Registry {
+/// The registry of the tests: [`Probe`], and the real `thumbnail` kind on `thumbnails`.
+pub(crate) fn registry(thumbnails: &Arc<ThumbnailSettings>) -> Registry {
     let mut r = Registry::new();
+    let settings = Arc::clone(thumbnails);
+    r.register::<ThumbnailArgs, _, _>(move |args, ctx| {
+        let settings = Arc::clone(&settings);
+        async move { jobs::thumbnail::handle(args, ctx, &settings).await }
+    });
     r.register::<Probe, _, _>(|p, _ctx| async move {
         if p.fail {
             Err(JobError::permanent("the probe was told to fail"))
@@ -42,7 +49,11 @@ pub(crate) const GENEROUS: Limits = Limits {
     writes_per_hour: NonZeroU32::new(100_000).unwrap(),
 };
 
-fn router(engine: &Engine, limiter: Limiter) -> TestClient<BoxEndpoint<'static, Response>> {
+fn router(
+    engine: &Engine,
+    limiter: Limiter,
+    thumbnails: &Arc<ThumbnailSettings>,
+) -> TestClient<BoxEndpoint<'static, Response>> {
     let schedules = vec![Schedule::new(
         "nightly_probe",
         Every::parse("1h").expect("every"),
@@ -52,6 +63,7 @@ fn router(engine: &Engine, limiter: Limiter) -> TestClient<BoxEndpoint<'static, 
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
+        thumbnails: Arc::clone(thumbnails),
     };
     let app = server::app(Readiness::new(engine.db().clone()), state);
     TestClient::new(app.map_to_response().boxed())
@@ -61,6 +73,9 @@ pub(crate) struct TestApp {
     pub(crate) client: TestClient<BoxEndpoint<'static, Response>>,
     pub(crate) engine: Engine,
     pub(crate) db: Arc<TestDb>,
+    /// `MEDIA_ROOT` of the thumbnail routes and jobs.
+    pub(crate) media: Arc<tempfile::TempDir>,
+    pub(crate) thumbnails: Arc<ThumbnailSettings>,
 }
 
 impl TestApp {
@@ -69,21 +84,29 @@ impl TestApp {
     }
 
     pub(crate) fn with_limiter(db: TestDb, limiter: Limiter) -> Self {
-        let engine = db.engine(registry(), Clock::system());
+        let media = tempfile::tempdir().expect("media root");
+        let mut settings = ThumbnailSettings::new(media.path());
+        settings.sizes = vec![16, 32];
+        let thumbnails = Arc::new(settings);
+        let engine = db.engine(registry(&thumbnails), Clock::system());
         Self {
-            client: router(&engine, limiter),
+            client: router(&engine, limiter, &thumbnails),
             engine,
             db: Arc::new(db),
+            media: Arc::new(media),
+            thumbnails,
         }
     }
 
     /// Another API "process" on the same database, with its own limiter.
     pub(crate) fn another(&self, limiter: Limiter) -> Self {
-        let engine = self.db.engine(registry(), Clock::system());
+        let engine = self.db.engine(registry(&self.thumbnails), Clock::system());
         Self {
-            client: router(&engine, limiter),
+            client: router(&engine, limiter, &self.thumbnails),
             engine,
             db: Arc::clone(&self.db),
+            media: Arc::clone(&self.media),
+            thumbnails: Arc::clone(&self.thumbnails),
         }
     }
 

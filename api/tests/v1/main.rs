@@ -8,3 +8,4 @@ mod helpers;
 mod metrics;
 mod rate_limits;
 mod routes;
+mod tracks;

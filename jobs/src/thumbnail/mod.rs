@@ -1,7 +1,7 @@
 //! `thumbnail`: makes square thumbnails of a track's cover image, in JPEG and WebP, at each
 //! of `THUMBNAIL_SIZES`, and records them on the track.
 //!
-//! Enqueued by the web backend after an upload (`POST` route, later), one unfinished job
+//! Enqueued by the web backend after an upload (`POST /v1/tracks/{id}/thumbnails`), one unfinished job
 //! per track (unique key `thumbnail:track:{id}`). The handler:
 //!
 //! 1. checks the track exists;

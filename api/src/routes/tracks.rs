@@ -1,0 +1,165 @@
+//! `/v1/tracks/{track_id}/thumbnails`: enqueue the thumbnail job for a track's cover image
+//! (one unfinished job per track), and read what the job recorded.
+
+use jobs::thumbnail::{self, ThumbnailArgs, TrackThumbnails};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::ApiTags;
+use crate::auth::{ApiKeyAuth, Scope};
+use crate::problem::ApiError;
+use crate::state::ApiState;
+
+/// What to make thumbnails of.
+#[derive(Debug, Clone, Object)]
+pub struct ThumbnailRequest {
+    /// The cover image, relative to `MEDIA_ROOT` (e.g. `covers/42.png`); `..`, absolute
+    /// paths and symbolic links leading outside `MEDIA_ROOT` are refused.
+    pub source: String,
+}
+
+/// The job that will make the thumbnails.
+#[derive(Debug, Clone, Object)]
+pub struct ThumbnailJobView {
+    /// The job's id (see `/v1/jobs/{id}`).
+    pub job_id: i64,
+    /// False when the track's unfinished thumbnail job already existed (nothing new was
+    /// enqueued; that job's source stands).
+    pub created: bool,
+}
+
+/// `202 Accepted` with the job.
+#[derive(ApiResponse)]
+pub enum ThumbnailAccepted {
+    /// The job is enqueued (or already was).
+    #[oai(status = 202)]
+    Accepted(Json<ThumbnailJobView>),
+}
+
+/// One thumbnail's files, relative to `MEDIA_ROOT`.
+#[derive(Debug, Clone, Object)]
+pub struct ThumbnailView {
+    /// Side in pixels.
+    pub size: u32,
+    /// The JPEG file.
+    pub jpg: String,
+    /// The WebP file.
+    pub webp: String,
+}
+
+/// A track's recorded thumbnails.
+#[derive(Debug, Clone, Object)]
+pub struct TrackThumbnailsView {
+    /// The source image they were made from; none when none were made yet.
+    pub source: Option<String>,
+    /// When they were made (ms since the Unix epoch).
+    pub updated_at: Option<i64>,
+    /// Each size, ascending; empty when none were made yet.
+    pub thumbnails: Vec<ThumbnailView>,
+}
+
+impl From<TrackThumbnails> for TrackThumbnailsView {
+    fn from(t: TrackThumbnails) -> Self {
+        Self {
+            source: t.source,
+            updated_at: t.updated_at,
+            thumbnails: t
+                .thumbnails
+                .into_iter()
+                .map(|t| ThumbnailView {
+                    size: t.size,
+                    jpg: t.jpg,
+                    webp: t.webp,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The tracks routes.
+pub struct TracksApi(pub ApiState);
+
+impl TracksApi {
+    async fn track_exists(&self, track_id: i64) -> Result<bool, ApiError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM tracks WHERE id = $1")
+            .bind(track_id)
+            .fetch_optional(self.0.engine.db())
+            .await?;
+        Ok(id.is_some())
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Tracks")]
+impl TracksApi {
+    /// Enqueue the thumbnails of a track's cover image. Scope: write.
+    ///
+    /// One unfinished job per track: when one exists, its id comes back with
+    /// `created: false` and nothing new is enqueued. 400 when `source` is empty, absolute,
+    /// contains `..` or leads outside `MEDIA_ROOT` through a symbolic link; 404 when the
+    /// track or the source file does not exist. Nothing is enqueued on any refusal.
+    #[oai(path = "/v1/tracks/:track_id/thumbnails", method = "post")]
+    async fn make_thumbnails(
+        &self,
+        auth: ApiKeyAuth,
+        /// `tracks.id`.
+        track_id: Path<i64>,
+        body: Json<ThumbnailRequest>,
+    ) -> Result<ThumbnailAccepted, ApiError> {
+        auth.require(Scope::Write)?;
+        let track_id = track_id.0;
+        let source = body.0.source;
+        let settings = std::sync::Arc::clone(&self.0.thumbnails);
+        let checked = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || settings.resolve_source(&source))
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+        };
+        match checked {
+            Ok(path) if path.is_dir() => {
+                return Err(ApiError::bad_request(format!(
+                    "source {source:?} is a directory; give the image file"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_refused() => {
+                return Err(ApiError::bad_request(format!("source refused: {e}")));
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(ApiError::not_found(format!(
+                    "source image {source:?} does not exist under MEDIA_ROOT; upload it first"
+                )));
+            }
+            Err(e) => return Err(ApiError::internal(&e)),
+        }
+        if !self.track_exists(track_id).await? {
+            return Err(ApiError::not_found(format!("no track {track_id}")));
+        }
+        let enqueued = self
+            .0
+            .engine
+            .enqueue(ThumbnailArgs { track_id, source })
+            .await?;
+        Ok(ThumbnailAccepted::Accepted(Json(ThumbnailJobView {
+            job_id: enqueued.id(),
+            created: matches!(enqueued, engine::Enqueued::Inserted(_)),
+        })))
+    }
+
+    /// A track's recorded thumbnails (empty until the thumbnail job has run). Scope: read.
+    #[oai(path = "/v1/tracks/:track_id/thumbnails", method = "get")]
+    async fn thumbnails(
+        &self,
+        auth: ApiKeyAuth,
+        /// `tracks.id`.
+        track_id: Path<i64>,
+    ) -> Result<Json<TrackThumbnailsView>, ApiError> {
+        auth.require(Scope::Read)?;
+        let mut conn = self.0.engine.db().acquire().await?;
+        match thumbnail::track_thumbnails(&mut conn, track_id.0).await? {
+            Some(t) => Ok(Json(t.into())),
+            None => Err(ApiError::not_found(format!("no track {}", track_id.0))),
+        }
+    }
+}
