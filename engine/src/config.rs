@@ -57,6 +57,16 @@ impl Env {
         }
     }
 
+    /// A given set of variables as `(name, value)` pairs (tests).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
     /// The raw value: set and non-empty, else the default.
     pub fn raw(&self, var: &VarSpec) -> Option<String> {
         self.values
@@ -332,18 +342,9 @@ impl EngineConfig {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn defaults_make_a_valid_sqlite_config() {
-        let mut e = env(&[]);
+        let mut e = Env::from_pairs(&[]);
         let c = EngineConfig::read(&mut e);
         e.finish().unwrap();
         assert_eq!(c.backend, Backend::Sqlite);
@@ -353,7 +354,7 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_reported_with_its_variable() {
-        let mut e = env(&[
+        let mut e = Env::from_pairs(&[
             ("DATABASE_URL", "mysql://x"),
             ("JOB_LEASE_TTL", "soon"),
             ("JOB_FETCH_BATCH", "0"),
@@ -377,7 +378,7 @@ mod tests {
 
     #[test]
     fn heartbeat_must_fit_three_times_in_the_lease() {
-        let mut e = env(&[("JOB_LEASE_TTL", "10s"), ("JOB_HEARTBEAT_INTERVAL", "5s")]);
+        let mut e = Env::from_pairs(&[("JOB_LEASE_TTL", "10s"), ("JOB_HEARTBEAT_INTERVAL", "5s")]);
         EngineConfig::read(&mut e);
         assert!(
             e.finish()

@@ -287,18 +287,9 @@ fn humantime_of(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn defaults_run_without_stripe() {
-        let mut e = env(&[]);
+        let mut e = Env::from_pairs(&[]);
         let c = PaymentsConfig::read(&mut e);
         e.finish().unwrap();
         assert!(c.stripe.is_none());
@@ -309,7 +300,7 @@ mod tests {
 
     #[test]
     fn stripe_settings_and_bad_values_are_read() {
-        let mut e = env(&[
+        let mut e = Env::from_pairs(&[
             ("STRIPE_SECRET_KEY", "sk_test_1"),
             ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
             ("STRIPE_MAX_RPS", "5"),
@@ -322,7 +313,7 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(20));
         assert!(!c.reversal.enabled);
 
-        let mut e = env(&[
+        let mut e = Env::from_pairs(&[
             ("STRIPE_SECRET_KEY", "sk_test_1"),
             ("STRIPE_API_BASE", "ftp://x"),
             ("STRIPE_MAX_RPS", "0"),
