@@ -95,6 +95,7 @@ fn filter(args: &ListArgs) -> JobFilter {
         until: args.until.map(|t| t.timestamp_millis()),
         before_id: args.cursor,
         limit: Some(args.limit),
+        unique_key: None,
     }
 }
 

@@ -85,6 +85,8 @@ pub struct JobFilter {
     pub before_id: Option<i64>,
     /// Page size (1 to 500; default 50).
     pub limit: Option<u32>,
+    /// Only jobs enqueued with this unique key (finished ones included).
+    pub unique_key: Option<String>,
 }
 
 /// A page of jobs.
@@ -128,7 +130,7 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
         "SELECT {SUMMARY_COLUMNS} FROM jobs \
          WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR status = $2) \
            AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4) \
-           AND ($5 IS NULL OR id < $5) \
+           AND ($5 IS NULL OR id < $5) AND ($7 IS NULL OR unique_key = $7) \
          ORDER BY id DESC LIMIT $6"
     )))
     .bind(filter.kind.as_deref())
@@ -137,6 +139,7 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
     .bind(filter.until)
     .bind(filter.before_id)
     .bind(limit + 1)
+    .bind(filter.unique_key.as_deref())
     .fetch_all(db)
     .await?;
     let mut jobs = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;

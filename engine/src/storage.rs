@@ -508,9 +508,22 @@ pub async fn status_of(conn: &mut DbConn, id: i64) -> Result<JobState> {
         .map_err(|e: String| Error::Database(sqlx::Error::Protocol(e)))
 }
 
+/// A no-op write on job `id`, first in a read-then-write transaction: on SQLite it takes the
+/// write lock now (waiting up to the busy timeout), instead of failing at once with
+/// "database is locked" when a worker writes between our read and our write (a deferred
+/// transaction cannot upgrade past a newer write); on Postgres it locks the row.
+async fn write_first(conn: &mut DbConn, id: i64) -> Result<()> {
+    sqlx::query("UPDATE jobs SET id = id WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Cancels a job that is waiting (`pending` or `retrying`), with an audit row naming `actor`.
 pub async fn cancel(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Result<JobState> {
     let mut tx = db.begin().await?;
+    write_first(&mut tx, id).await?;
     let from = status_of(&mut tx, id).await?;
     let n = sqlx::query(
         "UPDATE jobs SET status = 'cancelled', finished_at = $1 \
@@ -549,6 +562,7 @@ pub async fn cancel(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resu
 /// unique key.
 pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Result<JobState> {
     let mut tx = db.begin().await?;
+    write_first(&mut tx, id).await?;
     let from = status_of(&mut tx, id).await?;
     if !matches!(from, JobState::Failed | JobState::Cancelled) {
         return Err(Error::InvalidJobState {

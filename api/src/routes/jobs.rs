@@ -223,6 +223,7 @@ impl JobsApi {
                 .transpose()?,
             before_id: cursor.0,
             limit: limit.0,
+            unique_key: None,
         };
         let page = admin::list_jobs(self.0.engine.db(), &filter).await?;
         Ok(Json(JobPageView {

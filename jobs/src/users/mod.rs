@@ -141,6 +141,7 @@ pub async fn request_deletion(
 ) -> Result<DeletionStatus, DeletionError> {
     let now = engine.clock().now_ms();
     let mut tx = engine.db().begin().await?;
+    write_first(&mut tx, user_id).await?;
     let user = load_user(&mut tx, user_id).await?;
     match user.status {
         UserStatus::Active => {}
@@ -182,6 +183,7 @@ pub async fn cancel_deletion(
 ) -> Result<DeletionStatus, DeletionError> {
     let now = engine.clock().now_ms();
     let mut tx = engine.db().begin().await?;
+    write_first(&mut tx, user_id).await?;
     let user = load_user(&mut tx, user_id).await?;
     match user.status {
         UserStatus::DeletionRequested => {}
@@ -201,6 +203,18 @@ pub async fn cancel_deletion(
     tx.commit().await?;
     tracing::info!(user_id, "account deletion cancelled");
     deletion_status(engine.db(), user_id).await
+}
+
+/// A no-op write on the user's row, first in a read-then-write transaction: on SQLite it
+/// takes the write lock now (waiting up to the busy timeout) instead of failing with
+/// "database is locked" when a worker commits between our read and our write; on Postgres
+/// it locks the row, so two requests for one account are serialised.
+async fn write_first(conn: &mut DbConn, user_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET id = id WHERE id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The account's status, deadline and, once the hard delete has started, its receipt.
