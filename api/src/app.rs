@@ -77,11 +77,12 @@ impl App {
                 .into(),
             None => Limiter::memory(limits),
         };
+        crate::admin::configure(self.config.admin);
         Ok(ApiState {
             engine: self.engine.clone(),
             scheduler: Arc::new(self.scheduler()),
             limiter,
-            thumbnails: Arc::new(self.config.jobs.thumbnail.clone()),
+            jobs: Arc::new(self.config.jobs.clone()),
         })
     }
 

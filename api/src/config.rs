@@ -41,12 +41,27 @@ var!(
     "POST/PUT/DELETE requests each API key may make per hour, counted apart from reads. Shared through REDIS_URL like the read budget."
 );
 
+var!(
+    ADMIN_SESSION_TTL,
+    "ADMIN_SESSION_TTL",
+    "8h",
+    "How long a session of the admin dashboard (/admin, signed in with an admin API key) lasts; then the admin signs in again. Revoking the key ends its sessions at once."
+);
+var!(
+    ADMIN_COOKIE_SECURE,
+    "ADMIN_COOKIE_SECURE",
+    "auto",
+    "When the admin dashboard's session cookie is marked Secure: auto (when the request came over TLS, as the proxy in front says with X-Forwarded-Proto: https or Forwarded: proto=https), always, or never."
+);
+
 /// The api's variables, in `.env.template` order. (`REDIS_URL`, declared by `jobs`, also
 /// holds the rate-limit counters when set.)
 pub const VARS: &[VarSpec] = &[
     HTTP_ADDR,
     RATE_LIMIT_READS_PER_HOUR,
     RATE_LIMIT_WRITES_PER_HOUR,
+    ADMIN_SESSION_TTL,
+    ADMIN_COOKIE_SECURE,
 ];
 
 /// Everything the binary is configured with.
@@ -60,6 +75,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Requests per hour per API key.
     pub rate_limits: Limits,
+    /// The admin dashboard's sessions.
+    pub admin: crate::admin::Settings,
 }
 
 impl Config {
@@ -78,11 +95,13 @@ impl Config {
             reads_per_hour: per_hour(&RATE_LIMIT_READS_PER_HOUR),
             writes_per_hour: per_hour(&RATE_LIMIT_WRITES_PER_HOUR),
         };
+        let admin = crate::admin::Settings::read(env);
         Self {
             engine,
             jobs,
             http_addr,
             rate_limits,
+            admin,
         }
     }
 
@@ -129,7 +148,7 @@ const GROUPS: [(&str, &str); 3] = [
     ("jobs", "the job kinds' settings (jobs/src/lib.rs)"),
     (
         "api",
-        "the HTTP server of `veza-jobs serve` and its rate limits (api/src/config.rs)",
+        "the HTTP server of `veza-jobs serve`, its rate limits and the admin dashboard (api/src/config.rs)",
     ),
 ];
 

@@ -1,6 +1,6 @@
 //! veza-jobs' binary as a library: the command line ([`cli`]), the configuration
 //! ([`config`]), the engine and services built from it ([`app`]), the HTTP front
-//! ([`server`]: [`routes`] behind [`auth`], [`problem`], [`metrics`], [`request_id`],
+//! ([`server`]: [`routes`] behind [`auth`], the [`admin`] dashboard, [`problem`], [`metrics`], [`request_id`],
 //! [`body_limit`]) and the CLI commands ([`commands`], [`output`]).
 //!
 //! Exit codes: 0 done, 1 failed (the error is printed), 2 bad configuration or usage.
@@ -9,6 +9,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body_limit;

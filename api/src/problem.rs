@@ -80,13 +80,26 @@ pub enum ApiError {
     /// `unique_key_held`).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
-    /// The key's hourly budget for this kind of request is spent (`rate_limited`); see
-    /// `Retry-After`.
+    /// The resource existed but is no longer available, e.g. an expired export link
+    /// (`gone`).
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
+    /// A budget is spent: the key's hourly requests (`rate_limited`) or a per-user quota
+    /// such as the daily exports (`quota_exceeded`); `Retry-After` says when to try again.
     #[oai(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Json<Problem>),
+    TooManyRequests(
+        Json<Problem>,
+        /// Seconds until a retry can succeed.
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
     /// Something failed inside (`internal`); logged with the request id.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// A dependency (the database) is down for now; retry later (`unavailable`). The Stripe
+    /// webhook answers this so that Stripe delivers the event again.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    ServiceUnavailable(Json<Problem>),
 }
 
 fn bad_request(err: poem::Error) -> ApiError {
@@ -138,6 +151,42 @@ impl ApiError {
         )))
     }
 
+    /// 410 with `detail`.
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self::Gone(Json(Problem::new(StatusCode::GONE, "gone", detail)))
+    }
+
+    /// 429 of `kind` with `detail`, retryable after `retry_after_secs` (at least 1).
+    pub fn too_many_requests(kind: &str, detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            Json(Problem::new(StatusCode::TOO_MANY_REQUESTS, kind, detail)),
+            Some(retry_after_secs.max(1)),
+        )
+    }
+
+    /// 400 of a more precise `kind` than `bad_request` (e.g. `invalid_signature`).
+    pub fn bad_request_of(kind: &str, detail: impl Into<String>) -> Self {
+        Self::BadRequest(Json(Problem::new(StatusCode::BAD_REQUEST, kind, detail)))
+    }
+
+    /// 503 with `detail`; `cause` is logged, never sent.
+    pub fn unavailable(
+        detail: impl Into<String>,
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        tracing::warn!(error = %engine::job::error_chain(cause), "dependency unavailable in a route");
+        Self::unavailable_because(detail)
+    }
+
+    /// 503 with `detail`, for a cause the detail already states (nothing else to log).
+    pub fn unavailable_because(detail: impl Into<String>) -> Self {
+        Self::ServiceUnavailable(Json(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            detail,
+        )))
+    }
+
     /// A generic 500; `cause` is logged (once, by [`problem_middleware`]), never sent.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %engine::job::error_chain(cause), "internal error in a route");
@@ -171,6 +220,11 @@ impl From<sqlx::Error> for ApiError {
 /// body over the limit → 413, panic → 500) keep their status; a 5xx's text is replaced by
 /// the generic message.
 pub async fn problem_middleware<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    // The admin dashboard is for people in a browser: its errors are HTML pages (and its
+    // 5xx are logged by its own error middleware, `crate::admin`), so they are left as is.
+    if crate::admin::is_dashboard_path(req.uri().path()) {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
     let request_id = req.extensions().get::<RequestId>().cloned();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let resp = match next.call(req).await {

@@ -75,6 +75,7 @@ impl Readiness {
             .map(|(name, _)| name.clone())
             .collect();
         ReadyBody {
+            disabled: BTreeMap::new(),
             status: if failing.is_empty() {
                 "ok"
             } else {
@@ -103,6 +104,10 @@ pub struct ReadyBody {
     pub failing: Vec<String>,
     /// Each part (`database`, `workers`, `scheduler`) with `ok` or what is wrong.
     pub checks: BTreeMap<String, String>,
+    /// What this configuration switches off, with why (`stripe_jobs` without
+    /// `STRIPE_SECRET_KEY`, `stripe_webhook` without `STRIPE_WEBHOOK_SECRET`, …). The
+    /// process is ready without them; their jobs wait for a process that runs them.
+    pub disabled: BTreeMap<String, String>,
 }
 
 /// `/ready`'s responses.
@@ -144,10 +149,13 @@ impl OpsApi {
     }
 
     /// Readiness: 200 when the database answers and the workers and scheduler run,
-    /// else 503 naming what failed.
+    /// else 503 naming what failed; `disabled` lists what the configuration switches off.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
-        let body = self.readiness.check().await;
+        let mut body = self.readiness.check().await;
+        for (part, why) in self.state.jobs.payments.disabled() {
+            body.disabled.insert(part.to_owned(), why.to_owned());
+        }
         if body.failing.is_empty() {
             ReadyResponse::Ready(Json(body))
         } else {
@@ -201,12 +209,18 @@ pub fn openapi(readiness: Readiness, state: &ApiState) -> OpenApiService<Apis, (
 pub fn app(readiness: Readiness, state: ApiState) -> impl Endpoint + 'static {
     let service = openapi(readiness, &state);
     let spec = service.spec();
-    let templates = RouteTemplates::from_spec(&spec, &["/openapi.json", "/docs"]);
+    // The dashboard's pages are labelled by their templates too (`/admin/jobs/{id}`).
+    let extra: Vec<&str> = ["/openapi.json", "/docs"]
+        .into_iter()
+        .chain(crate::admin::ROUTE_TEMPLATES.iter().copied())
+        .collect();
+    let templates = RouteTemplates::from_spec(&spec, &extra);
     // Installed before any request so that the engine's metrics are recorded from the start.
     let _ = crate::metrics::handle();
     Route::new()
         .at("/openapi.json", service.spec_endpoint())
         .nest("/docs", service.swagger_ui())
+        .nest("/admin", crate::admin::routes())
         .nest("/", service)
         .with(poem::middleware::CatchPanic::new())
         .around(auth::auth_middleware)

@@ -1,11 +1,11 @@
-//! What every route shares: the engine, the scheduler, the rate limiter and the thumbnail
+//! What every route shares: the engine, the scheduler, the rate limiter and the job kinds'
 //! settings.
 
 use std::sync::Arc;
 
 use engine::Engine;
 use engine::scheduler::Scheduler;
-use jobs::thumbnail::ThumbnailSettings;
+use jobs::JobsConfig;
 
 use crate::auth::rate_limit::Limiter;
 
@@ -18,6 +18,7 @@ pub struct ApiState {
     pub scheduler: Arc<Scheduler>,
     /// Per-key rate limits.
     pub limiter: Limiter,
-    /// The thumbnail job's settings (`MEDIA_ROOT`), to check a source before enqueueing.
-    pub thumbnails: Arc<ThumbnailSettings>,
+    /// The job kinds' settings: `MEDIA_ROOT` to check a thumbnail source, the webhook
+    /// secrets, the export directory and signing key, the recovery period.
+    pub jobs: Arc<JobsConfig>,
 }

@@ -44,17 +44,12 @@ async fn start(db: &TestDb, readiness: Readiness) -> (SocketAddr, HttpServer) {
         .expect("bind");
     let addr = bound.addr();
     let engine = db.engine(Registry::new(), Clock::system());
+    let config = Config::from_map(Default::default()).expect("config");
     let state = ApiState {
         scheduler: Arc::new(Scheduler::new(engine.clone(), Vec::new())),
         engine,
-        limiter: Limiter::memory(
-            Config::from_map(Default::default())
-                .expect("config")
-                .rate_limits,
-        ),
-        thumbnails: Arc::new(jobs::thumbnail::ThumbnailSettings::new(
-            "/nonexistent-media",
-        )),
+        limiter: Limiter::memory(config.rate_limits),
+        jobs: Arc::new(config.jobs),
     };
     let server = HttpServer::start(bound, server::app(readiness, state), Duration::from_secs(5));
     (addr, server)
@@ -109,6 +104,20 @@ async fn ready_is_200_when_every_part_is_up() {
     let (status, body) = ready(addr).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["failing"], serde_json::json!([]));
+    // Without STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET the process is ready, and says
+    // what it does not run.
+    let disabled = body["disabled"].as_object().expect("disabled");
+    assert_eq!(
+        disabled.keys().collect::<Vec<_>>(),
+        ["stripe_jobs", "stripe_webhook"],
+        "{body}"
+    );
+    assert!(
+        disabled["stripe_jobs"]
+            .as_str()
+            .is_some_and(|s| s.contains("STRIPE_SECRET_KEY")),
+        "{body}"
+    );
     server.shutdown().await;
 }
 

@@ -66,9 +66,23 @@ impl ApiKeyAuth {
     }
 }
 
-/// True for the paths that need a key.
+/// True for the paths that need a key: everything under `/v1` but the routes that
+/// authenticate their caller otherwise ([`authenticates_itself`]).
 pub fn is_protected(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/")
+    (path == "/v1" || path.starts_with("/v1/")) && !authenticates_itself(path)
+}
+
+/// The `/v1` routes called by someone who has no API key, each checking its own proof:
+/// Stripe's webhook (the `Stripe-Signature` HMAC over the body) and an export's download
+/// link from the e-mail (`/v1/exports/{id}/download?token=…`, an HMAC over id and expiry).
+/// Their docs name no scope; `tests/v1/auth.rs` checks that they answer without a key.
+pub fn authenticates_itself(path: &str) -> bool {
+    if path == "/v1/webhooks/stripe" {
+        return true;
+    }
+    path.strip_prefix("/v1/exports/")
+        .and_then(|rest| rest.strip_suffix("/download"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 fn unauthorized(detail: &str) -> Response {

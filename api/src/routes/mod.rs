@@ -1,14 +1,21 @@
 //! The `/v1` routes, one module per resource. Each `*Api` is a poem-openapi `OpenApi`
 //! impl added to [`V1`]; each route takes [`ApiKeyAuth`](crate::auth::ApiKeyAuth), calls
-//! `auth.require(Scope::…)?` first and says `Scope: …` in its doc. A new resource (transfers,
-//! exports, deletion, thumbnails, webhooks) is a new module here plus one entry in [`V1`].
+//! `auth.require(Scope::…)?` first and says `Scope: …` in its doc. The two routes that
+//! authenticate otherwise (the Stripe webhook, the export download link) name no scope; see
+//! [`crate::auth::authenticates_itself`]. A new resource is a new module here plus one
+//! entry in [`V1`].
 
 pub mod api_keys;
+pub mod exports;
 pub mod jobs;
+pub mod payments;
 pub mod queues;
 pub mod schedules;
 pub mod tracks;
+pub mod transfers;
 pub mod transitions;
+pub mod users;
+pub mod webhooks;
 
 use poem_openapi::Tags;
 
@@ -31,6 +38,16 @@ pub enum ApiTags {
     ApiKeys,
     /// Tracks: thumbnails of their cover images.
     Tracks,
+    /// Webhooks from outside services (Stripe), authenticated by their signature.
+    Webhooks,
+    /// Seller transfers (payouts and reversals): list, inspect, admin retry.
+    Transfers,
+    /// Payments: partial refunds awaiting an admin, reconciliation findings.
+    Payments,
+    /// GDPR data exports: request, list, download.
+    Exports,
+    /// Users: account deletion, restore, erasure receipt.
+    Users,
 }
 
 /// Every `/v1` API, in spec order.
@@ -41,6 +58,11 @@ pub type V1 = (
     transitions::TransitionsApi,
     api_keys::ApiKeysApi,
     tracks::TracksApi,
+    webhooks::WebhooksApi,
+    transfers::TransfersApi,
+    payments::PaymentsApi,
+    exports::ExportsApi,
+    users::UsersApi,
 );
 
 /// The `/v1` APIs on `state`.
@@ -52,6 +74,11 @@ pub fn v1(state: &ApiState) -> V1 {
         transitions::TransitionsApi(state.clone()),
         api_keys::ApiKeysApi(state.clone()),
         tracks::TracksApi(state.clone()),
+        webhooks::WebhooksApi(state.clone()),
+        transfers::TransfersApi(state.clone()),
+        payments::PaymentsApi(state.clone()),
+        exports::ExportsApi(state.clone()),
+        users::UsersApi(state.clone()),
     )
 }
 

@@ -109,10 +109,10 @@ impl TracksApi {
         auth.require(Scope::Write)?;
         let track_id = track_id.0;
         let source = body.0.source;
-        let settings = std::sync::Arc::clone(&self.0.thumbnails);
+        let jobs = std::sync::Arc::clone(&self.0.jobs);
         let checked = {
             let source = source.clone();
-            tokio::task::spawn_blocking(move || settings.resolve_source(&source))
+            tokio::task::spawn_blocking(move || jobs.thumbnail.resolve_source(&source))
                 .await
                 .map_err(|e| ApiError::internal(&e))?
         };

@@ -28,6 +28,20 @@ pub struct TransitionView {
     pub note: Option<String>,
 }
 
+impl From<engine::state_machine::AuditEntry> for TransitionView {
+    fn from(t: engine::state_machine::AuditEntry) -> Self {
+        Self {
+            entity: t.entity,
+            entity_id: t.entity_id,
+            from_status: t.from_status,
+            to_status: t.to_status,
+            actor: t.actor,
+            at: t.at,
+            note: t.note,
+        }
+    }
+}
+
 /// The transitions routes.
 pub struct TransitionsApi(pub ApiState);
 
@@ -48,19 +62,6 @@ impl TransitionsApi {
         auth.require(Scope::Read)?;
         let mut conn = self.0.engine.db().acquire().await?;
         let history = engine::state_machine::history(&mut conn, &entity.0, &id.0).await?;
-        Ok(Json(
-            history
-                .into_iter()
-                .map(|t| TransitionView {
-                    entity: t.entity,
-                    entity_id: t.entity_id,
-                    from_status: t.from_status,
-                    to_status: t.to_status,
-                    actor: t.actor,
-                    at: t.at,
-                    note: t.note,
-                })
-                .collect(),
-        ))
+        Ok(Json(history.into_iter().map(Into::into).collect()))
     }
 }

@@ -1,4 +1,5 @@
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::Arc;
 
 use api::auth::Scope;
@@ -6,10 +7,11 @@ use api::auth::keys;
 use api::auth::rate_limit::{Limiter, Limits};
 use api::server::{self, Readiness};
 use api::state::ApiState;
+use engine::config::Env;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
 use engine::{Clock, Engine, Job, JobError, Outcome, Registry};
-use jobs::thumbnail::{ThumbnailArgs, ThumbnailSettings};
+use jobs::JobsConfig;
 use poem::endpoint::BoxEndpoint;
 use poem::test::{TestClient, TestResponse};
 use poem::{EndpointExt, Response};
@@ -26,14 +28,11 @@ impl Job for Probe {
     const KIND: &'static str = "probe";
 }
 
-/// The registry of the tests: [`Probe`], and the real `thumbnail` kind on `thumbnails`.
-pub(crate) fn registry(thumbnails: &Arc<ThumbnailSettings>) -> Registry {
+/// The registry of the tests: [`Probe`], and every real job kind of `jobs` (the Stripe
+/// ones only when `jobs.payments.stripe` is set).
+pub(crate) fn registry(jobs: &JobsConfig) -> Registry {
     let mut r = Registry::new();
-    let settings = Arc::clone(thumbnails);
-    r.register::<ThumbnailArgs, _, _>(move |args, ctx| {
-        let settings = Arc::clone(&settings);
-        async move { jobs::thumbnail::handle(args, ctx, &settings).await }
-    });
+    jobs::register_all(&mut r, jobs);
     r.register::<Probe, _, _>(|p, _ctx| async move {
         if p.fail {
             Err(JobError::permanent("the probe was told to fail"))
@@ -49,10 +48,29 @@ pub(crate) const GENEROUS: Limits = Limits {
     writes_per_hour: NonZeroU32::new(100_000).unwrap(),
 };
 
+/// The job kinds' settings of a test: `MEDIA_ROOT` in `media`, exports and the e-mail
+/// outbox in `work`, 16 and 32 px thumbnails, a webhook secret `whsec_test`, no Stripe
+/// client, Redis, OpenSearch or SMTP.
+pub(crate) fn test_jobs_config(media: &Path, work: &Path) -> JobsConfig {
+    let media = media.to_str().expect("utf-8 path");
+    let exports = work.join("exports");
+    let outbox = work.join("outbox");
+    let mut env = Env::from_pairs(&[
+        ("MEDIA_ROOT", media),
+        ("EXPORT_DIR", exports.to_str().expect("utf-8 path")),
+        ("MAIL_OUTBOX_DIR", outbox.to_str().expect("utf-8 path")),
+        ("THUMBNAIL_SIZES", "16,32"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_test"),
+    ]);
+    let config = JobsConfig::read(&mut env);
+    env.finish().expect("the test configuration is valid");
+    config
+}
+
 fn router(
     engine: &Engine,
     limiter: Limiter,
-    thumbnails: &Arc<ThumbnailSettings>,
+    jobs: &Arc<JobsConfig>,
 ) -> TestClient<BoxEndpoint<'static, Response>> {
     let schedules = vec![Schedule::new(
         "nightly_probe",
@@ -63,7 +81,7 @@ fn router(
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
-        thumbnails: Arc::clone(thumbnails),
+        jobs: Arc::clone(jobs),
     };
     let app = server::app(Readiness::new(engine.db().clone()), state);
     TestClient::new(app.map_to_response().boxed())
@@ -75,38 +93,57 @@ pub(crate) struct TestApp {
     pub(crate) db: Arc<TestDb>,
     /// `MEDIA_ROOT` of the thumbnail routes and jobs.
     pub(crate) media: Arc<tempfile::TempDir>,
-    pub(crate) thumbnails: Arc<ThumbnailSettings>,
+    /// Holds `EXPORT_DIR` (`exports/`) and `MAIL_OUTBOX_DIR` (`outbox/`).
+    pub(crate) work: Arc<tempfile::TempDir>,
+    /// The job kinds' settings the routes and the registry use.
+    pub(crate) jobs: Arc<JobsConfig>,
 }
 
 impl TestApp {
     pub(crate) fn new(db: TestDb) -> Self {
-        Self::with_limiter(db, Limiter::memory(GENEROUS))
+        Self::build(db, Limiter::memory(GENEROUS), Clock::system(), |_| {})
     }
 
     pub(crate) fn with_limiter(db: TestDb, limiter: Limiter) -> Self {
+        Self::build(db, limiter, Clock::system(), |_| {})
+    }
+
+    /// A test app on `clock` whose job settings [`test_jobs_config`] gave are changed by
+    /// `configure` first (a Stripe client, a webhook secret, a short recovery period…).
+    pub(crate) fn build(
+        db: TestDb,
+        limiter: Limiter,
+        clock: Clock,
+        configure: impl FnOnce(&mut JobsConfig),
+    ) -> Self {
         let media = tempfile::tempdir().expect("media root");
-        let mut settings = ThumbnailSettings::new(media.path());
-        settings.sizes = vec![16, 32];
-        let thumbnails = Arc::new(settings);
-        let engine = db.engine(registry(&thumbnails), Clock::system());
+        let work = tempfile::tempdir().expect("work dir");
+        let mut config = test_jobs_config(media.path(), work.path());
+        configure(&mut config);
+        let jobs = Arc::new(config);
+        let engine = db.engine(registry(&jobs), clock);
         Self {
-            client: router(&engine, limiter, &thumbnails),
+            client: router(&engine, limiter, &jobs),
             engine,
             db: Arc::new(db),
             media: Arc::new(media),
-            thumbnails,
+            work: Arc::new(work),
+            jobs,
         }
     }
 
     /// Another API "process" on the same database, with its own limiter.
     pub(crate) fn another(&self, limiter: Limiter) -> Self {
-        let engine = self.db.engine(registry(&self.thumbnails), Clock::system());
+        let engine = self
+            .db
+            .engine(registry(&self.jobs), self.engine.clock().clone());
         Self {
-            client: router(&engine, limiter, &self.thumbnails),
+            client: router(&engine, limiter, &self.jobs),
             engine,
             db: Arc::clone(&self.db),
             media: Arc::clone(&self.media),
-            thumbnails: Arc::clone(&self.thumbnails),
+            work: Arc::clone(&self.work),
+            jobs: Arc::clone(&self.jobs),
         }
     }
 

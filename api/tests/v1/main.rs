@@ -3,9 +3,15 @@
 //! property-based pass over the OpenAPI spec.
 
 mod auth;
+mod exports;
 mod fuzz;
+// The GDPR test kit of the jobs crate: seeded users, the every-table scanner, the SMTP server.
+#[path = "../../../jobs/tests/gdpr_support/mod.rs"]
+mod gdpr_support;
 mod helpers;
 mod metrics;
+mod payments;
 mod rate_limits;
 mod routes;
 mod tracks;
+mod users;
