@@ -105,6 +105,7 @@ pub const VARS: &[VarSpec] = &[
     THUMBNAIL_MAX_PIXELS,
     THUMBNAIL_CONCURRENCY,
     payments::config::STRIPE_SECRET_KEY,
+    payments::config::STRIPE_WEBHOOK_SECRET,
     payments::config::STRIPE_API_BASE,
     payments::config::STRIPE_TIMEOUT,
     payments::config::STRIPE_MAX_RPS,

@@ -29,6 +29,12 @@ var!(
     "Stripe secret key (sk_… or rk_…). Unset: transfer_seller, reverse_transfer and reconcile_transfers are not registered in this process (a warning says so) and their jobs wait."
 );
 var!(
+    STRIPE_WEBHOOK_SECRET,
+    "STRIPE_WEBHOOK_SECRET",
+    "",
+    "Signing secret(s) of the Stripe webhook endpoint (whsec_…), comma-separated during a rotation (a signature by any of them is accepted). Unset: POST /v1/webhooks/stripe refuses every event with 503, so Stripe keeps them and delivers again once it is set."
+);
+var!(
     STRIPE_API_BASE,
     "STRIPE_API_BASE",
     "https://api.stripe.com/",
@@ -122,6 +128,7 @@ var!(
 /// The payments variables, in `.env.template` order.
 pub const VARS: &[VarSpec] = &[
     STRIPE_SECRET_KEY,
+    STRIPE_WEBHOOK_SECRET,
     STRIPE_API_BASE,
     STRIPE_TIMEOUT,
     STRIPE_MAX_RPS,
@@ -174,11 +181,28 @@ impl RetrySettings {
     }
 }
 
+/// Why the Stripe jobs do not run without `STRIPE_SECRET_KEY` (logged at start, shown by
+/// `/ready`).
+pub const NO_STRIPE: &str = "STRIPE_SECRET_KEY is unset: transfer_seller, reverse_transfer and \
+    reconcile_transfers are not registered in this process; their jobs wait for a process that has the key";
+/// Why no payout runs with `TRANSFER_RETRY_ENABLED=false`.
+pub const NO_PAYOUTS: &str =
+    "TRANSFER_RETRY_ENABLED=false: this process runs no payouts; they wait for another process";
+/// Why no reversal runs with `REVERSAL_WORKER_ENABLED=false`.
+pub const NO_REVERSALS: &str =
+    "REVERSAL_WORKER_ENABLED=false: this process runs no reversals; they wait for another process";
+/// Why the webhook refuses events without `STRIPE_WEBHOOK_SECRET`.
+pub const NO_WEBHOOK_SECRET: &str =
+    "STRIPE_WEBHOOK_SECRET is unset: POST /v1/webhooks/stripe refuses every event with 503";
+
 /// Everything the payments jobs are configured with.
 #[derive(Debug, Clone)]
 pub struct PaymentsConfig {
     /// The Stripe client's settings; `None` when `STRIPE_SECRET_KEY` is unset.
     pub stripe: Option<StripeSettings>,
+    /// `STRIPE_WEBHOOK_SECRET`: every secret whose signature the webhook accepts (empty:
+    /// the webhook refuses every event).
+    pub webhook_secrets: Vec<String>,
     /// The payout worker (`TRANSFER_RETRY_*`).
     pub payout: RetrySettings,
     /// The reversal worker (`REVERSAL_*`).
@@ -215,6 +239,22 @@ impl PaymentsConfig {
             }
             settings
         });
+        let webhook_secrets: Vec<String> = env
+            .optional(&STRIPE_WEBHOOK_SECRET)
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if webhook_secrets.iter().any(|s| !s.starts_with("whsec_")) {
+            env.problem(
+                &STRIPE_WEBHOOK_SECRET,
+                "unset, or whsec_… secrets separated by commas",
+            );
+        }
         let payout = retry_settings(
             env,
             &TRANSFER_RETRY_ENABLED,
@@ -239,6 +279,7 @@ impl PaymentsConfig {
         });
         Self {
             stripe,
+            webhook_secrets,
             payout,
             reversal,
             payout_check_interval: env.duration(&TRANSFER_CHECK_INTERVAL),
@@ -246,6 +287,26 @@ impl PaymentsConfig {
             reconcile_every,
             reconcile_lookback: env.duration(&RECONCILE_TRANSFERS_LOOKBACK),
         }
+    }
+
+    /// The payments parts this configuration switches off, each with the reason: what
+    /// `/ready` lists under `disabled` (the process is ready without them).
+    pub fn disabled(&self) -> Vec<(&'static str, &'static str)> {
+        let mut off = Vec::new();
+        if self.stripe.is_none() {
+            off.push(("stripe_jobs", NO_STRIPE));
+        } else {
+            if !self.payout.enabled {
+                off.push(("payouts", NO_PAYOUTS));
+            }
+            if !self.reversal.enabled {
+                off.push(("reversals", NO_REVERSALS));
+            }
+        }
+        if self.webhook_secrets.is_empty() {
+            off.push(("stripe_webhook", NO_WEBHOOK_SECRET));
+        }
+        off
     }
 
     /// The defaults, without Stripe: what a process without `STRIPE_SECRET_KEY` runs with.

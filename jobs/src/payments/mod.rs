@@ -185,6 +185,26 @@ pub fn verify_event_at(
     )
 }
 
+/// [`verify_event_at`] against each of `secrets` (a rotation signs with the old and the
+/// new secret): the first that verifies wins; a body that is signed but not an event is
+/// refused at once; no secret at all verifies nothing.
+pub fn verify_event_with_any(
+    payload: &str,
+    signature: &str,
+    secrets: &[String],
+    now_secs: i64,
+) -> Result<StripeEvent, VerifyError> {
+    let mut last = VerifyError::Signature(stripe_webhook::WebhookError::BadSignature);
+    for secret in secrets {
+        match verify_event_at(payload, signature, secret, now_secs) {
+            Ok(event) => return Ok(event),
+            Err(e @ VerifyError::Parse(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// `construct_event` checks the signature and the timestamp first, then types the object
 /// with the SDK's structs. `BadParse` therefore means "authentic, but the SDK cannot type
 /// this object" (another API version, fewer fields): the event is still ours to record,
@@ -604,10 +624,7 @@ fn active(config: &PaymentsConfig) -> Active {
 /// the reversal worker (nor its safety net) when switched off.
 pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
     let Some(settings) = &config.stripe else {
-        tracing::warn!(
-            "STRIPE_SECRET_KEY is unset: transfer_seller, reverse_transfer and reconcile_transfers are not \
-             registered in this process; their jobs wait for a process that has the key"
-        );
+        tracing::warn!("{}", config::NO_STRIPE);
         return;
     };
     let stripe = match StripeClient::new(settings) {
@@ -632,9 +649,7 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
             transfer_seller::check::handle(args, ctx, Arc::clone(&retry))
         });
     } else {
-        tracing::warn!(
-            "TRANSFER_RETRY_ENABLED=false: this process runs no payouts; they wait for another process"
-        );
+        tracing::warn!("{}", config::NO_PAYOUTS);
     }
     if on.reversal {
         warn_if_timer_differs(
@@ -654,9 +669,7 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
             move |args, ctx| reverse_transfer::check::handle(args, ctx, Arc::clone(&retry)),
         );
     } else {
-        tracing::warn!(
-            "REVERSAL_WORKER_ENABLED=false: this process runs no reversals; they wait for another process"
-        );
+        tracing::warn!("{}", config::NO_REVERSALS);
     }
     if on.reconcile {
         let settings = Arc::new(ReconcileSettings {

@@ -11,6 +11,7 @@
 pub mod state;
 pub mod stripe;
 
+use engine::admin::{self, JobFilter, JobSummary};
 use engine::state_machine::{Actor, TransitionError};
 use engine::{Engine, Millis, NewJob};
 
@@ -50,15 +51,36 @@ pub async fn get(engine: &Engine, id: i64) -> Result<Option<TransferRow>, sqlx::
     state::load(&mut conn, id).await
 }
 
-/// Transfers in `statuses` (all when empty) with `id > after_id`, by id, at most `limit`.
+/// Transfers in `statuses` (all when empty), of `seller_id` when given, with
+/// `id > after_id`, by id, at most `limit`.
 pub async fn list(
     engine: &Engine,
     statuses: &[TransferStatus],
+    seller_id: Option<i64>,
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<TransferRow>, sqlx::Error> {
     let mut conn = engine.db().acquire().await?;
-    state::list(&mut conn, statuses, after_id, limit).await
+    state::list(&mut conn, statuses, seller_id, after_id, limit).await
+}
+
+/// The payout and reversal jobs of transfer `id` (every job enqueued with its unique
+/// keys, finished ones included), oldest first.
+pub async fn jobs_of(engine: &Engine, id: i64) -> Result<Vec<JobSummary>, engine::Error> {
+    let mut found = Vec::new();
+    for key in [
+        crate::transfer_seller::unique_key(id),
+        crate::reverse_transfer::unique_key(id),
+    ] {
+        let filter = JobFilter {
+            unique_key: Some(key),
+            limit: Some(500),
+            ..JobFilter::default()
+        };
+        found.extend(admin::list_jobs(engine.db(), &filter).await?.jobs);
+    }
+    found.sort_by_key(|j| j.id);
+    Ok(found)
 }
 
 /// Admin retry of a `permanently_failed` transfer, with fresh attempts and fresh

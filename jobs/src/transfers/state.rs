@@ -283,10 +283,11 @@ pub async fn load_for_order(
 pub async fn list(
     conn: &mut DbConn,
     statuses: &[TransferStatus],
+    seller_id: Option<i64>,
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<TransferRow>, sqlx::Error> {
-    let filter = if statuses.is_empty() {
+    let mut filter = if statuses.is_empty() {
         String::new()
     } else {
         let names: Vec<String> = statuses
@@ -295,17 +296,19 @@ pub async fn list(
             .collect();
         format!(" AND status IN ({})", names.join(", "))
     };
+    if seller_id.is_some() {
+        filter.push_str(" AND seller_id = $3");
+    }
     let sql = format!(
         "SELECT {COLUMNS} FROM seller_transfers WHERE id > $1{filter} ORDER BY id LIMIT $2"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after_id)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+        .bind(limit);
+    if let Some(seller) = seller_id {
+        query = query.bind(seller);
+    }
+    query.fetch_all(conn).await?.iter().map(from_row).collect()
 }
 
 /// A transfer to create for an order item.

@@ -174,7 +174,7 @@ impl World {
 
     /// Every transfer of the order, by id.
     pub async fn transfers_of(&self, order_id: i64) -> Vec<TransferRow> {
-        transfers::list(&self.engine, &[], 0, 1000)
+        transfers::list(&self.engine, &[], None, 0, 1000)
             .await
             .unwrap()
             .into_iter()
