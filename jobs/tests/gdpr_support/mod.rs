@@ -1,6 +1,7 @@
 //! Shared by the GDPR tests: an engine with the GDPR kinds on a manual clock, users with
 //! personal data everywhere (rows and files), a scanner that looks for a string in every
-//! column of every table, Redis helpers, a fake OpenSearch and an SMTP sink.
+//! column of every table, Redis helpers, a fake OpenSearch and a real SMTP server on
+//! loopback (`smtp_sink`).
 #![allow(dead_code)]
 
 pub(crate) mod fake_opensearch;
@@ -458,21 +459,9 @@ pub(crate) async fn redis_del(client: &Client, keys: &[String]) {
     let _: u64 = client.del(keys.to_vec()).await.unwrap();
 }
 
-/// Decodes a quoted-printable body (RFC 2045 §6.7): soft line breaks and `=XX` escapes.
+/// Decodes a quoted-printable body (RFC 2045 §6.7), as a mail client would.
 pub(crate) fn decode_quoted_printable(body: &str) -> String {
-    let joined = body.replace("=\r\n", "");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-            out.push(u8::from_str_radix(hex, 16).unwrap());
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
+    let bytes = quoted_printable::decode(body, quoted_printable::ParseMode::Strict)
+        .expect("a valid quoted-printable body");
+    String::from_utf8(bytes).expect("a UTF-8 body")
 }

@@ -1,64 +1,127 @@
-//! A small SMTP server on loopback that speaks real SMTP (RFC 5321 subset: EHLO/HELO, MAIL,
-//! RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT) and keeps what it receives. Replies to
-//! the end of DATA can be scripted (451, 554, …) to test how the sender reacts.
+//! A real SMTP server on loopback for the e-mail tests: `mailin-embedded` (an embeddable
+//! SMTP server crate: its own RFC 5321 state machine, EHLO/HELO, MAIL, RCPT, DATA with
+//! dot-unstuffing, RSET, NOOP, QUIT), with a handler that keeps every accepted message and
+//! can answer the end of DATA with scripted replies (451, 554, …) to test how the sender
+//! reacts.
+//!
+//! mailin-embedded serves on blocking threads and has no shutdown: each sink's listener
+//! (and its small pool of session threads) lives until the test process exits. Sessions
+//! end when the client hangs up, so only the idle listener stays behind.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use mailin_embedded::{Handler, Response, Server, SslConfig, response};
 
-/// A message the sink accepted.
+/// A message the server accepted.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
+    /// The envelope sender (`MAIL FROM`), without angle brackets.
     pub(crate) mail_from: String,
+    /// The envelope recipients (`RCPT TO`), without angle brackets.
     pub(crate) rcpt_to: Vec<String>,
     /// The message as sent (headers and body), CRLF line ends, dots unstuffed.
     pub(crate) data: String,
 }
 
 #[derive(Default)]
-struct State {
+struct Shared {
     received: Vec<Received>,
-    /// Replies to give at the end of DATA, in order; empty: "250 OK".
-    data_replies: VecDeque<String>,
-    /// Every DATA end reply given, in order.
+    /// Replies to give at the end of DATA, in order; empty: 250.
+    data_replies: VecDeque<(u16, String)>,
+    /// Every DATA end reply given, in order (`"250 OK"`, `"451 …"`).
     replies_given: Vec<String>,
 }
 
-/// The running sink.
-pub(crate) struct SmtpSink {
-    pub(crate) addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
+/// One SMTP session's transaction; cloned per connection by the server.
+#[derive(Clone)]
+struct Sink {
+    shared: Arc<Mutex<Shared>>,
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    data: Vec<u8>,
 }
 
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Handler for Sink {
+    fn mail(&mut self, _ip: IpAddr, _domain: &str, from: &str) -> Response {
+        self.mail_from = from.to_owned();
+        self.rcpt_to.clear();
+        response::OK
+    }
+
+    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.mail_from = from.to_owned();
+        self.rcpt_to = to.to_vec();
+        self.data.clear();
+        response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        let mut s = self.shared.lock().unwrap();
+        let (code, text) = s
+            .data_replies
+            .pop_front()
+            .unwrap_or_else(|| (250, "2.0.0 OK queued".to_owned()));
+        s.replies_given.push(format!("{code} {text}"));
+        if (200..300).contains(&code) {
+            s.received.push(Received {
+                mail_from: self.mail_from.clone(),
+                rcpt_to: self.rcpt_to.clone(),
+                data: String::from_utf8_lossy(&self.data).into_owned(),
+            });
+        }
+        self.data.clear();
+        let mut reply = Response::custom(code, text);
+        // The reply to the end of DATA ends the mail transaction whatever its code (RFC 5321
+        // §4.1.1.4). mailin keeps a session whose DATA was refused in its DATA state (it
+        // treats every error reply as "stay where you are"), and would then swallow the
+        // client's next RSET or QUIT as message text: flagging the reply as no error lets
+        // it move on to the next transaction. The code sent is unchanged.
+        reply.is_error = false;
+        reply
     }
 }
 
+/// The running server.
+pub(crate) struct SmtpSink {
+    pub(crate) addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
 impl SmtpSink {
-    /// Starts listening on `127.0.0.1:<random>`.
+    /// Starts serving on `127.0.0.1:<random>` (a listener bound before this returns, so
+    /// the first connection cannot be refused).
     pub(crate) async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind SMTP sink");
-        let addr = listener.local_addr().expect("sink address");
-        let state: Arc<Mutex<State>> = Arc::default();
-        let st = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let st = Arc::clone(&st);
-                tokio::spawn(async move {
-                    let _ = session(stream, st).await;
-                });
-            }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the SMTP server");
+        let addr = listener.local_addr().expect("SMTP server address");
+        let shared: Arc<Mutex<Shared>> = Arc::default();
+        let mut server = Server::new(Sink {
+            shared: Arc::clone(&shared),
+            mail_from: String::new(),
+            rcpt_to: Vec::new(),
+            data: Vec::new(),
         });
-        Self { addr, state, task }
+        server
+            .with_name("smtp.test")
+            .with_ssl(SslConfig::None)
+            .expect("plain SMTP")
+            .with_num_threads(4)
+            .with_tcp_listener(listener);
+        std::thread::Builder::new()
+            .name(format!("smtp-{}", addr.port()))
+            .spawn(move || {
+                if let Err(e) = server.serve() {
+                    eprintln!("test SMTP server stopped: {e}");
+                }
+            })
+            .expect("spawn the SMTP server");
+        Self { addr, shared }
     }
 
     /// `smtp://127.0.0.1:PORT` (plain SMTP, no TLS).
@@ -68,89 +131,21 @@ impl SmtpSink {
 
     /// Answers the next ends of DATA with these replies (e.g. `"451 4.3.0 try later"`).
     pub(crate) fn reply_to_data(&self, replies: &[&str]) {
-        let mut s = self.state.lock().unwrap();
-        s.data_replies.extend(replies.iter().map(|r| r.to_string()));
+        let mut s = self.shared.lock().unwrap();
+        for r in replies {
+            let (code, text) = r.split_once(' ').expect("`CODE text`");
+            s.data_replies
+                .push_back((code.parse().expect("a 3-digit code"), text.to_owned()));
+        }
     }
 
-    /// Messages accepted (250) so far.
+    /// Messages accepted (2xx) so far.
     pub(crate) fn received(&self) -> Vec<Received> {
-        self.state.lock().unwrap().received.clone()
+        self.shared.lock().unwrap().received.clone()
     }
 
     /// Every reply given at the end of DATA.
     pub(crate) fn data_replies_given(&self) -> Vec<String> {
-        self.state.lock().unwrap().replies_given.clone()
-    }
-}
-
-async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 sink.test ESMTP ready\r\n").await?;
-    let mut mail_from = String::new();
-    let mut rcpt_to = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let cmd = line.trim_end().to_owned();
-        let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-8BITMIME\r\n250 SIZE 10485760".into()
-        } else if upper.starts_with("HELO") {
-            "250 sink.test".into()
-        } else if upper.starts_with("MAIL FROM:") {
-            mail_from = cmd[10..].trim().to_owned();
-            rcpt_to.clear();
-            "250 2.1.0 OK".into()
-        } else if upper.starts_with("RCPT TO:") {
-            rcpt_to.push(cmd[8..].trim().to_owned());
-            "250 2.1.5 OK".into()
-        } else if upper == "DATA" {
-            write
-                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                .await?;
-            let mut data = String::new();
-            loop {
-                line.clear();
-                if lines.read_line(&mut line).await? == 0 {
-                    return Ok(());
-                }
-                if line == ".\r\n" || line == ".\n" {
-                    break;
-                }
-                let unstuffed = line.strip_prefix('.').unwrap_or(&line);
-                data.push_str(unstuffed);
-            }
-            let mut s = state.lock().unwrap();
-            let reply = s
-                .data_replies
-                .pop_front()
-                .unwrap_or_else(|| "250 2.0.0 OK queued".to_owned());
-            s.replies_given.push(reply.clone());
-            if reply.starts_with('2') {
-                s.received.push(Received {
-                    mail_from: mail_from.clone(),
-                    rcpt_to: rcpt_to.clone(),
-                    data,
-                });
-            }
-            reply
-        } else if upper == "RSET" {
-            mail_from.clear();
-            rcpt_to.clear();
-            "250 2.0.0 OK".into()
-        } else if upper == "NOOP" {
-            "250 2.0.0 OK".into()
-        } else if upper == "QUIT" {
-            write.write_all(b"221 2.0.0 Bye\r\n").await?;
-            return Ok(());
-        } else {
-            "502 5.5.2 Command not recognized".into()
-        };
-        write.write_all(reply.as_bytes()).await?;
-        write.write_all(b"\r\n").await?;
+        self.shared.lock().unwrap().replies_given.clone()
     }
 }
