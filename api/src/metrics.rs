@@ -8,6 +8,7 @@
 //! | `veza_jobs` | gauge | `kind`, `status` |
 //! | `veza_queue_depth` | gauge | `kind`: pending + retrying |
 //! | `veza_queue_oldest_pending_age_seconds` | gauge | `kind` |
+//! | `veza_reconciliation_open_findings` | gauge | none: transfers whose row and Stripe disagree |
 //! | `veza_http_requests_total` | counter | `method`, `route` (the spec's template, `unmatched` otherwise), `status` |
 
 use std::sync::OnceLock;
@@ -22,6 +23,8 @@ pub const JOBS: &str = "veza_jobs";
 pub const QUEUE_DEPTH: &str = "veza_queue_depth";
 /// The oldest due job's wait by kind.
 pub const OLDEST_PENDING_AGE: &str = "veza_queue_oldest_pending_age_seconds";
+/// Open reconciliation findings (ledger and Stripe disagree): alert when above zero.
+pub const OPEN_FINDINGS: &str = "veza_reconciliation_open_findings";
 /// HTTP requests by method, route and status.
 pub const HTTP_REQUESTS: &str = "veza_http_requests_total";
 
@@ -58,6 +61,11 @@ pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
         metrics::gauge!(OLDEST_PENDING_AGE, "kind" => kind.kind.clone())
             .set(kind.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
     }
+    // Read from the table, so it is right whichever process ran reconcile_transfers.
+    let open = jobs::reconcile_transfers::count_open_findings(engine.db())
+        .await
+        .map_err(engine::Error::Database)?;
+    metrics::gauge!(OPEN_FINDINGS).set(open as f64);
     Ok(handle.render())
 }
 

@@ -17,7 +17,7 @@ use engine::testing::{TestDb, drain};
 use engine::{Clock, backend_tests};
 use fake_stripe::FakeStripe;
 use jobs::payments::orders::{self, NewOrderItem};
-use jobs::reconcile_transfers::ReconcileTransfers;
+use jobs::reconcile_transfers::{self, ReconcileTransfers};
 use jobs::transfers::stripe::StripeSettings;
 use serde_json::{Value, json};
 
@@ -523,6 +523,7 @@ async fn partial_refunds_and_findings_are_listed(db: TestDb) {
     let by_seller = get(&w.app, "/v1/transfers?seller_id=2", Some(&read)).await;
     let bad_status = get(&w.app, "/v1/transfers?status=lost", Some(&read)).await;
     let page = get(&w.app, "/v1/transfers?limit=1", Some(&read)).await;
+    let metrics = get(&w.app, "/metrics", None).await;
 
     // Assert
     assert_eq!(
@@ -542,6 +543,20 @@ async fn partial_refunds_and_findings_are_listed(db: TestDb) {
     let findings = findings.body["findings"].as_array().unwrap().clone();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0]["seller_transfer_id"], b_id);
+    // The gauge is process-wide and other tests scrape their own databases at the same
+    // time: check it is exported, and the count it is set from.
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l.starts_with("veza_reconciliation_open_findings ")),
+        "{}",
+        metrics.text
+    );
+    let open = reconcile_transfers::count_open_findings(w.app.engine.db())
+        .await
+        .unwrap();
+    assert_eq!(open, 1);
     let sellers: Vec<i64> = by_seller.body["transfers"]
         .as_array()
         .unwrap()

@@ -131,6 +131,14 @@ pub struct StoredFinding {
     pub resolved_at: Option<Millis>,
 }
 
+/// How many findings are open (row and Stripe still disagree): the
+/// `veza_reconciliation_open_findings` gauge.
+pub async fn count_open_findings(db: &engine::Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM transfer_findings WHERE resolved_at IS NULL")
+        .fetch_one(db)
+        .await
+}
+
 /// Findings by id after `after_id`, at most `limit`; open ones only unless `all`.
 pub async fn list_findings(
     db: &engine::Db,
