@@ -186,10 +186,33 @@ async fn hard_delete_after_the_deadline_erases_every_store(t: TestDb) {
         None => None,
     };
 
+    // A Stripe event of the user's order, stored with the buyer's e-mail in its payload.
+    let now = w.clock.now_ms();
+    let order: i64 = sqlx::query_scalar(
+        "INSERT INTO orders (buyer_id, currency, amount_total, created_at, updated_at) \
+         VALUES ($1, 'eur', 1000, $2, $2) RETURNING id",
+    )
+    .bind(user.id)
+    .bind(now)
+    .fetch_one(w.engine.db())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_events (id, type, object_id, order_id, outcome, actor, received_at, payload) \
+         VALUES ('evt_buyer', 'payment_intent.succeeded', 'pi_1', $1, 'transfers_created', 'webhook:evt_buyer', $2, $3)",
+    )
+    .bind(order)
+    .bind(now)
+    .bind(format!(r#"{{"data":{{"object":{{"receipt_email":"{}"}}}}}}"#, user.email))
+    .execute(w.engine.db())
+    .await
+    .unwrap();
+
     // The scanner sees the user's identity before: it is not blind.
     let before = find_everywhere(&w, &user.identity()).await;
     for place in [
         "users.email",
+        "webhook_events.payload",
         "users.username",
         "users.display_name",
         "user_profiles.bio",

@@ -271,6 +271,13 @@ pub(crate) async fn erase(
         user_id,
     )
     .await?;
+    d.webhook_payloads_erased = exec(
+        &mut tx,
+        "UPDATE webhook_events SET payload = '{\"erased\":\"by hard_delete\"}' \
+         WHERE order_id IN (SELECT id FROM orders WHERE buyer_id = $1)",
+        user_id,
+    )
+    .await?;
     d.playback_history_deleted = exec(
         &mut tx,
         "DELETE FROM playback_history WHERE user_id = $1",
