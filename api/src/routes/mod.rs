@@ -92,3 +92,19 @@ pub(crate) fn parse_time(param: &str, value: &str) -> Result<i64, crate::problem
             ))
         })
 }
+
+/// A page of rows fetched with one row more than `limit`: the first `limit` rows, and the
+/// cursor (the last kept row's id) when there is a next page.
+pub(crate) fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> i64,
+) -> (Vec<T>, Option<i64>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let cursor = rows.last().map(&id);
+        (rows, cursor)
+    } else {
+        (rows, None)
+    }
+}

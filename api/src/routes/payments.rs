@@ -8,7 +8,7 @@ use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::ApiTags;
+use super::{ApiTags, page};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
 use crate::state::ApiState;
@@ -123,17 +123,6 @@ pub struct FindingPage {
     pub findings: Vec<FindingView>,
     /// Pass as `cursor` for the next page; none on the last one.
     pub next_cursor: Option<i64>,
-}
-
-/// Truncates a page fetched with one extra row; the cursor is the last id kept.
-fn page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        let cursor = rows.last().map(&id);
-        (rows, cursor)
-    } else {
-        (rows, None)
-    }
 }
 
 /// The payments admin routes.

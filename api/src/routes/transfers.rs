@@ -8,9 +8,9 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::ApiTags;
 use super::jobs::JobView;
 use super::transitions::TransitionView;
+use super::{ApiTags, page};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
 use crate::state::ApiState;
@@ -170,7 +170,7 @@ impl TransfersApi {
         auth.require(Scope::Read)?;
         let limit = i64::from(limit.0.unwrap_or(50));
         let statuses: Vec<TransferStatus> = status.0.map(Into::into).into_iter().collect();
-        let mut rows = transfers::list(
+        let rows = transfers::list(
             &self.0.engine,
             &statuses,
             seller_id.0,
@@ -178,12 +178,7 @@ impl TransfersApi {
             limit + 1,
         )
         .await?;
-        let next_cursor = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|t| t.id)
-        } else {
-            None
-        };
+        let (rows, next_cursor) = page(rows, limit, |t| t.id);
         Ok(Json(TransferPageView {
             transfers: rows.into_iter().map(Into::into).collect(),
             next_cursor,
