@@ -83,7 +83,7 @@ var!(
     MAIL_OUTBOX_DIR,
     "MAIL_OUTBOX_DIR",
     "./mail-outbox",
-    "Where e-mails are written as .eml files when SMTP_URL is unset."
+    "Where e-mails are written as .eml files (one user-{id} directory per recipient, erased with the account) when SMTP_URL is unset."
 );
 var!(
     ACCOUNT_RECOVERY_DAYS,
@@ -143,7 +143,7 @@ pub struct GdprSettings {
     pub exports: ExportSettings,
     /// `SMTP_URL`, `MAIL_FROM`, `MAIL_OUTBOX_DIR`.
     pub mail: MailSettings,
-    /// `MEDIA_ROOT`, `REDIS_URL`, `OPENSEARCH_*`.
+    /// `MEDIA_ROOT`, `EXPORT_DIR`, `MAIL_OUTBOX_DIR`, `REDIS_URL`, `OPENSEARCH_*`.
     pub erasure: ErasureSettings,
 }
 
@@ -153,11 +153,12 @@ impl GdprSettings {
     /// a random signing key.
     pub fn new(media_root: &Path, work_dir: &Path) -> Self {
         let export_dir = work_dir.join("exports");
+        let outbox_dir = work_dir.join("outbox");
         Self {
             accounts: AccountSettings::default(),
             exports: ExportSettings::new(&export_dir),
-            mail: MailSettings::new(work_dir.join("outbox")),
-            erasure: ErasureSettings::new(media_root, export_dir),
+            mail: MailSettings::new(&outbox_dir),
+            erasure: ErasureSettings::new(media_root, export_dir, outbox_dir),
         }
     }
 
@@ -197,6 +198,7 @@ impl GdprSettings {
             page_size: 1000,
         };
         let smtp_url = env.optional(&SMTP_URL);
+        let outbox_dir = PathBuf::from(env.string(&MAIL_OUTBOX_DIR));
         let from_raw = env.string(&MAIL_FROM);
         let from = from_raw.parse().unwrap_or_else(|_| {
             env.problem(
@@ -208,7 +210,7 @@ impl GdprSettings {
         let mail = MailSettings {
             smtp_url,
             from,
-            outbox_dir: PathBuf::from(env.string(&MAIL_OUTBOX_DIR)),
+            outbox_dir: outbox_dir.clone(),
             timeout: Duration::from_secs(30),
         };
         if let Err(e) = Mailer::new(&mail) {
@@ -251,6 +253,7 @@ impl GdprSettings {
             erasure: ErasureSettings {
                 media_root,
                 export_dir,
+                mail_outbox_dir: outbox_dir,
                 redis_url,
                 opensearch_url,
                 indices,

@@ -17,6 +17,7 @@ use jobs::exports;
 use jobs::hard_delete::receipt::StepStatus;
 use jobs::hard_delete::scan::HardDeleteScan;
 use jobs::hard_delete::{HardDelete, OPENSEARCH_SKIPPED, REDIS_SKIPPED};
+use jobs::send_email::outbox_dir_of;
 use jobs::users::{self, DeletionError, UserStatus};
 use serde_json::{Value, json};
 
@@ -139,6 +140,10 @@ async fn cancelling_at_or_after_the_deadline_is_a_conflict(t: TestDb) {
     );
 }
 
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
 fn ids(v: &[i64]) -> Value {
     json!(v.iter().map(i64::to_string).collect::<Vec<_>>())
 }
@@ -162,9 +167,18 @@ async fn hard_delete_after_the_deadline_erases_every_store(t: TestDb) {
     let export = exports::request_export(&w.engine, &w.settings.exports, user.id, &actor)
         .await
         .unwrap();
+    // The other user too: their e-mail must stay in the outbox.
+    exports::request_export(&w.engine, &w.settings.exports, other.id, &actor)
+        .await
+        .unwrap();
     drain(&w.engine).await;
     let export_file = exports::export_file_path(&w.settings.exports, export.export_id);
     assert!(export_file.exists());
+    // Without SMTP_URL, each "export ready" e-mail is an .eml file in its recipient's outbox.
+    let user_outbox = outbox_dir_of(&w.settings.mail.outbox_dir, user.id);
+    let other_outbox = outbox_dir_of(&w.settings.mail.outbox_dir, other.id);
+    assert_eq!(files_in(&user_outbox), 1);
+    assert_eq!(files_in(&other_outbox), 1);
 
     // Redis: 154 keys of the user (several SCAN pages), 4 of another user whose id starts
     // with the same digits, and global keys.
@@ -304,6 +318,7 @@ async fn hard_delete_after_the_deadline_erases_every_store(t: TestDb) {
     );
     assert_eq!(d.media_files_deleted, seeded.private_files.len() as u64);
     assert_eq!((d.exports_deleted, d.export_files_deleted), (1, 1));
+    assert_eq!(d.outbox_files_deleted, 1);
     let receipt_json = serde_json::to_string(&receipt).unwrap();
     for needle in user.identity() {
         assert!(
@@ -401,6 +416,8 @@ async fn hard_delete_after_the_deadline_erases_every_store(t: TestDb) {
         assert!(f.exists(), "{} should be kept", f.display());
     }
     assert!(!export_file.exists(), "the export ZIP is deleted");
+    assert!(!user_outbox.exists(), "the user's e-mails are deleted");
+    assert_eq!(files_in(&other_outbox), 1, "the other user's e-mail stays");
 
     // Redis.
     if let Some(c) = &client {

@@ -196,7 +196,8 @@ async fn export_zip_holds_every_category_and_the_manifest(t: TestDb) {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].1, JobState::Succeeded);
     assert_eq!(mails[0].2, SendEmail::export_ready(user.id, req.export_id));
-    let outbox: Vec<_> = std::fs::read_dir(&w.settings.mail.outbox_dir)
+    let user_outbox = jobs::send_email::outbox_dir_of(&w.settings.mail.outbox_dir, user.id);
+    let outbox: Vec<_> = std::fs::read_dir(&user_outbox)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();

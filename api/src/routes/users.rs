@@ -104,6 +104,8 @@ pub struct DatabaseReportView {
     pub exports_deleted: u64,
     /// Export ZIPs removed from `EXPORT_DIR`.
     pub export_files_deleted: u64,
+    /// `.eml` files of the user's e-mails removed from `MAIL_OUTBOX_DIR`.
+    pub outbox_files_deleted: u64,
     /// Stored Stripe events of the user's orders whose payload was erased.
     pub webhook_payloads_erased: u64,
 }
@@ -126,6 +128,7 @@ impl From<DatabaseReport> for DatabaseReportView {
             media_files_deleted: d.media_files_deleted,
             exports_deleted: d.exports_deleted,
             export_files_deleted: d.export_files_deleted,
+            outbox_files_deleted: d.outbox_files_deleted,
             webhook_payloads_erased: d.webhook_payloads_erased,
         }
     }

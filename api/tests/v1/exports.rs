@@ -92,9 +92,10 @@ fn link_path(app: &TestApp, link: &str, export_id: i64) -> String {
     full
 }
 
-/// The link of the only `.eml` in `MAIL_OUTBOX_DIR`, and its recipient line.
-fn outbox_link(app: &TestApp) -> (String, String) {
-    let dir = &app.jobs.gdpr.mail.outbox_dir;
+/// The link of the only `.eml` in user `user_id`'s directory of `MAIL_OUTBOX_DIR`, and
+/// its recipient line.
+fn outbox_link(app: &TestApp, user_id: i64) -> (String, String) {
+    let dir = &jobs::send_email::outbox_dir_of(&app.jobs.gdpr.mail.outbox_dir, user_id);
     let files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("outbox {}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
@@ -386,7 +387,7 @@ async fn tampered_links_are_403_and_expired_ones_410(db: TestDb) {
     let (user, _, _) = seeded_user(&w, "carol").await;
     let write = app.key(Scope::Write).await;
     let export_id = ready_export(&app, &write, user.id).await;
-    let (link, to) = outbox_link(&app);
+    let (link, to) = outbox_link(&app, user.id);
     assert!(to.contains(&user.email), "{to}");
     let good = link_path(&app, &link, export_id);
 
@@ -464,7 +465,7 @@ async fn the_download_streams_the_file_from_disk_with_its_length(db: TestDb) {
     let (user, _, _) = seeded_user(&w, "dave").await;
     let write = app.key(Scope::Write).await;
     let export_id = ready_export(&app, &write, user.id).await;
-    let (link, _) = outbox_link(&app);
+    let (link, _) = outbox_link(&app, user.id);
     let path = link_path(&app, &link, export_id);
     let file = jobs::exports::export_file_path(&app.jobs.gdpr.exports, export_id);
     let original = std::fs::read(&file).expect("the ZIP");

@@ -223,6 +223,10 @@ async fn the_daily_schedule_erases_the_account_and_the_receipt_shows_it(db: Test
     assert_eq!(db_step["public_tracks_deleted"], 0);
     assert_eq!(db_step["exports_deleted"], 1);
     assert_eq!(db_step["export_files_deleted"], 1);
+    assert_eq!(
+        db_step["outbox_files_deleted"], 1,
+        "the export-ready e-mail"
+    );
     assert_eq!(r["redis"]["status"], "skipped");
     assert_eq!(r["redis"]["reason"], jobs::hard_delete::REDIS_SKIPPED);
     assert_eq!(r["opensearch"]["status"], "done", "{}", shown.text);

@@ -2,8 +2,8 @@
 //!
 //! Step 1 reads the ids of the user's tracks, playlists and exports before anything
 //! changes. Step 2 first removes the files those rows point at (audio, cover and
-//! thumbnails of deleted tracks, the avatar, export ZIPs) — idempotent, a missing file is
-//! fine — then, in one transaction: clears the account's identity and profile, deletes
+//! thumbnails of deleted tracks, the avatar, export ZIPs) and the user's outbox e-mails —
+//! idempotent, a missing file is fine — then, in one transaction: clears the account's identity and profile, deletes
 //! messages (sent and received), plays, playlists, private tracks and, unless the user
 //! keeps them, public tracks; kept public tracks lose their owner and are credited to the
 //! anonymous artist; the account goes `deletion_requested → erased`; the receipt records
@@ -20,6 +20,7 @@ use super::ErasureSettings;
 use super::receipt::{self, Collected, Report, Step};
 use crate::exports::{file_path_in, part_path_in};
 use crate::media_path::check_relative;
+use crate::send_email::outbox_dir_of;
 use crate::users::state as user_state;
 
 /// Ids per `IN (…)` list.
@@ -88,8 +89,18 @@ async fn remove_file(path: &Path) -> Result<bool, JobError> {
 
 /// Removes `MEDIA_ROOT/thumbnails/{track_id}/` and what is in it; returns files removed.
 async fn remove_thumbnail_dir(root: &Path, track_id: i64) -> Result<u64, JobError> {
-    let dir = root.join(crate::thumbnail::thumbnail_dir(track_id));
-    let mut entries = match tokio::fs::read_dir(&dir).await {
+    remove_dir_files(&root.join(crate::thumbnail::thumbnail_dir(track_id))).await
+}
+
+/// Removes `MAIL_OUTBOX_DIR/user-{id}/` and what is in it; returns files removed.
+async fn remove_outbox(settings: &ErasureSettings, user_id: i64) -> Result<u64, JobError> {
+    remove_dir_files(&outbox_dir_of(&settings.mail_outbox_dir, user_id)).await
+}
+
+/// Removes the files in `dir` (a missing `dir` is fine), then `dir` if it is empty; returns
+/// files removed.
+async fn remove_dir_files(dir: &Path) -> Result<u64, JobError> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => {
@@ -109,7 +120,7 @@ async fn remove_thumbnail_dir(root: &Path, track_id: i64) -> Result<u64, JobErro
             removed += 1;
         }
     }
-    let _ = tokio::fs::remove_dir(&dir).await;
+    let _ = tokio::fs::remove_dir(dir).await;
     Ok(removed)
 }
 
@@ -232,6 +243,7 @@ pub(crate) async fn erase(
     let (media, exports) = remove_files(ctx, settings, user_id, collected).await?;
     report.database.media_files_deleted += media;
     report.database.export_files_deleted += exports;
+    report.database.outbox_files_deleted += remove_outbox(settings, user_id).await?;
     receipt::save(
         &mut conn,
         user_id,
@@ -381,6 +393,9 @@ pub(crate) async fn erase(
     tx.commit().await.map_err(db)?;
     // An export that became ready just before our transaction may have written its file
     // after the first pass: remove again (the rows are gone now, no new file can appear).
+    // Likewise an e-mail written meanwhile (a later one sees `erased` and removes its own
+    // file: see `send_email`). The receipt was saved: these are not counted.
     remove_export_files(settings, &collected.export_ids).await?;
+    remove_outbox(settings, user_id).await?;
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! the receipt when done, so that a retry resumes the unfinished ones only:
 //!
 //! 1. **collect** the ids of the user's tracks, playlists and exports, before anything changes;
-//! 2. **database** ([`database`]): files removed, identity and profile cleared, messages,
+//! 2. **database** ([`database`]): files (media, export ZIPs, outbox e-mails) removed,
+//!    identity and profile cleared, messages,
 //!    plays, playlists and private tracks deleted, public tracks deleted or kept under the
 //!    anonymous artist, status `erased` — one transaction;
 //! 3. **Redis** ([`redis`]): `SCAN MATCH user:{id}:*` + `UNLINK`, page by page;
@@ -77,6 +78,8 @@ pub struct ErasureSettings {
     pub media_root: PathBuf,
     /// `EXPORT_DIR`: the user's export ZIPs.
     pub export_dir: PathBuf,
+    /// `MAIL_OUTBOX_DIR`: the `.eml` files written for the user without `SMTP_URL`.
+    pub mail_outbox_dir: PathBuf,
     /// `REDIS_URL`; unset: the Redis step is skipped.
     pub redis_url: Option<String>,
     /// `OPENSEARCH_URL`; unset: the OpenSearch step is skipped.
@@ -89,10 +92,15 @@ pub struct ErasureSettings {
 
 impl ErasureSettings {
     /// No Redis, no OpenSearch, default index names.
-    pub fn new(media_root: impl Into<PathBuf>, export_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        media_root: impl Into<PathBuf>,
+        export_dir: impl Into<PathBuf>,
+        mail_outbox_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             media_root: media_root.into(),
             export_dir: export_dir.into(),
+            mail_outbox_dir: mail_outbox_dir.into(),
             redis_url: None,
             opensearch_url: None,
             indices: SearchIndices::default(),

@@ -89,6 +89,10 @@ pub struct DatabaseReport {
     pub exports_deleted: u64,
     /// Export ZIPs (finished or partial) removed from `EXPORT_DIR`.
     pub export_files_deleted: u64,
+    /// `.eml` files of the user's e-mails removed from `MAIL_OUTBOX_DIR` (written when
+    /// `SMTP_URL` is unset).
+    #[serde(default)]
+    pub outbox_files_deleted: u64,
     /// Stored Stripe events of the user's orders whose payload (which can carry the
     /// buyer's e-mail, name and address) was replaced; the event row, its id and its
     /// outcome stay, so a redelivery is still recognised.

@@ -1,5 +1,11 @@
 //! `send_email`: sends a notification e-mail over SMTP (lettre), or, when `SMTP_URL` is
-//! unset, writes it as an `.eml` file into `MAIL_OUTBOX_DIR` and logs it.
+//! unset, writes it as an `.eml` file into `MAIL_OUTBOX_DIR/user-{id}/` and logs it.
+//!
+//! The outbox is kept per recipient so that `hard_delete` can erase a user's messages with
+//! the rest of their data ([`outbox_dir_of`]). A message written while its recipient is
+//! being erased is not left behind: after writing, the handler reads the user's status
+//! again and removes the file if the erasure committed meanwhile; the erasure lists the
+//! directory again after its commit. Whichever runs second sees the other's effect.
 //!
 //! The args name the recipient by user id and the message by template and ids, never by
 //! address or content: the address is read when the job runs (an erased account gets no
@@ -11,7 +17,7 @@
 //! least once: each message carries a `Message-ID` derived from what it is about, so that a
 //! retried send after a lost reply can be recognised as a duplicate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engine::{Job, JobContext, JobError, JobPolicy, Outcome, RetryPolicy};
@@ -124,8 +130,13 @@ pub fn default_from() -> Mailbox {
 pub enum Mailer {
     /// An SMTP server.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// `.eml` files in a directory.
-    Outbox(AsyncFileTransport<Tokio1Executor>, PathBuf),
+    /// `.eml` files in a directory per recipient under this one.
+    Outbox(PathBuf),
+}
+
+/// The outbox directory of user `user_id`'s messages.
+pub fn outbox_dir_of(outbox_dir: &Path, user_id: i64) -> PathBuf {
+    outbox_dir.join(format!("user-{user_id}"))
 }
 
 impl Mailer {
@@ -135,10 +146,7 @@ impl Mailer {
             Some(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                 .map(|b| Mailer::Smtp(b.timeout(Some(settings.timeout)).build()))
                 .map_err(|e| format!("SMTP_URL cannot be used: {e}")),
-            None => Ok(Mailer::Outbox(
-                AsyncFileTransport::new(&settings.outbox_dir),
-                settings.outbox_dir.clone(),
-            )),
+            None => Ok(Mailer::Outbox(settings.outbox_dir.clone())),
         }
     }
 }
@@ -224,18 +232,47 @@ pub async fn handle(
             ))),
             Err(e) => Err(JobError::transient(format!("SMTP: {e}"))),
         },
-        Mailer::Outbox(files, dir) => {
-            tokio::fs::create_dir_all(dir)
+        Mailer::Outbox(dir) => {
+            let dir = outbox_dir_of(dir, user_id);
+            tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| JobError::transient(format!("creating MAIL_OUTBOX_DIR: {e}")))?;
-            let id = files
+            let id = AsyncFileTransport::<Tokio1Executor>::new(&dir)
                 .send(message)
                 .await
                 .map_err(|e| JobError::transient(format!("writing to MAIL_OUTBOX_DIR: {e}")))?;
             let path = dir.join(format!("{id}.eml"));
+            if erased_since(&ctx, user_id).await? {
+                // The erasure committed while we wrote: its second pass may have missed us.
+                remove_written(&path).await?;
+                return Ok(Outcome::Skipped {
+                    reason: format!("user {user_id} was erased while the message was written"),
+                });
+            }
             tracing::info!(user_id, file = %path.display(), "SMTP_URL unset: e-mail written to the outbox");
             Ok(Outcome::Succeeded)
         }
+    }
+}
+
+/// Whether user `user_id` is erased now (read after the outbox file was written).
+async fn erased_since(ctx: &JobContext, user_id: i64) -> Result<bool, JobError> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(ctx.db())
+        .await
+        .map_err(|e| JobError::database(&e))?;
+    Ok(status.is_none_or(|s| UserStatus::parse(&s) == Some(UserStatus::Erased)))
+}
+
+async fn remove_written(path: &Path) -> Result<(), JobError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JobError::transient(format!(
+            "removing {} of an erased user: {e}",
+            path.display()
+        ))),
     }
 }
 
