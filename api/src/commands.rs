@@ -125,7 +125,7 @@ async fn api_keys(app: &App, command: ApiKeyCommand) -> anyhow::Result<()> {
     let now = app.engine.clock().now_ms();
     match command {
         ApiKeyCommand::Create { name, scope, json } => {
-            let created = keys::create(db, &name, scope, now).await?;
+            let created = keys::create(db, &name, scope, &Actor::cli(), now).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
@@ -140,7 +140,7 @@ async fn api_keys(app: &App, command: ApiKeyCommand) -> anyhow::Result<()> {
                 print!("{}", output::api_keys(&list));
             }
         }
-        ApiKeyCommand::Revoke { id } => match keys::revoke(db, id, now).await? {
+        ApiKeyCommand::Revoke { id } => match keys::revoke(db, id, &Actor::cli(), now).await? {
             Some(info) => println!(
                 "API key {id} ({}) revoked at {}",
                 info.name,

@@ -1,9 +1,11 @@
 //! API keys: `vz_` followed by 32 random bytes in hex. Only the SHA-256 of a key is stored
 //! (a fast hash is right for 256 random bits: there is nothing to brute-force), with its
 //! name, scope, a display prefix, creation, last use (updated at most once a minute) and
-//! revocation times.
+//! revocation times. Creating and revoking a key writes an audit row (entity `api_key`,
+//! `none → active`, `active → revoked`) with who did it, in the same transaction.
 
-use engine::{Db, Millis};
+use engine::state_machine::record;
+use engine::{Actor, Db, Millis};
 use poem_openapi::{Enum, Object};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -126,14 +128,19 @@ fn info(row: &sqlx::any::AnyRow) -> Result<ApiKeyInfo, sqlx::Error> {
     })
 }
 
-/// Creates a key; the result holds its plaintext, which is not stored.
+/// The audit trail's entity name of API keys.
+pub const ENTITY: &str = "api_key";
+
+/// Creates a key for `actor`; the result holds its plaintext, which is not stored.
 pub async fn create(
     db: &Db,
     name: &str,
     scope: Scope,
+    actor: &Actor,
     now: Millis,
 ) -> Result<CreatedKey, sqlx::Error> {
     let key = generate();
+    let mut tx = db.begin().await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_keys (name, scope, prefix, key_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {INFO_COLUMNS}"
@@ -143,12 +150,24 @@ pub async fn create(
     .bind(&key[..DISPLAY_PREFIX_LEN])
     .bind(hash(&key))
     .bind(now)
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(CreatedKey {
-        info: info(&row)?,
-        key,
-    })
+    let info = info(&row)?;
+    let note = format!("scope {}", scope.as_str());
+    let id = info.id.to_string();
+    record(
+        &mut tx,
+        ENTITY,
+        &id,
+        "none",
+        "active",
+        actor,
+        Some(&note),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(CreatedKey { info, key })
 }
 
 /// Every key, oldest first.
@@ -163,16 +182,48 @@ pub async fn list(db: &Db) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
     .collect()
 }
 
-/// Revokes key `id` (a second revoke keeps the first time); `None` when no key has this id.
-pub async fn revoke(db: &Db, id: i64, now: Millis) -> Result<Option<ApiKeyInfo>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 \
+/// Revokes key `id` for `actor` (a second revoke keeps the first time and writes no audit
+/// row); `None` when no key has this id.
+pub async fn revoke(
+    db: &Db,
+    id: i64,
+    actor: &Actor,
+    now: Millis,
+) -> Result<Option<ApiKeyInfo>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let revoked = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
          RETURNING {INFO_COLUMNS}"
     )))
     .bind(id)
     .bind(now)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
+    let row = match revoked {
+        Some(row) => {
+            record(
+                &mut tx,
+                ENTITY,
+                &id.to_string(),
+                "active",
+                "revoked",
+                actor,
+                None,
+                now,
+            )
+            .await?;
+            Some(row)
+        }
+        None => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {INFO_COLUMNS} FROM api_keys WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
     row.as_ref().map(info).transpose()
 }
 

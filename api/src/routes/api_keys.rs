@@ -1,5 +1,7 @@
-//! `/v1/api-keys` (admin): create (the key is in the answer, once), list, revoke.
+//! `/v1/api-keys` (admin): create (the key is in the answer, once), list, revoke; both
+//! changes are in the audit trail under the caller's key.
 
+use engine::Actor;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
@@ -32,9 +34,11 @@ impl ApiKeysApi {
         auth: ApiKeyAuth,
         body: Json<NewApiKey>,
     ) -> Result<Json<CreatedKey>, ApiError> {
-        auth.require(Scope::Admin)?;
+        let caller = auth.require(Scope::Admin)?;
         let now = self.0.engine.clock().now_ms();
-        let created = keys::create(self.0.engine.db(), &body.0.name, body.0.scope, now).await?;
+        let actor = Actor::api_key(caller.key_id);
+        let created =
+            keys::create(self.0.engine.db(), &body.0.name, body.0.scope, &actor, now).await?;
         tracing::info!(
             key_id = created.info.id,
             scope = created.info.scope.as_str(),
@@ -53,9 +57,10 @@ impl ApiKeysApi {
     /// Revoke a key: it is refused from now on. Scope: admin.
     #[oai(path = "/v1/api-keys/:id", method = "delete")]
     async fn revoke(&self, auth: ApiKeyAuth, id: Path<i64>) -> Result<Json<ApiKeyInfo>, ApiError> {
-        auth.require(Scope::Admin)?;
+        let caller = auth.require(Scope::Admin)?;
         let now = self.0.engine.clock().now_ms();
-        match keys::revoke(self.0.engine.db(), id.0, now).await? {
+        let actor = Actor::api_key(caller.key_id);
+        match keys::revoke(self.0.engine.db(), id.0, &actor, now).await? {
             Some(info) => Ok(Json(info)),
             None => Err(ApiError::not_found(format!("API key {} not found", id.0))),
         }

@@ -22,7 +22,7 @@ use api::state::ApiState;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
 use engine::worker::WorkerPool;
-use engine::{Backend, Clock, Job, JobError, NewJob, Outcome};
+use engine::{Actor, Backend, Clock, Job, JobError, NewJob, Outcome};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::{Deserialize, Serialize};
 
@@ -480,11 +480,11 @@ async fn the_dashboard_in_a_real_browser() {
         Duration::from_secs(2),
     );
     let now = engine.clock().now_ms();
-    let admin_key = keys::create(engine.db(), "oncall", Scope::Admin, now)
+    let admin_key = keys::create(engine.db(), "oncall", Scope::Admin, &Actor::cli(), now)
         .await
         .expect("key")
         .key;
-    let read_key = keys::create(engine.db(), "grafana", Scope::Read, now)
+    let read_key = keys::create(engine.db(), "grafana", Scope::Read, &Actor::cli(), now)
         .await
         .expect("key")
         .key;

@@ -6,7 +6,7 @@ use api::auth::Scope;
 use api::auth::keys;
 use api::auth::rate_limit::Limiter;
 use engine::testing::TestDb;
-use engine::{JobState, backend_tests};
+use engine::{Actor, JobState, backend_tests};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -255,10 +255,15 @@ async fn sessions_are_shared_and_die_with_their_key(db: TestDb) {
         .unwrap()
         .unwrap()
         .key_id;
-    keys::revoke(app.engine.db(), id, app.engine.clock().now_ms())
-        .await
-        .unwrap()
-        .expect("revoked");
+    keys::revoke(
+        app.engine.db(),
+        id,
+        &Actor::cli(),
+        app.engine.clock().now_ms(),
+    )
+    .await
+    .unwrap()
+    .expect("revoked");
     for client in [&app, &other] {
         let a = page(client, "/admin/jobs?kind=probe", &cookie).await;
         assert_eq!(a.status, 303, "{}", a.text);

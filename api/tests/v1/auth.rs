@@ -2,8 +2,8 @@
 
 use api::auth::Scope;
 use api::auth::keys;
-use engine::backend_tests;
 use engine::testing::TestDb;
+use engine::{Actor, backend_tests};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, get, send};
@@ -225,6 +225,47 @@ async fn missing_unknown_and_revoked_keys_are_refused(db: TestDb) {
     get(&app, "/v1/jobs", Some(&key))
         .await
         .assert_problem(401, "unauthorized");
+    // A second revoke answers the same and changes nothing.
+    let again = send(
+        &app,
+        "DELETE",
+        &format!("/v1/api-keys/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["revoked_at"], revoked.body["revoked_at"]);
+    // Both changes are in the audit trail, under the admin's key.
+    let admin_id = keys::authenticate(app.engine.db(), &admin, app.engine.clock().now_ms())
+        .await
+        .expect("db")
+        .expect("admin key")
+        .key_id;
+    let trail = engine::state_machine::history(
+        &mut app.engine.db().acquire().await.expect("conn"),
+        keys::ENTITY,
+        &id.to_string(),
+    )
+    .await
+    .expect("history");
+    let edges: Vec<_> = trail
+        .iter()
+        .map(|e| {
+            (
+                e.from_status.as_str(),
+                e.to_status.as_str(),
+                e.actor.clone(),
+            )
+        })
+        .collect();
+    let by = format!("api_key:{admin_id}");
+    assert_eq!(
+        edges,
+        [("none", "active", by.clone()), ("active", "revoked", by)],
+        "{trail:?}"
+    );
+    assert_eq!(trail[0].note.as_deref(), Some("scope read"));
     // The operations routes need no key.
     for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
         assert_eq!(get(&app, path, None).await.status, 200, "{path}");
@@ -233,7 +274,7 @@ async fn missing_unknown_and_revoked_keys_are_refused(db: TestDb) {
 
 async fn keys_are_stored_hashed_and_their_use_is_recorded(db: TestDb) {
     let app = TestApp::new(db);
-    let created = keys::create(app.engine.db(), "ops", Scope::Write, 1_000)
+    let created = keys::create(app.engine.db(), "ops", Scope::Write, &Actor::cli(), 1_000)
         .await
         .expect("create");
     assert!(

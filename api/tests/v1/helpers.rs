@@ -10,7 +10,7 @@ use api::state::ApiState;
 use engine::config::Env;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
-use engine::{Clock, Engine, Job, JobError, Outcome, Registry};
+use engine::{Actor, Clock, Engine, Job, JobError, Outcome, Registry};
 use jobs::JobsConfig;
 use poem::endpoint::BoxEndpoint;
 use poem::test::{TestClient, TestResponse};
@@ -153,6 +153,7 @@ impl TestApp {
             self.engine.db(),
             "test",
             scope,
+            &Actor::cli(),
             self.engine.clock().now_ms(),
         )
         .await
