@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use engine::scheduler::Scheduler;
 use engine::testing::{TestDb, perform_job};
-use engine::{Actor, JobError, Outcome, Registry, backend_tests};
+use engine::{Actor, Backend, JobError, Outcome, Registry, backend_tests};
 use jobs::payments::{self, EventOutcome, PaymentsConfig};
 use jobs::reconcile_transfers::{self, ReconcileTransfers};
 use jobs::reverse_transfer::ReverseTransfer;
@@ -36,6 +36,7 @@ backend_tests!(
     safety_nets_requeue_transfers_whose_job_is_gone_never_twice,
     reconcile_records_each_disagreement_with_stripe,
     admin_retry_gives_fresh_attempts_and_keys,
+    listing_by_seller_reads_the_seller_index,
 );
 
 /// An order of `items`, paid: returns the transfer ids.
@@ -854,4 +855,76 @@ async fn the_real_client_sees_stripes_error_shapes() {
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e:?}");
+}
+
+/// `transfers::list` with a seller, as `transfers::state::list` builds it (keep in sync).
+const LIST_BY_SELLER: &str = "SELECT id FROM seller_transfers WHERE id > 0 AND seller_id = 7 \
+                              ORDER BY id LIMIT 51";
+
+/// `GET /v1/transfers?seller_id=` among 20,000 transfers of 200 sellers reads the
+/// `(seller_id, id)` index in order: no scan of every transfer, no sort.
+async fn listing_by_seller_reads_the_seller_index(t: TestDb) {
+    sqlx::query(
+        "INSERT INTO orders (id, currency, amount_total, created_at, updated_at) \
+         VALUES (1, 'eur', 100, 0, 0)",
+    )
+    .execute(&t.db)
+    .await
+    .unwrap();
+    for (table, columns, values) in [
+        (
+            "order_items",
+            "id, order_id, seller_id, amount, currency, created_at",
+            "n, 1, n % 200, 100, 'eur', n",
+        ),
+        (
+            "seller_transfers",
+            "id, order_id, order_item_id, seller_id, amount, currency, status, created_at, updated_at",
+            "n, 1, n, n % 200, 100, 'eur', 'completed', n, n",
+        ),
+    ] {
+        let sql = match t.backend {
+            Backend::Postgres => format!(
+                "INSERT INTO {table} ({columns}) SELECT {values} FROM generate_series(1, 20000) AS n"
+            ),
+            Backend::Sqlite => format!(
+                "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) \
+                 INSERT INTO {table} ({columns}) SELECT {values} FROM s"
+            ),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&t.db)
+            .await
+            .unwrap();
+    }
+    sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
+
+    let plan: Vec<String> = match t.backend {
+        Backend::Postgres => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {LIST_BY_SELLER}")))
+                .fetch_all(&t.db)
+                .await
+                .unwrap()
+        }
+        Backend::Sqlite => {
+            let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {LIST_BY_SELLER}"
+            )))
+            .fetch_all(&t.db)
+            .await
+            .unwrap();
+            rows.into_iter().map(|r| r.3).collect()
+        }
+    };
+    let plan = plan.join("\n");
+    eprintln!("{} plan:\n{plan}", t.backend.name());
+    assert!(
+        plan.contains("seller_transfers_seller"),
+        "the seller filter must use its index:\n{plan}"
+    );
+    let lower = plan.to_lowercase();
+    assert!(
+        !lower.contains("seq scan") && !lower.contains("temp b-tree") && !lower.contains("sort"),
+        "no scan or sort:\n{plan}"
+    );
 }
