@@ -197,6 +197,27 @@ impl Drop for TestDb {
     }
 }
 
+/// The plan `sql` (a statement without parameters) runs with, one line per step:
+/// `EXPLAIN` on Postgres, the `detail` column of `EXPLAIN QUERY PLAN` on SQLite. Run
+/// `ANALYZE` first so that the planner sees the table's size.
+pub async fn query_plan(db: &Db, backend: Backend, sql: &str) -> String {
+    let lines: Vec<String> = match backend {
+        Backend::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(db)
+            .await
+            .expect("EXPLAIN"),
+        Backend::Sqlite => {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(db)
+                    .await
+                    .expect("EXPLAIN QUERY PLAN");
+            rows.into_iter().map(|r| r.3).collect()
+        }
+    };
+    lines.join("\n")
+}
+
 /// Runs `args` through the registered handler of `J` in-process, after a JSON round trip
 /// (as the worker would see it), with job id 0 and attempt 1. Panics if `J` is not
 /// registered in `engine`.

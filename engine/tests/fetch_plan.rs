@@ -1,7 +1,7 @@
 //! The claim query is served by the `jobs_fetch` partial index, in the order it reads, on
 //! both backends, even with a large backlog of finished jobs: no sequential scan, no sort.
 
-use engine::testing::TestDb;
+use engine::testing::{TestDb, query_plan};
 use engine::{Backend, backend_tests};
 
 /// The SELECT inside `storage::claim` (without the row lock, which EXPLAIN does not need).
@@ -35,21 +35,7 @@ async fn claim_query_uses_the_fetch_index_without_sorting(t: TestDb) {
     }
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
 
-    let plan: Vec<String> = match t.backend {
-        Backend::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {FETCH}")))
-            .fetch_all(&t.db)
-            .await
-            .unwrap(),
-        Backend::Sqlite => {
-            let rows: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {FETCH}")))
-                    .fetch_all(&t.db)
-                    .await
-                    .unwrap();
-            rows.into_iter().map(|r| r.3).collect()
-        }
-    };
-    let plan = plan.join("\n");
+    let plan = query_plan(&t.db, t.backend, FETCH).await;
     eprintln!("{} plan:\n{plan}", t.backend.name());
     assert!(
         plan.contains("jobs_fetch"),

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use engine::scheduler::Scheduler;
-use engine::testing::{TestDb, perform_job};
+use engine::testing::{TestDb, perform_job, query_plan};
 use engine::{Actor, Backend, JobError, Outcome, Registry, backend_tests};
 use jobs::payments::{self, EventOutcome, PaymentsConfig};
 use jobs::reconcile_transfers::{self, ReconcileTransfers};
@@ -899,24 +899,7 @@ async fn listing_by_seller_reads_the_seller_index(t: TestDb) {
     }
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
 
-    let plan: Vec<String> = match t.backend {
-        Backend::Postgres => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {LIST_BY_SELLER}")))
-                .fetch_all(&t.db)
-                .await
-                .unwrap()
-        }
-        Backend::Sqlite => {
-            let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "EXPLAIN QUERY PLAN {LIST_BY_SELLER}"
-            )))
-            .fetch_all(&t.db)
-            .await
-            .unwrap();
-            rows.into_iter().map(|r| r.3).collect()
-        }
-    };
-    let plan = plan.join("\n");
+    let plan = query_plan(&t.db, t.backend, LIST_BY_SELLER).await;
     eprintln!("{} plan:\n{plan}", t.backend.name());
     assert!(
         plan.contains("seller_transfers_seller"),
