@@ -62,6 +62,10 @@ pub trait Lifecycle: Copy + Eq + fmt::Debug + Send + Sync + 'static {
     fn can_transition_to(self, to: Self) -> bool;
 }
 
+/// The `from_status` of the audit row written when a row is created (its first status is
+/// the `to_status`).
+pub const CREATED: &str = "none";
+
 /// A value for one of the extra columns a transition sets with the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {

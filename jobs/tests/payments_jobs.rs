@@ -196,7 +196,7 @@ async fn transient_payout_errors_are_mirrored_on_the_row_and_retried_with_the_sa
     assert_eq!(
         audit,
         [
-            ("new", "pending"),
+            ("none", "pending"),
             ("pending", "failed"),
             ("failed", "failed"),
             ("failed", "failed"),

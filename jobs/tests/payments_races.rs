@@ -107,7 +107,7 @@ async fn with_30_percent_faults_every_transfer_converges(t: TestDb) {
             );
             // Every status change on record is an edge of the lifecycle.
             for (from, to, _, _) in w.audit(row.id).await {
-                if from == "new" {
+                if from == "none" {
                     assert_eq!(to, "pending");
                     continue;
                 }

@@ -72,7 +72,7 @@ async fn payment_creates_one_pending_transfer_and_one_payout_job_per_item(t: Tes
     assert_eq!(
         audit,
         [(
-            "new".into(),
+            "none".into(),
             "pending".into(),
             "webhook:evt_pay".into(),
             None

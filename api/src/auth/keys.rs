@@ -4,7 +4,7 @@
 //! revocation times. Creating and revoking a key writes an audit row (entity `api_key`,
 //! `none → active`, `active → revoked`) with who did it, in the same transaction.
 
-use engine::state_machine::record;
+use engine::state_machine::{CREATED, record};
 use engine::{Actor, Db, Millis};
 use poem_openapi::{Enum, Object};
 use sha2::{Digest, Sha256};
@@ -159,7 +159,7 @@ pub async fn create(
         &mut tx,
         ENTITY,
         &id,
-        "none",
+        CREATED,
         "active",
         actor,
         Some(&note),

@@ -368,7 +368,7 @@ async fn payment_payout_refund_and_reversal_end_to_end(db: TestDb) {
     assert_eq!(
         trail,
         [
-            ("new", "pending", "webhook:evt_pay"),
+            ("none", "pending", "webhook:evt_pay"),
             ("pending", "completed", "job:1"),
             ("completed", "reversal_pending", "webhook:evt_refund"),
             ("reversal_pending", "reversed", "job:2"),

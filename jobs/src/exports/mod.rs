@@ -264,7 +264,7 @@ pub async fn request_export(
         &mut tx,
         "data_export",
         &export_id.to_string(),
-        "none",
+        state_machine::CREATED,
         ExportStatus::Pending.as_str(),
         actor,
         None,

@@ -353,7 +353,7 @@ pub async fn create_pending(
             conn,
             ENTITY,
             &id.to_string(),
-            "new",
+            state_machine::CREATED,
             TransferStatus::Pending.as_str(),
             actor,
             None,
