@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use engine::scheduler::Scheduler;
-use engine::testing::{TestDb, drain, enqueued, perform_job};
-use engine::{Actor, JobState, Outcome, backend_tests};
+use engine::testing::{TestDb, drain, enqueued, perform_job, query_plan};
+use engine::{Actor, Backend, JobState, Outcome, backend_tests};
 use gdpr_support::fake_opensearch::FakeOpenSearch;
 use gdpr_support::*;
 use jobs::exports;
@@ -31,6 +31,7 @@ backend_tests!(
     one_failing_index_is_retried_alone,
     a_missing_user_document_and_empty_lists_need_no_request,
     unreachable_redis_leaves_the_step_unfinished,
+    listing_deletions_reads_the_partial_index,
 );
 
 async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
@@ -738,5 +739,58 @@ async fn unreachable_redis_leaves_the_step_unfinished(t: TestDb) {
         r.report.opensearch.status,
         StepStatus::Skipped,
         "the other store was still handled"
+    );
+}
+
+/// `users::list_deletions` without a status filter, as it builds it (keep in sync; `{hint}`
+/// is SQLite's `INDEXED BY`).
+fn list_deletions_sql(backend: Backend) -> String {
+    let hint = match backend {
+        Backend::Sqlite => " INDEXED BY users_with_deletion",
+        Backend::Postgres => "",
+    };
+    format!(
+        "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, \
+         u.erased_at, u.keep_public_tracks, r.started_at, r.finished_at \
+         FROM users u{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
+         WHERE u.status <> 'active' AND u.status IN ('deletion_requested', 'erased') \
+         AND u.id > 0 ORDER BY u.id LIMIT 51"
+    )
+}
+
+/// `GET /v1/deletions` among 20,000 users of whom 50 asked for deletion reads the partial
+/// index `users_with_deletion` in id order: no scan of every user, no sort.
+async fn listing_deletions_reads_the_partial_index(t: TestDb) {
+    let values = "n, CASE WHEN n % 400 = 0 THEN 'deletion_requested' ELSE 'active' END, \
+                  CASE WHEN n % 400 = 0 THEN n END, n, n";
+    let fill = match t.backend {
+        Backend::Postgres => format!(
+            "INSERT INTO users (id, status, recovery_deadline, created_at, updated_at) \
+             SELECT {values} FROM generate_series(1, 20000) AS n"
+        ),
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) \
+             INSERT INTO users (id, status, recovery_deadline, created_at, updated_at) \
+             SELECT {values} FROM s"
+        ),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(fill))
+        .execute(&t.db)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
+
+    let plan = query_plan(&t.db, t.backend, &list_deletions_sql(t.backend)).await;
+    assert!(
+        plan.contains("users_with_deletion"),
+        "the listing must use the partial index:\n{plan}"
+    );
+    let lower = plan.to_lowercase();
+    let full_scan = lower
+        .lines()
+        .any(|l| l.contains("seq scan on users") || l.trim_start().starts_with("scan u"));
+    assert!(
+        !full_scan && !lower.contains("temp b-tree") && !lower.contains("sort"),
+        "no scan of users, no sort:\n{plan}"
     );
 }

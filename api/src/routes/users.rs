@@ -1,4 +1,5 @@
-//! `/v1/users/{user_id}/deletion`: account deletion, restore, erasure receipt.
+//! `/v1/users/{user_id}/deletion`: account deletion, restore, erasure receipt; and
+//! `/v1/deletions`: every account with a pending or finished deletion.
 //!
 //! `POST` asks for the deletion (`active → deletion_requested`, deadline = now +
 //! `ACCOUNT_RECOVERY_DAYS`), `DELETE` restores the account before the deadline, `GET` reads
@@ -9,12 +10,12 @@ use engine::Actor;
 use jobs::hard_delete::receipt::{
     DatabaseReport, IndexReport, OpenSearchReport, Receipt, RedisReport, StepStatus,
 };
-use jobs::users::{self, DeletionError, DeletionStatus, UserStatus};
-use poem_openapi::param::Path;
+use jobs::users::{self, DeletionError, DeletionListed, DeletionStatus, UserStatus};
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
-use super::ApiTags;
+use super::{ApiTags, page};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
 use crate::state::ApiState;
@@ -295,6 +296,53 @@ impl From<DeletionStatus> for DeletionView {
     }
 }
 
+/// One account with a deletion, without its receipt (see
+/// `GET /v1/users/{user_id}/deletion`). Times are ms since the Unix epoch.
+#[derive(Debug, Clone, Object)]
+pub struct DeletionSummaryView {
+    /// The user.
+    pub user_id: i64,
+    /// `deletion_requested` or `erased`.
+    pub status: AccountStatus,
+    /// When deletion was requested.
+    pub deletion_requested_at: Option<i64>,
+    /// The account can be restored before this; it is erased after it.
+    pub recovery_deadline: Option<i64>,
+    /// When the account's data was erased from the database.
+    pub erased_at: Option<i64>,
+    /// Whether public tracks survive the erasure.
+    pub keep_public_tracks: bool,
+    /// When the hard delete started. Set while `erasure_finished_at` is not: the erasure
+    /// is unfinished (a store failed and its job retries; see its receipt).
+    pub erasure_started_at: Option<i64>,
+    /// When every store was erased (or skipped, see the receipt).
+    pub erasure_finished_at: Option<i64>,
+}
+
+impl From<DeletionListed> for DeletionSummaryView {
+    fn from(d: DeletionListed) -> Self {
+        Self {
+            user_id: d.user_id,
+            status: d.status.into(),
+            deletion_requested_at: d.deletion_requested_at,
+            recovery_deadline: d.recovery_deadline,
+            erased_at: d.erased_at,
+            keep_public_tracks: d.keep_public_tracks,
+            erasure_started_at: d.erasure_started_at,
+            erasure_finished_at: d.erasure_finished_at,
+        }
+    }
+}
+
+/// A page of accounts with a deletion.
+#[derive(Debug, Clone, Object)]
+pub struct DeletionPageView {
+    /// By user id, ascending.
+    pub deletions: Vec<DeletionSummaryView>,
+    /// Pass as `cursor` for the next page; none on the last one.
+    pub next_cursor: Option<i64>,
+}
+
 /// `202 Accepted` with the account's new status and deadline.
 #[derive(ApiResponse)]
 pub enum DeletionAccepted {
@@ -384,6 +432,44 @@ impl UsersApi {
                 .await
                 .map_err(deletion_error)?;
         Ok(Json(status.into()))
+    }
+
+    /// Every account whose deletion is pending or done, by user id, one page at a time:
+    /// deadlines, and whether the erasure started and finished. Scope: read.
+    ///
+    /// 400 for `status=active` (an active account has no deletion).
+    #[oai(path = "/v1/deletions", method = "get")]
+    async fn list_deletions(
+        &self,
+        auth: ApiKeyAuth,
+        /// Only this status: `deletion_requested` or `erased` (default: both).
+        status: Query<Option<AccountStatus>>,
+        /// Page size, 1 to 500 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<u32>>,
+        /// The previous page's `next_cursor`.
+        cursor: Query<Option<i64>>,
+    ) -> Result<Json<DeletionPageView>, ApiError> {
+        auth.require(Scope::Read)?;
+        let statuses: Vec<UserStatus> = match status.0 {
+            None => Vec::new(),
+            Some(AccountStatus::Active) => {
+                return Err(ApiError::bad_request(
+                    "an active account has no deletion: status is deletion_requested or erased",
+                ));
+            }
+            Some(AccountStatus::DeletionRequested) => vec![UserStatus::DeletionRequested],
+            Some(AccountStatus::Erased) => vec![UserStatus::Erased],
+        };
+        let limit = i64::from(limit.0.unwrap_or(50));
+        let rows =
+            users::list_deletions(&self.0.engine, &statuses, cursor.0.unwrap_or(0), limit + 1)
+                .await?;
+        let (rows, next_cursor) = page(rows, limit, |d| d.user_id);
+        Ok(Json(DeletionPageView {
+            deletions: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }))
     }
 
     /// Where an account's deletion stands: status, deadline and, once the erasure has

@@ -21,6 +21,7 @@ backend_tests!(
     deletion_is_requested_restored_before_the_deadline_and_refused_after,
     the_daily_schedule_erases_the_account_and_the_receipt_shows_it,
     bad_input_is_refused,
+    accounts_with_a_deletion_are_listed_with_their_erasure_progress,
 );
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -334,4 +335,134 @@ async fn bad_input_is_refused(db: TestDb) {
     send(&app, "DELETE", &path, Some(&read), None)
         .await
         .assert_problem(403, "forbidden");
+}
+
+async fn accounts_with_a_deletion_are_listed_with_their_erasure_progress(db: TestDb) {
+    // Arrange: an active account, one erased, one whose erasure is stuck on OpenSearch,
+    // and one within its recovery period.
+    let search = FakeOpenSearch::start().await;
+    let app = gdpr_app(db, |c| c.gdpr.erasure.opensearch_url = Some(search.url()));
+    let w = world_of(&app);
+    let [active, done, stuck, pending] = ["ivy", "jon", "kim", "lea"].map(Person::new);
+    for p in [&active, &done, &stuck, &pending] {
+        gdpr_support::insert_user(&w, p).await;
+    }
+    let write = app.key(Scope::Write).await;
+    let read = app.key(Scope::Read).await;
+    let request = |user: &Person| {
+        let path = format!("/v1/users/{}/deletion", user.id);
+        let write = write.clone();
+        let app = &app;
+        async move {
+            let answer = post(
+                app,
+                &path,
+                Some(&write),
+                Some(json!({"keep_public_tracks": false})),
+            )
+            .await;
+            assert_eq!(answer.status, 202, "{}", answer.text);
+        }
+    };
+    request(&done).await;
+    request(&stuck).await;
+    search
+        .fail("DELETE", &format!("/users/_doc/{}", stuck.id), 500, 1000)
+        .await;
+    app.engine
+        .clock()
+        .advance(Duration::from_secs(31 * 24 * 3600));
+    for user in [&done, &stuck] {
+        app.engine
+            .enqueue(jobs::hard_delete::HardDelete { user_id: user.id })
+            .await
+            .expect("enqueue");
+    }
+    let report = drain(&app.engine).await;
+    assert_eq!(
+        (report.succeeded, report.retried),
+        (1, 1),
+        "one erasure done, one waiting for OpenSearch: {report:?}"
+    );
+    request(&pending).await;
+    let now = app.engine.clock().now_ms();
+
+    // Act + Assert: every account with a deletion, by id; the active one is not there.
+    // (Test users have random ids: the expected order is sorted.)
+    let sorted = |mut v: Vec<i64>| {
+        v.sort_unstable();
+        v
+    };
+    let all = get(&app, "/v1/deletions", Some(&read)).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let rows = all.body["deletions"].as_array().expect("deletions").clone();
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|d| d["user_id"].as_i64().unwrap())
+        .collect();
+    let every = sorted(vec![done.id, stuck.id, pending.id]);
+    assert_eq!(ids, every);
+    assert!(all.body["next_cursor"].is_null());
+    let row = |user: &Person| rows.iter().find(|d| d["user_id"] == user.id).unwrap();
+    let (d, s, p) = (row(&done), row(&stuck), row(&pending));
+    assert_eq!(d["status"], "erased");
+    assert!(
+        d["erasure_started_at"].is_i64() && d["erasure_finished_at"].is_i64(),
+        "{d}"
+    );
+    assert_eq!(s["status"], "erased", "the database step is done: {s}");
+    assert!(
+        s["erasure_started_at"].is_i64() && s["erasure_finished_at"].is_null(),
+        "started, unfinished: {s}"
+    );
+    assert_eq!(p["status"], "deletion_requested");
+    assert_eq!(p["recovery_deadline"], now + 30 * DAY_MS);
+    assert!(
+        p["erasure_started_at"].is_null() && p["erased_at"].is_null(),
+        "{p}"
+    );
+
+    // By status.
+    let ids_of = |answer: &crate::helpers::Answer| -> Vec<i64> {
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.body["deletions"]
+            .as_array()
+            .expect("deletions")
+            .iter()
+            .map(|d| d["user_id"].as_i64().unwrap())
+            .collect()
+    };
+    let erased = get(&app, "/v1/deletions?status=erased", Some(&read)).await;
+    assert_eq!(ids_of(&erased), sorted(vec![done.id, stuck.id]));
+    let waiting = get(&app, "/v1/deletions?status=deletion_requested", Some(&read)).await;
+    assert_eq!(ids_of(&waiting), [pending.id]);
+
+    // Pages.
+    let first = get(&app, "/v1/deletions?limit=2", Some(&read)).await;
+    assert_eq!(ids_of(&first), every[..2]);
+    assert_eq!(first.body["next_cursor"], every[1]);
+    let next = get(
+        &app,
+        &format!("/v1/deletions?limit=2&cursor={}", every[1]),
+        Some(&read),
+    )
+    .await;
+    assert_eq!(ids_of(&next), every[2..]);
+    assert!(next.body["next_cursor"].is_null());
+
+    // Bad input, no key.
+    for bad in [
+        "/v1/deletions?status=active",
+        "/v1/deletions?status=gone",
+        "/v1/deletions?limit=0",
+        "/v1/deletions?limit=501",
+        "/v1/deletions?cursor=x",
+    ] {
+        get(&app, bad, Some(&read))
+            .await
+            .assert_problem(400, "bad_request");
+    }
+    get(&app, "/v1/deletions", None)
+        .await
+        .assert_problem(401, "unauthorized");
 }

@@ -8,6 +8,7 @@
 //! | [`request_deletion`] | `active → deletion_requested`, deadline = now + `ACCOUNT_RECOVERY_DAYS` | not found (404), already requested (409), erased (410) |
 //! | [`cancel_deletion`] | `deletion_requested → active` | not found (404), not requested (409), deadline passed (409), erased (410) |
 //! | [`deletion_status`] | status, deadline, receipt once erasure started | not found (404) |
+//! | [`list_deletions`] | every account with a deletion (pending or erased), by id | — |
 
 pub mod state;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use engine::clock::duration_ms;
 use engine::state_machine::{Actor, TransitionError};
-use engine::{Db, DbConn, Engine, Millis};
+use engine::{Backend, Db, DbConn, Engine, Millis};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -244,4 +245,92 @@ pub async fn deletion_status(db: &Db, user_id: i64) -> Result<DeletionStatus, De
         keep_public_tracks: row.try_get::<i64, _>(4)? != 0,
         receipt,
     })
+}
+
+/// One account with a deletion, as listed by [`list_deletions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeletionListed {
+    /// The user.
+    pub user_id: i64,
+    /// `deletion_requested` or `erased`.
+    pub status: UserStatus,
+    /// When deletion was requested.
+    pub deletion_requested_at: Option<Millis>,
+    /// Restore is possible before this; the erasure is due after it.
+    pub recovery_deadline: Option<Millis>,
+    /// When the database step erased the account.
+    pub erased_at: Option<Millis>,
+    /// Whether public tracks are kept on erasure.
+    pub keep_public_tracks: bool,
+    /// When the hard delete started (its receipt was opened).
+    pub erasure_started_at: Option<Millis>,
+    /// When the receipt was closed: every store done or skipped.
+    pub erasure_finished_at: Option<Millis>,
+}
+
+/// The accounts whose deletion is pending or done, by id from `after_id` (exclusive), at
+/// most `limit`: only those in `statuses`, or both non-active statuses when it is empty
+/// (an `Active` in `statuses` matches nothing: an active account has no deletion).
+pub async fn list_deletions(
+    engine: &Engine,
+    statuses: &[UserStatus],
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<DeletionListed>, sqlx::Error> {
+    use engine::state_machine::Lifecycle;
+    let wanted: Vec<&str> = if statuses.is_empty() {
+        vec![
+            UserStatus::DeletionRequested.as_str(),
+            UserStatus::Erased.as_str(),
+        ]
+    } else {
+        statuses
+            .iter()
+            .filter(|s| **s != UserStatus::Active)
+            .map(|s| s.as_str())
+            .collect()
+    };
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The names come from the enum, never from the caller. Both planners must read the
+    // partial index `users_with_deletion` (the few accounts with a deletion, in id order)
+    // rather than `users_deletion_due` and a sort: `status <> 'active'` is the index's own
+    // term, which Postgres needs to match it, and SQLite, whose cost model prefers the
+    // status index, is told with INDEXED BY (an error, not a silent scan, if it cannot).
+    let names: Vec<String> = wanted.iter().map(|s| format!("'{s}'")).collect();
+    let sql = format!(
+        "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, u.erased_at, \
+         u.keep_public_tracks, r.started_at, r.finished_at \
+         FROM users u{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
+         WHERE u.status <> 'active' AND u.status IN ({}) AND u.id > $1 \
+         ORDER BY u.id LIMIT $2",
+        names.join(", "),
+        hint = match engine.backend() {
+            Backend::Sqlite => " INDEXED BY users_with_deletion",
+            Backend::Postgres => "",
+        },
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(engine.db())
+        .await?
+        .iter()
+        .map(|r| {
+            let status: String = r.try_get(1)?;
+            Ok(DeletionListed {
+                user_id: r.try_get(0)?,
+                status: UserStatus::parse(&status).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("unknown user status {status:?}").into())
+                })?,
+                deletion_requested_at: r.try_get(2)?,
+                recovery_deadline: r.try_get(3)?,
+                erased_at: r.try_get(4)?,
+                keep_public_tracks: r.try_get::<i64, _>(5)? != 0,
+                erasure_started_at: r.try_get(6)?,
+                erasure_finished_at: r.try_get(7)?,
+            })
+        })
+        .collect()
 }
