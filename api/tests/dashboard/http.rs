@@ -527,6 +527,25 @@ async fn exports_and_deletions_are_shown(db: TestDb) {
         recent.text
     );
     assert!(
+        recent.text.contains(&format!("/admin/gdpr?user_id={user}")),
+        "the pending deletion is listed: {}",
+        recent.text
+    );
+    assert!(
+        !recent.text.contains("st-due"),
+        "not due before its deadline"
+    );
+    // Past the deadline it is marked due (as if asked 31 days ago: this app's clock is
+    // the system's).
+    sqlx::query("UPDATE users SET recovery_deadline = $1 WHERE id = $2")
+        .bind(app.engine.clock().now_ms() - 24 * 3600 * 1000)
+        .bind(user)
+        .execute(app.engine.db())
+        .await
+        .unwrap();
+    let later = page(&app, "/admin/gdpr", &cookie).await;
+    assert!(later.text.contains("st-due"), "{}", later.text);
+    assert!(
         recent.text.contains("/admin/jobs/"),
         "the export job is listed: {}",
         recent.text

@@ -1,12 +1,13 @@
-//! Exports and deletions (GDPR): the recent export and erasure jobs, and for one user their
-//! data exports ([`jobs::exports::list_exports`]) and where their deletion stands with its
-//! erasure receipt ([`jobs::users::deletion_status`]).
+//! Exports and deletions (GDPR): the pending deletions ([`jobs::users::list_deletions`]),
+//! the recent export and erasure jobs, and for one user their data exports
+//! ([`jobs::exports::list_exports`]) and where their deletion stands with its erasure
+//! receipt ([`jobs::users::deletion_status`]).
 
 use engine::JobState;
 use engine::admin::{self, JobFilter, JobSummary};
 use engine::state_machine::Lifecycle;
 use jobs::hard_delete::receipt::{Receipt, StepStatus};
-use jobs::users::DeletionError;
+use jobs::users::{DeletionError, DeletionListed, UserStatus};
 use maud::{Markup, html};
 use poem::web::{Data, Html, Query};
 use serde::Deserialize;
@@ -54,9 +55,39 @@ fn receipt_view(now: engine::Millis, r: &Receipt) -> Markup {
                     tr { th { "Playlists deleted" } td.num { (db.playlists_deleted) } th { "Playlist items deleted" } td.num { (db.playlist_items_deleted) } }
                     tr { th { "Private tracks deleted" } td.num { (db.private_tracks_deleted) } th { "Public tracks deleted" } td.num { (db.public_tracks_deleted) } }
                     tr { th { "Public tracks kept (anonymous)" } td.num { (db.public_tracks_anonymised) } th { "Media files deleted" } td.num { (db.media_files_deleted) } }
-                    tr { th { "Exports deleted" } td.num { (db.exports_deleted) } th { "Redis keys deleted" } td.num { (r.report.redis.keys_deleted) } }
+                    tr { th { "Exports deleted" } td.num { (db.exports_deleted) } th { "Export files deleted" } td.num { (db.export_files_deleted) } }
+                    tr { th { "Outbox e-mails deleted" } td.num { (db.outbox_files_deleted) } th { "Stripe payloads erased" } td.num { (db.webhook_payloads_erased) } }
+                    tr { th { "Redis keys deleted" } td.num { (r.report.redis.keys_deleted) } th {} td {} }
                 }
             } }
+        }
+    }
+}
+
+/// Pending deletions shown on the page; the rest are in `GET /v1/deletions`.
+const PENDING_SHOWN: i64 = 20;
+
+fn pending_table(now: engine::Millis, list: &[DeletionListed]) -> Markup {
+    html! {
+        section.card #pending-deletions {
+            h2 { "Pending deletions" }
+            @if list.is_empty() { p.empty { "No account is waiting for erasure." } } @else {
+                div.scroll { table {
+                    thead { tr { th.num { "User" } th { "Requested" } th { "Recovery deadline" } th { "Public tracks" } } }
+                    tbody { @for d in list { tr {
+                        td.num { a href=(format!("/admin/gdpr?user_id={}", d.user_id)) { (d.user_id) } }
+                        td { (view::when_opt(now, d.deletion_requested_at)) }
+                        td {
+                            (view::when_opt(now, d.recovery_deadline))
+                            @if d.recovery_deadline.is_some_and(|t| t <= now) { " " (view::badge("due")) }
+                        }
+                        td { @if d.keep_public_tracks { "kept" } @else { "deleted" } }
+                    } } }
+                } }
+                @if list.len() as i64 == PENDING_SHOWN {
+                    p.muted.small { "The first " (PENDING_SHOWN) " by user id; all of them: GET /v1/deletions?status=deletion_requested." }
+                }
+            }
         }
     }
 }
@@ -124,13 +155,21 @@ pub(crate) async fn page(
         }
         _ => None,
     };
-    let (exports_jobs, erase_jobs) = if user.is_none() {
+    let (pending, exports_jobs, erase_jobs) = if user.is_none() {
         (
+            jobs::users::list_deletions(
+                &state.engine,
+                &[UserStatus::DeletionRequested],
+                0,
+                PENDING_SHOWN,
+            )
+            .await
+            .map_err(|e| internal("listing pending deletions", &e))?,
             recent(&state, "data_export").await?,
             recent(&state, "hard_delete").await?,
         )
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let body = html! {
         h1 { "Exports & deletions" }
@@ -181,6 +220,7 @@ pub(crate) async fn page(
             }
         } @else {
             p.muted { "Look up a user for their exports, deletion status and erasure receipt." }
+            (pending_table(now, &pending))
             (jobs_table(now, "Recent export jobs", &exports_jobs))
             (jobs_table(now, "Recent erasure jobs", &erase_jobs))
             @if erase_jobs.iter().chain(&exports_jobs).any(|j| j.status == JobState::Failed) {
