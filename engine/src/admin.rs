@@ -199,9 +199,14 @@ pub struct KindStats {
     pub counts: std::collections::BTreeMap<&'static str, i64>,
     /// How long the oldest due, unclaimed job has waited since its `run_at`, in ms.
     pub oldest_pending_age_ms: Option<i64>,
+    /// Attempts finished (any outcome) in the minute before `now`.
+    pub finished_last_minute: i64,
+    /// Attempts finished (any outcome) in the hour before `now`.
+    pub finished_last_hour: i64,
 }
 
-/// Counts per kind × state, and the age of each kind's oldest due job.
+/// Counts per kind × state, the age of each kind's oldest due job, and the attempts
+/// finished over the last minute and hour (read through `job_attempts_finished`).
 pub async fn stats(db: &Db, now: Millis) -> Result<Vec<KindStats>> {
     let mut by_kind: std::collections::BTreeMap<String, KindStats> = Default::default();
     let rows = sqlx::query("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status")
@@ -214,7 +219,7 @@ pub async fn stats(db: &Db, now: Millis) -> Result<Vec<KindStats>> {
         let entry = by_kind.entry(kind.clone()).or_insert_with(|| KindStats {
             kind,
             counts: JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
-            oldest_pending_age_ms: None,
+            ..KindStats::default()
         });
         if let Ok(state) = status.parse::<JobState>() {
             entry.counts.insert(state.as_str(), count);
@@ -232,6 +237,22 @@ pub async fn stats(db: &Db, now: Millis) -> Result<Vec<KindStats>> {
         let min_run_at: Option<i64> = row.try_get(1)?;
         if let (Some(entry), Some(t)) = (by_kind.get_mut(&kind), min_run_at) {
             entry.oldest_pending_age_ms = Some(now - t);
+        }
+    }
+    let finished = sqlx::query(
+        "SELECT j.kind, SUM(CASE WHEN a.finished_at >= $1 THEN 1 ELSE 0 END), COUNT(*) \
+         FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+         WHERE a.finished_at >= $2 GROUP BY j.kind",
+    )
+    .bind(now - 60_000)
+    .bind(now - 3_600_000)
+    .fetch_all(db)
+    .await?;
+    for row in finished {
+        let kind: String = row.try_get(0)?;
+        if let Some(entry) = by_kind.get_mut(&kind) {
+            entry.finished_last_minute = row.try_get(1)?;
+            entry.finished_last_hour = row.try_get(2)?;
         }
     }
     Ok(by_kind.into_values().collect())

@@ -322,6 +322,23 @@ async fn stats_count_per_kind_and_status_with_oldest_pending_age(t: TestDb) {
     assert_eq!(stats[0].counts["pending"], 2);
     assert_eq!(stats[0].counts["failed"], 0);
     assert_eq!(stats[0].oldest_pending_age_ms, Some(90_000));
+    // The first job's attempt finished 90 s ago: in the last hour, not the last minute.
+    assert_eq!(
+        (stats[0].finished_last_minute, stats[0].finished_last_hour),
+        (0, 1)
+    );
+    drain(&engine).await;
+    let stats = admin::stats(engine.db(), clock.now_ms()).await.unwrap();
+    assert_eq!(
+        (stats[0].finished_last_minute, stats[0].finished_last_hour),
+        (2, 3)
+    );
+    clock.advance(Duration::from_secs(3601));
+    let stats = admin::stats(engine.db(), clock.now_ms()).await.unwrap();
+    assert_eq!(
+        (stats[0].finished_last_minute, stats[0].finished_last_hour),
+        (0, 0)
+    );
 }
 
 /// Postgres only: a worker whose poll interval is a minute still starts a job committed by

@@ -8,7 +8,15 @@ use engine::{Backend, backend_tests};
 const FETCH: &str = "SELECT id FROM jobs WHERE kind = 'probe' AND status IN ('pending', 'retrying') \
                      AND run_at <= 9000000000000 ORDER BY priority, run_at, id LIMIT 50";
 
-backend_tests!(claim_query_uses_the_fetch_index_without_sorting);
+/// The throughput count of `admin::stats` (keep in sync), an hour back from 20,000.
+const FINISHED: &str = "SELECT j.kind, SUM(CASE WHEN a.finished_at >= 19990 THEN 1 ELSE 0 END), COUNT(*) \
+                        FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+                        WHERE a.finished_at >= 19900 GROUP BY j.kind";
+
+backend_tests!(
+    claim_query_uses_the_fetch_index_without_sorting,
+    throughput_reads_only_the_last_hours_attempts,
+);
 
 async fn claim_query_uses_the_fetch_index_without_sorting(t: TestDb) {
     // 20,000 finished jobs and 200 due ones, in several kinds.
@@ -46,4 +54,42 @@ async fn claim_query_uses_the_fetch_index_without_sorting(t: TestDb) {
         !lower.contains("seq scan") && !lower.contains("temp b-tree") && !lower.contains("sort"),
         "no scan or sort:\n{plan}"
     );
+}
+
+/// `admin::stats` counts the attempts of the last hour through `job_attempts_finished`,
+/// not by reading every attempt kept (20,000 here, 100 of them recent).
+async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
+    let series = match t.backend {
+        Backend::Postgres => "SELECT n FROM generate_series(1, 20000) AS n",
+        Backend::Sqlite => {
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) \
+             SELECT n FROM s"
+        }
+    };
+    for sql in [
+        format!(
+            "INSERT INTO jobs (id, kind, args, status, max_attempts, run_at, created_at, finished_at) \
+             SELECT n, 'probe', '{{}}', 'succeeded', 3, n, n, n FROM ({series}) AS s"
+        ),
+        format!(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) \
+             SELECT n, 1, 'w', n, n, 'succeeded' FROM ({series}) AS s"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&t.db)
+            .await
+            .unwrap();
+    }
+    sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
+    let plan = query_plan(&t.db, t.backend, FINISHED).await;
+    assert!(
+        plan.contains("job_attempts_finished"),
+        "the count must use the finished_at index:\n{plan}"
+    );
+    let lower = plan.to_lowercase();
+    let full_scan = lower
+        .lines()
+        .any(|l| l.contains("seq scan on job_attempts") || l.trim_start().starts_with("scan a"));
+    assert!(!full_scan, "no scan of every attempt:\n{plan}");
 }

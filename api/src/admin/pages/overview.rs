@@ -30,8 +30,9 @@ struct Bar {
 
 /// Attempts finished over the last hour per kind, in [`BUCKETS`] bars.
 ///
-/// (The `/v1/queues` route counts the same attempts without bars; this read of the attempts
-/// table is the dashboard's own, for the chart.)
+/// (`engine::admin::stats` counts the same attempts without bars, for `/v1/queues`; this
+/// read, through the same `job_attempts_finished` index, is the dashboard's own, for the
+/// chart.)
 async fn throughput(db: &Db, now: Millis) -> Result<BTreeMap<String, [Bar; BUCKETS]>, sqlx::Error> {
     let since = now - HOUR_MS;
     let rows = sqlx::query(
@@ -128,7 +129,7 @@ async fn content(state: &ApiState) -> poem::Result<Markup> {
                     .iter()
                     .map(|s| (s.as_str(), 0))
                     .collect(),
-                oldest_pending_age_ms: None,
+                ..KindStats::default()
             });
         }
     }
