@@ -37,7 +37,11 @@ pub fn run(cli: cli::Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    engine::telemetry::init(config.engine.log_format, &config.engine.log_level);
+    let filter = engine::telemetry::with_defaults(
+        &config.engine.log_level,
+        &[jobs::payments::SDK_LOG_DIRECTIVE],
+    );
+    engine::telemetry::init(config.engine.log_format, &filter);
     jobs::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -156,6 +156,13 @@ pub enum VerifyError {
     Parse(#[from] EventParseError),
 }
 
+/// A default log directive for the webhook SDK. `construct_event` is instrumented with
+/// `err`, so the SDK logs at ERROR every event it cannot type, although such an event is
+/// authentic and handled here (read as plain JSON, see `checked`), and every bad
+/// signature, which the route already logs at WARN. [`process_event`] and the route log
+/// each outcome, so nothing is lost; `LOG_LEVEL=stripe_webhook=…` still overrides it.
+pub const SDK_LOG_DIRECTIVE: &str = "stripe_webhook=off";
+
 /// Verifies a webhook body against its `Stripe-Signature` header with the endpoint's
 /// secret (HMAC-SHA256, 5-minute tolerance, several `v1` values accepted) and parses it.
 /// `payload` must be the raw body, never re-serialized JSON.
