@@ -215,7 +215,7 @@ fn reset_peak() -> bool {
 fn spec() -> RenderSpec {
     RenderSpec {
         sizes: SIZES.to_vec(),
-        jpeg_quality: 85,
+        quality: 85,
         limits: DecodeLimits {
             max_dimension: 16_384,
             max_pixels: 50_000_000,
@@ -243,7 +243,7 @@ fn whole_job(jpeg: &[u8], iters: usize) {
     });
     let webp_ms = median_ms(iters, || {
         for (_, t) in &thumbs {
-            black_box(render::encode_webp(t).unwrap());
+            black_box(render::encode_webp(t, 85).unwrap());
         }
     });
     drop(decoded);
@@ -280,7 +280,7 @@ fn whole_job(jpeg: &[u8], iters: usize) {
         .iter()
         .map(|r| {
             format!(
-                "{} px: JPEG {:.1} KB, WebP (lossless) {:.1} KB",
+                "{} px: JPEG {:.1} KB, WebP {:.1} KB",
                 r.size,
                 r.jpeg.len() as f64 / 1e3,
                 r.webp.len() as f64 / 1e3

@@ -74,7 +74,7 @@ var!(
     THUMBNAIL_QUALITY,
     "THUMBNAIL_QUALITY",
     "85",
-    "JPEG quality of thumbnails, 1 to 100 (the WebP files are lossless)."
+    "Quality of thumbnails, JPEG and (lossy) WebP, 1 to 100."
 );
 var!(
     THUMBNAIL_MAX_DIMENSION,

@@ -74,8 +74,8 @@ pub struct ThumbnailSettings {
     pub media_root: PathBuf,
     /// `THUMBNAIL_SIZES`, ascending, without duplicates.
     pub sizes: Vec<u32>,
-    /// `THUMBNAIL_QUALITY` (JPEG, 1–100).
-    pub jpeg_quality: u8,
+    /// `THUMBNAIL_QUALITY` (JPEG and WebP, 1–100).
+    pub quality: u8,
     /// `THUMBNAIL_MAX_DIMENSION` and `THUMBNAIL_MAX_PIXELS`.
     pub limits: DecodeLimits,
     /// `THUMBNAIL_CONCURRENCY`: thumbnail jobs one process runs at once, each on a thread of
@@ -93,7 +93,7 @@ impl ThumbnailSettings {
         Self {
             media_root: media_root.into(),
             sizes: vec![64, 256, 512],
-            jpeg_quality: 85,
+            quality: 85,
             limits: DecodeLimits {
                 max_dimension: 16_384,
                 max_pixels: 50_000_000,
@@ -112,9 +112,9 @@ impl ThumbnailSettings {
             );
             vec![64, 256, 512]
         });
-        let jpeg_quality = env.positive::<u8>(&crate::THUMBNAIL_QUALITY);
-        if jpeg_quality > 100 {
-            env.problem(&crate::THUMBNAIL_QUALITY, "a JPEG quality from 1 to 100");
+        let quality = env.positive::<u8>(&crate::THUMBNAIL_QUALITY);
+        if quality > 100 {
+            env.problem(&crate::THUMBNAIL_QUALITY, "a quality from 1 to 100");
         }
         let limits = DecodeLimits {
             max_dimension: env.positive(&crate::THUMBNAIL_MAX_DIMENSION),
@@ -127,7 +127,7 @@ impl ThumbnailSettings {
         Self {
             media_root,
             sizes,
-            jpeg_quality: jpeg_quality.min(100),
+            quality: quality.min(100),
             limits,
             concurrency,
         }
@@ -143,7 +143,7 @@ impl ThumbnailSettings {
     fn render_spec(&self) -> RenderSpec {
         RenderSpec {
             sizes: self.sizes.clone(),
-            jpeg_quality: self.jpeg_quality,
+            quality: self.quality,
             limits: self.limits,
         }
     }
@@ -442,7 +442,7 @@ mod tests {
         let s = read(&[]).unwrap();
         let d = ThumbnailSettings::new("/media");
         assert_eq!(s.sizes, d.sizes);
-        assert_eq!(s.jpeg_quality, d.jpeg_quality);
+        assert_eq!(s.quality, d.quality);
         assert_eq!(s.limits, d.limits);
         assert_eq!(s.concurrency, default_concurrency());
         assert_eq!(
