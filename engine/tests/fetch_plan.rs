@@ -8,7 +8,7 @@ use engine::{Backend, backend_tests};
 const FETCH: &str = "SELECT id FROM jobs WHERE kind = 'probe' AND status IN ('pending', 'retrying') \
                      AND run_at <= 9000000000000 ORDER BY priority, run_at, id LIMIT 50";
 
-/// The throughput count of `admin::stats` (keep in sync), an hour back from 20,000.
+/// The count of `admin::throughput` (keep in sync), an hour back from 20,000.
 const FINISHED: &str = "SELECT j.kind, SUM(CASE WHEN a.finished_at >= 19990 THEN 1 ELSE 0 END), COUNT(*) \
                         FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
                         WHERE a.finished_at >= 19900 GROUP BY j.kind";
@@ -56,7 +56,7 @@ async fn claim_query_uses_the_fetch_index_without_sorting(t: TestDb) {
     );
 }
 
-/// `admin::stats` counts the attempts of the last hour through `job_attempts_finished`,
+/// `admin::throughput` counts the attempts of the last hour through `job_attempts_finished`,
 /// not by reading every attempt kept (20,000 here, 100 of them recent).
 async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
     let series = match t.backend {

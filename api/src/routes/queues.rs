@@ -40,19 +40,23 @@ impl QueuesApi {
         let db = self.0.engine.db();
         let now = self.0.engine.clock().now_ms();
         let stats = admin::stats(db, now).await?;
+        let done = admin::throughput(db, now).await?;
         Ok(Json(
             stats
                 .into_iter()
-                .map(|s| QueueView {
-                    counts: s
-                        .counts
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                    kind: s.kind,
-                    oldest_pending_age_ms: s.oldest_pending_age_ms,
-                    finished_last_minute: s.finished_last_minute,
-                    finished_last_hour: s.finished_last_hour,
+                .map(|s| {
+                    let done = done.get(&s.kind).copied().unwrap_or_default();
+                    QueueView {
+                        counts: s
+                            .counts
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect(),
+                        kind: s.kind,
+                        oldest_pending_age_ms: s.oldest_pending_age_ms,
+                        finished_last_minute: done.last_minute,
+                        finished_last_hour: done.last_hour,
+                    }
                 })
                 .collect(),
         ))

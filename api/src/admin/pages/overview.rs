@@ -30,9 +30,9 @@ struct Bar {
 
 /// Attempts finished over the last hour per kind, in [`BUCKETS`] bars.
 ///
-/// (`engine::admin::stats` counts the same attempts without bars, for `/v1/queues`; this
-/// read, through the same `job_attempts_finished` index, is the dashboard's own, for the
-/// chart.)
+/// (`engine::admin::throughput` counts the same attempts without bars, for `/v1/queues`;
+/// this read, through the same `job_attempts_finished` index, is the dashboard's own, for
+/// the chart.)
 async fn throughput(db: &Db, now: Millis) -> Result<BTreeMap<String, [Bar; BUCKETS]>, sqlx::Error> {
     let since = now - HOUR_MS;
     let rows = sqlx::query(
