@@ -751,7 +751,8 @@ fn list_deletions_sql(backend: Backend) -> String {
     };
     format!(
         "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, \
-         u.erased_at, u.keep_public_tracks, r.started_at, r.finished_at \
+         u.erased_at, u.keep_public_tracks, r.job_id, r.started_at, r.collected_at, \
+         r.database_at, r.redis_at, r.opensearch_at, r.finished_at, r.report, r.collected \
          FROM users u{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
          WHERE u.status <> 'active' AND u.status IN ('deletion_requested', 'erased') \
          AND u.id > 0 ORDER BY u.id LIMIT 51"

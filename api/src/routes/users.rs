@@ -10,7 +10,7 @@ use engine::Actor;
 use jobs::hard_delete::receipt::{
     DatabaseReport, IndexReport, OpenSearchReport, Receipt, RedisReport, StepStatus,
 };
-use jobs::users::{self, DeletionError, DeletionListed, DeletionStatus, UserStatus};
+use jobs::users::{self, DeletionError, DeletionStatus, UserStatus};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -296,49 +296,11 @@ impl From<DeletionStatus> for DeletionView {
     }
 }
 
-/// One account with a deletion, without its receipt (see
-/// `GET /v1/users/{user_id}/deletion`). Times are ms since the Unix epoch.
-#[derive(Debug, Clone, Object)]
-pub struct DeletionSummaryView {
-    /// The user.
-    pub user_id: i64,
-    /// `deletion_requested` or `erased`.
-    pub status: AccountStatus,
-    /// When deletion was requested.
-    pub deletion_requested_at: Option<i64>,
-    /// The account can be restored before this; it is erased after it.
-    pub recovery_deadline: Option<i64>,
-    /// When the account's data was erased from the database.
-    pub erased_at: Option<i64>,
-    /// Whether public tracks survive the erasure.
-    pub keep_public_tracks: bool,
-    /// When the hard delete started. Set while `erasure_finished_at` is not: the erasure
-    /// is unfinished (a store failed and its job retries; see its receipt).
-    pub erasure_started_at: Option<i64>,
-    /// When every store was erased (or skipped, see the receipt).
-    pub erasure_finished_at: Option<i64>,
-}
-
-impl From<DeletionListed> for DeletionSummaryView {
-    fn from(d: DeletionListed) -> Self {
-        Self {
-            user_id: d.user_id,
-            status: d.status.into(),
-            deletion_requested_at: d.deletion_requested_at,
-            recovery_deadline: d.recovery_deadline,
-            erased_at: d.erased_at,
-            keep_public_tracks: d.keep_public_tracks,
-            erasure_started_at: d.erasure_started_at,
-            erasure_finished_at: d.erasure_finished_at,
-        }
-    }
-}
-
 /// A page of accounts with a deletion.
 #[derive(Debug, Clone, Object)]
 pub struct DeletionPageView {
-    /// By user id, ascending.
-    pub deletions: Vec<DeletionSummaryView>,
+    /// By user id, ascending, each with its receipt once the erasure started.
+    pub deletions: Vec<DeletionView>,
     /// Pass as `cursor` for the next page; none on the last one.
     pub next_cursor: Option<i64>,
 }
@@ -435,7 +397,8 @@ impl UsersApi {
     }
 
     /// Every account whose deletion is pending or done, by user id, one page at a time:
-    /// deadlines, and whether the erasure started and finished. Scope: read.
+    /// deadlines and, once the erasure started, its receipt (a receipt without
+    /// `finished_at` is an erasure waiting for a store). Scope: read.
     ///
     /// 400 for `status=active` (an active account has no deletion).
     #[oai(path = "/v1/deletions", method = "get")]

@@ -407,20 +407,17 @@ async fn accounts_with_a_deletion_are_listed_with_their_erasure_progress(db: Tes
     let (d, s, p) = (row(&done), row(&stuck), row(&pending));
     assert_eq!(d["status"], "erased");
     assert!(
-        d["erasure_started_at"].is_i64() && d["erasure_finished_at"].is_i64(),
+        d["receipt"]["started_at"].is_i64() && d["receipt"]["finished_at"].is_i64(),
         "{d}"
     );
     assert_eq!(s["status"], "erased", "the database step is done: {s}");
     assert!(
-        s["erasure_started_at"].is_i64() && s["erasure_finished_at"].is_null(),
+        s["receipt"]["started_at"].is_i64() && s["receipt"]["finished_at"].is_null(),
         "started, unfinished: {s}"
     );
     assert_eq!(p["status"], "deletion_requested");
     assert_eq!(p["recovery_deadline"], now + 30 * DAY_MS);
-    assert!(
-        p["erasure_started_at"].is_null() && p["erased_at"].is_null(),
-        "{p}"
-    );
+    assert!(p["receipt"].is_null() && p["erased_at"].is_null(), "{p}");
 
     // By status.
     let ids_of = |answer: &crate::helpers::Answer| -> Vec<i64> {

@@ -212,30 +212,46 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, sqlx::Error> 
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// The receipt of `user_id`, if its erasure started.
-pub async fn load(conn: &mut DbConn, user_id: i64) -> Result<Option<Receipt>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT job_id, started_at, collected_at, database_at, redis_at, opensearch_at, \
-         finished_at, report, collected FROM erasure_receipts WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let report: String = r.try_get(7)?;
-    let collected: Option<String> = r.try_get(8)?;
+/// The columns [`from_row`] reads, in its order, for a query joining `erasure_receipts`
+/// as `r`.
+pub(crate) const JOINED_COLUMNS: &str = "r.job_id, r.started_at, r.collected_at, \
+     r.database_at, r.redis_at, r.opensearch_at, r.finished_at, r.report, r.collected";
+
+/// The receipt of `user_id` in `row`, read from [`JOINED_COLUMNS`] starting at column
+/// `first`; `None` when they are NULL (a LEFT JOIN without a receipt).
+pub(crate) fn from_row(
+    user_id: i64,
+    row: &sqlx::any::AnyRow,
+    first: usize,
+) -> Result<Option<Receipt>, sqlx::Error> {
+    let Some(started_at) = row.try_get::<Option<Millis>, _>(first + 1)? else {
+        return Ok(None);
+    };
+    let report: String = row.try_get(first + 7)?;
+    let collected: Option<String> = row.try_get(first + 8)?;
     Ok(Some(Receipt {
         user_id,
-        job_id: r.try_get(0)?,
-        started_at: r.try_get(1)?,
-        collected_at: r.try_get(2)?,
-        database_at: r.try_get(3)?,
-        redis_at: r.try_get(4)?,
-        opensearch_at: r.try_get(5)?,
-        finished_at: r.try_get(6)?,
+        job_id: row.try_get(first)?,
+        started_at,
+        collected_at: row.try_get(first + 2)?,
+        database_at: row.try_get(first + 3)?,
+        redis_at: row.try_get(first + 4)?,
+        opensearch_at: row.try_get(first + 5)?,
+        finished_at: row.try_get(first + 6)?,
         report: decode(&report)?,
         collected: collected.as_deref().map(decode).transpose()?,
     }))
+}
+
+/// The receipt of `user_id`, if its erasure started.
+pub async fn load(conn: &mut DbConn, user_id: i64) -> Result<Option<Receipt>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOINED_COLUMNS} FROM erasure_receipts r WHERE r.user_id = $1"
+    )))
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map_or(Ok(None), |r| from_row(user_id, &r, 0))
 }
 
 /// Creates the receipt of `user_id` unless it exists; returns it.

@@ -8,7 +8,7 @@
 //! | [`request_deletion`] | `active → deletion_requested`, deadline = now + `ACCOUNT_RECOVERY_DAYS` | not found (404), already requested (409), erased (410) |
 //! | [`cancel_deletion`] | `deletion_requested → active` | not found (404), not requested (409), deadline passed (409), erased (410) |
 //! | [`deletion_status`] | status, deadline, receipt once erasure started | not found (404) |
-//! | [`list_deletions`] | every account with a deletion (pending or erased), by id | — |
+//! | [`list_deletions`] | every account with a deletion (pending or erased) and its receipt, by id | — |
 
 pub mod state;
 
@@ -218,65 +218,54 @@ async fn write_first(conn: &mut DbConn, user_id: i64) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// The account's status, deadline and, once the hard delete has started, its receipt.
-pub async fn deletion_status(db: &Db, user_id: i64) -> Result<DeletionStatus, DeletionError> {
-    let row = sqlx::query(
-        "SELECT status, deletion_requested_at, recovery_deadline, erased_at, keep_public_tracks \
-         FROM users WHERE id = $1",
+/// The columns [`deletion_from_row`] reads: the account, then its receipt (if any).
+fn deletion_select() -> String {
+    format!(
+        "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, u.erased_at, \
+         u.keep_public_tracks, {} FROM users u",
+        receipt::JOINED_COLUMNS
     )
-    .bind(user_id)
-    .fetch_optional(db)
-    .await?
-    .ok_or(DeletionError::NotFound(user_id))?;
-    let status: String = row.try_get(0)?;
-    let status = UserStatus::parse(&status).ok_or_else(|| {
-        DeletionError::Database(sqlx::Error::Decode(
-            format!("unknown user status {status:?}").into(),
-        ))
-    })?;
-    let mut conn = db.acquire().await?;
-    let receipt = receipt::load(&mut conn, user_id).await?;
+}
+
+fn deletion_from_row(row: &sqlx::any::AnyRow) -> Result<DeletionStatus, sqlx::Error> {
+    let user_id: i64 = row.try_get(0)?;
+    let status: String = row.try_get(1)?;
     Ok(DeletionStatus {
         user_id,
-        status,
-        deletion_requested_at: row.try_get(1)?,
-        recovery_deadline: row.try_get(2)?,
-        erased_at: row.try_get(3)?,
-        keep_public_tracks: row.try_get::<i64, _>(4)? != 0,
-        receipt,
+        status: UserStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown user status {status:?}").into()))?,
+        deletion_requested_at: row.try_get(2)?,
+        recovery_deadline: row.try_get(3)?,
+        erased_at: row.try_get(4)?,
+        keep_public_tracks: row.try_get::<i64, _>(5)? != 0,
+        receipt: receipt::from_row(user_id, row, 6)?,
     })
 }
 
-/// One account with a deletion, as listed by [`list_deletions`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeletionListed {
-    /// The user.
-    pub user_id: i64,
-    /// `deletion_requested` or `erased`.
-    pub status: UserStatus,
-    /// When deletion was requested.
-    pub deletion_requested_at: Option<Millis>,
-    /// Restore is possible before this; the erasure is due after it.
-    pub recovery_deadline: Option<Millis>,
-    /// When the database step erased the account.
-    pub erased_at: Option<Millis>,
-    /// Whether public tracks are kept on erasure.
-    pub keep_public_tracks: bool,
-    /// When the hard delete started (its receipt was opened).
-    pub erasure_started_at: Option<Millis>,
-    /// When the receipt was closed: every store done or skipped.
-    pub erasure_finished_at: Option<Millis>,
+/// The account's status, deadline and, once the hard delete has started, its receipt.
+pub async fn deletion_status(db: &Db, user_id: i64) -> Result<DeletionStatus, DeletionError> {
+    let sql = format!(
+        "{} LEFT JOIN erasure_receipts r ON r.user_id = u.id WHERE u.id = $1",
+        deletion_select()
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_optional(db)
+        .await?
+        .ok_or(DeletionError::NotFound(user_id))?;
+    Ok(deletion_from_row(&row)?)
 }
 
-/// The accounts whose deletion is pending or done, by id from `after_id` (exclusive), at
-/// most `limit`: only those in `statuses`, or both non-active statuses when it is empty
-/// (an `Active` in `statuses` matches nothing: an active account has no deletion).
+/// The accounts whose deletion is pending or done, with their receipts, by id from
+/// `after_id` (exclusive), at most `limit`: only those in `statuses`, or both non-active
+/// statuses when it is empty (an `Active` in `statuses` matches nothing: an active account
+/// has no deletion).
 pub async fn list_deletions(
     engine: &Engine,
     statuses: &[UserStatus],
     after_id: i64,
     limit: i64,
-) -> Result<Vec<DeletionListed>, sqlx::Error> {
+) -> Result<Vec<DeletionStatus>, sqlx::Error> {
     use engine::state_machine::Lifecycle;
     let wanted: Vec<&str> = if statuses.is_empty() {
         vec![
@@ -300,11 +289,10 @@ pub async fn list_deletions(
     // status index, is told with INDEXED BY (an error, not a silent scan, if it cannot).
     let names: Vec<String> = wanted.iter().map(|s| format!("'{s}'")).collect();
     let sql = format!(
-        "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, u.erased_at, \
-         u.keep_public_tracks, r.started_at, r.finished_at \
-         FROM users u{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
+        "{}{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
          WHERE u.status <> 'active' AND u.status IN ({}) AND u.id > $1 \
          ORDER BY u.id LIMIT $2",
+        deletion_select(),
         names.join(", "),
         hint = match engine.backend() {
             Backend::Sqlite => " INDEXED BY users_with_deletion",
@@ -317,20 +305,6 @@ pub async fn list_deletions(
         .fetch_all(engine.db())
         .await?
         .iter()
-        .map(|r| {
-            let status: String = r.try_get(1)?;
-            Ok(DeletionListed {
-                user_id: r.try_get(0)?,
-                status: UserStatus::parse(&status).ok_or_else(|| {
-                    sqlx::Error::Decode(format!("unknown user status {status:?}").into())
-                })?,
-                deletion_requested_at: r.try_get(2)?,
-                recovery_deadline: r.try_get(3)?,
-                erased_at: r.try_get(4)?,
-                keep_public_tracks: r.try_get::<i64, _>(5)? != 0,
-                erasure_started_at: r.try_get(6)?,
-                erasure_finished_at: r.try_get(7)?,
-            })
-        })
+        .map(deletion_from_row)
         .collect()
 }

@@ -7,7 +7,7 @@ use engine::JobState;
 use engine::admin::{self, JobFilter, JobSummary};
 use engine::state_machine::Lifecycle;
 use jobs::hard_delete::receipt::{Receipt, StepStatus};
-use jobs::users::{DeletionError, DeletionListed, UserStatus};
+use jobs::users::{DeletionError, DeletionStatus, UserStatus};
 use maud::{Markup, html};
 use poem::web::{Data, Html, Query};
 use serde::Deserialize;
@@ -67,7 +67,7 @@ fn receipt_view(now: engine::Millis, r: &Receipt) -> Markup {
 /// Pending deletions shown on the page; the rest are in `GET /v1/deletions`.
 const PENDING_SHOWN: i64 = 20;
 
-fn pending_table(now: engine::Millis, list: &[DeletionListed]) -> Markup {
+fn pending_table(now: engine::Millis, list: &[DeletionStatus]) -> Markup {
     html! {
         section.card #pending-deletions {
             h2 { "Pending deletions" }
