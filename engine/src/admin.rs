@@ -246,6 +246,13 @@ pub struct Throughput {
     pub last_hour: i64,
 }
 
+/// The statement of [`throughput`]: `$1` a minute ago, `$2` an hour ago (public for the
+/// query-plan test).
+#[doc(hidden)]
+pub const THROUGHPUT_SQL: &str = "SELECT j.kind, SUM(CASE WHEN a.finished_at >= $1 THEN 1 ELSE 0 END), \
+     COUNT(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+     WHERE a.finished_at >= $2 GROUP BY j.kind";
+
 /// Attempts finished per kind over the last minute and hour, read through the
 /// `job_attempts_finished` index (kinds without any are absent). Kept out of [`stats`],
 /// which `/metrics` and every dashboard refresh read and which need no throughput.
@@ -253,15 +260,11 @@ pub async fn throughput(
     db: &Db,
     now: Millis,
 ) -> Result<std::collections::BTreeMap<String, Throughput>> {
-    let rows = sqlx::query(
-        "SELECT j.kind, SUM(CASE WHEN a.finished_at >= $1 THEN 1 ELSE 0 END), COUNT(*) \
-         FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
-         WHERE a.finished_at >= $2 GROUP BY j.kind",
-    )
-    .bind(now - 60_000)
-    .bind(now - 3_600_000)
-    .fetch_all(db)
-    .await?;
+    let rows = sqlx::query(THROUGHPUT_SQL)
+        .bind(now - 60_000)
+        .bind(now - 3_600_000)
+        .fetch_all(db)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok((

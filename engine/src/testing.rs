@@ -197,21 +197,27 @@ impl Drop for TestDb {
     }
 }
 
-/// The plan `sql` (a statement without parameters) runs with, one line per step:
-/// `EXPLAIN` on Postgres, the `detail` column of `EXPLAIN QUERY PLAN` on SQLite. Run
-/// `ANALYZE` first so that the planner sees the table's size.
-pub async fn query_plan(db: &Db, backend: Backend, sql: &str) -> String {
+/// The plan `sql` runs with when `binds` are its `$1, $2, …`, one line per step: `EXPLAIN`
+/// on Postgres, the `detail` column of `EXPLAIN QUERY PLAN` on SQLite. Pass the statement
+/// the code runs (not a copy) so that the test follows it. Run `ANALYZE` first so that the
+/// planner sees the table's size.
+pub async fn query_plan(db: &Db, backend: Backend, sql: &str, binds: &[i64]) -> String {
     let lines: Vec<String> = match backend {
-        Backend::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-            .fetch_all(db)
-            .await
-            .expect("EXPLAIN"),
+        Backend::Postgres => {
+            let explain = format!("EXPLAIN {sql}");
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(explain));
+            for b in binds {
+                q = q.bind(*b);
+            }
+            q.fetch_all(db).await.expect("EXPLAIN")
+        }
         Backend::Sqlite => {
-            let rows: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                    .fetch_all(db)
-                    .await
-                    .expect("EXPLAIN QUERY PLAN");
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(explain));
+            for b in binds {
+                q = q.bind(*b);
+            }
+            let rows = q.fetch_all(db).await.expect("EXPLAIN QUERY PLAN");
             rows.into_iter().map(|r| r.3).collect()
         }
     };

@@ -8,11 +8,6 @@ use engine::{Backend, backend_tests};
 const FETCH: &str = "SELECT id FROM jobs WHERE kind = 'probe' AND status IN ('pending', 'retrying') \
                      AND run_at <= 9000000000000 ORDER BY priority, run_at, id LIMIT 50";
 
-/// The count of `admin::throughput` (keep in sync), an hour back from 20,000.
-const FINISHED: &str = "SELECT j.kind, SUM(CASE WHEN a.finished_at >= 19990 THEN 1 ELSE 0 END), COUNT(*) \
-                        FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
-                        WHERE a.finished_at >= 19900 GROUP BY j.kind";
-
 backend_tests!(
     claim_query_uses_the_fetch_index_without_sorting,
     throughput_reads_only_the_last_hours_attempts,
@@ -43,7 +38,7 @@ async fn claim_query_uses_the_fetch_index_without_sorting(t: TestDb) {
     }
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
 
-    let plan = query_plan(&t.db, t.backend, FETCH).await;
+    let plan = query_plan(&t.db, t.backend, FETCH, &[]).await;
     eprintln!("{} plan:\n{plan}", t.backend.name());
     assert!(
         plan.contains("jobs_fetch"),
@@ -82,7 +77,13 @@ async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
             .unwrap();
     }
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
-    let plan = query_plan(&t.db, t.backend, FINISHED).await;
+    let plan = query_plan(
+        &t.db,
+        t.backend,
+        engine::admin::THROUGHPUT_SQL,
+        &[19_990, 19_900],
+    )
+    .await;
     assert!(
         plan.contains("job_attempts_finished"),
         "the count must use the finished_at index:\n{plan}"

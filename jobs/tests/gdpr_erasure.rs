@@ -742,23 +742,6 @@ async fn unreachable_redis_leaves_the_step_unfinished(t: TestDb) {
     );
 }
 
-/// `users::list_deletions` without a status filter, as it builds it (keep in sync; `{hint}`
-/// is SQLite's `INDEXED BY`).
-fn list_deletions_sql(backend: Backend) -> String {
-    let hint = match backend {
-        Backend::Sqlite => " INDEXED BY users_with_deletion",
-        Backend::Postgres => "",
-    };
-    format!(
-        "SELECT u.id, u.status, u.deletion_requested_at, u.recovery_deadline, \
-         u.erased_at, u.keep_public_tracks, r.job_id, r.started_at, r.collected_at, \
-         r.database_at, r.redis_at, r.opensearch_at, r.finished_at, r.report, r.collected \
-         FROM users u{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
-         WHERE u.status <> 'active' AND u.status IN ('deletion_requested', 'erased') \
-         AND u.id > 0 ORDER BY u.id LIMIT 51"
-    )
-}
-
 /// `GET /v1/deletions` among 20,000 users of whom 50 asked for deletion reads the partial
 /// index `users_with_deletion` in id order: no scan of every user, no sort.
 async fn listing_deletions_reads_the_partial_index(t: TestDb) {
@@ -781,7 +764,8 @@ async fn listing_deletions_reads_the_partial_index(t: TestDb) {
         .unwrap();
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
 
-    let plan = query_plan(&t.db, t.backend, &list_deletions_sql(t.backend)).await;
+    let sql = users::list_deletions_sql(t.backend, &[]).expect("a statement");
+    let plan = query_plan(&t.db, t.backend, &sql, &[0, 51]).await;
     assert!(
         plan.contains("users_with_deletion"),
         "the listing must use the partial index:\n{plan}"

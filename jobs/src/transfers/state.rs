@@ -287,6 +287,19 @@ pub async fn list(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<TransferRow>, sqlx::Error> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(list_sql(statuses, seller_id.is_some())))
+        .bind(after_id)
+        .bind(limit);
+    if let Some(seller) = seller_id {
+        query = query.bind(seller);
+    }
+    query.fetch_all(conn).await?.iter().map(from_row).collect()
+}
+
+/// The statement of [`list`]: `$1` the cursor, `$2` the limit and, `by_seller`, `$3` the
+/// seller (public for the query-plan test).
+#[doc(hidden)]
+pub fn list_sql(statuses: &[TransferStatus], by_seller: bool) -> String {
     let mut filter = if statuses.is_empty() {
         String::new()
     } else {
@@ -296,19 +309,10 @@ pub async fn list(
             .collect();
         format!(" AND status IN ({})", names.join(", "))
     };
-    if seller_id.is_some() {
+    if by_seller {
         filter.push_str(" AND seller_id = $3");
     }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM seller_transfers WHERE id > $1{filter} ORDER BY id LIMIT $2"
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after_id)
-        .bind(limit);
-    if let Some(seller) = seller_id {
-        query = query.bind(seller);
-    }
-    query.fetch_all(conn).await?.iter().map(from_row).collect()
+    format!("SELECT {COLUMNS} FROM seller_transfers WHERE id > $1{filter} ORDER BY id LIMIT $2")
 }
 
 /// A transfer to create for an order item.

@@ -266,6 +266,23 @@ pub async fn list_deletions(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<DeletionStatus>, sqlx::Error> {
+    let Some(sql) = list_deletions_sql(engine.backend(), statuses) else {
+        return Ok(Vec::new());
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(engine.db())
+        .await?
+        .iter()
+        .map(deletion_from_row)
+        .collect()
+}
+
+/// The statement of [`list_deletions`] (`$1` the cursor, `$2` the limit), or `None` when
+/// `statuses` wants only active accounts (public for the query-plan test).
+#[doc(hidden)]
+pub fn list_deletions_sql(backend: Backend, statuses: &[UserStatus]) -> Option<String> {
     use engine::state_machine::Lifecycle;
     let wanted: Vec<&str> = if statuses.is_empty() {
         vec![
@@ -280,7 +297,7 @@ pub async fn list_deletions(
             .collect()
     };
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return None;
     }
     // The names come from the enum, never from the caller. Both planners must read the
     // partial index `users_with_deletion` (the few accounts with a deletion, in id order)
@@ -288,23 +305,15 @@ pub async fn list_deletions(
     // term, which Postgres needs to match it, and SQLite, whose cost model prefers the
     // status index, is told with INDEXED BY (an error, not a silent scan, if it cannot).
     let names: Vec<String> = wanted.iter().map(|s| format!("'{s}'")).collect();
-    let sql = format!(
+    Some(format!(
         "{}{hint} LEFT JOIN erasure_receipts r ON r.user_id = u.id \
          WHERE u.status <> 'active' AND u.status IN ({}) AND u.id > $1 \
          ORDER BY u.id LIMIT $2",
         deletion_select(),
         names.join(", "),
-        hint = match engine.backend() {
+        hint = match backend {
             Backend::Sqlite => " INDEXED BY users_with_deletion",
             Backend::Postgres => "",
         },
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(engine.db())
-        .await?
-        .iter()
-        .map(deletion_from_row)
-        .collect()
+    ))
 }
