@@ -430,17 +430,18 @@ async fn sigterm_releases_jobs_that_outlast_the_budget(t: TestDb) {
     assert_eq!(marker_lines(&marker), [format!("start {id} 1 worker-a")]);
 
     // Another worker takes it. The released attempt was given back (a deploy does not use
-    // up a job's attempts), so worker-b runs attempt 1 again.
-    assert_eq!(j.job.attempt, 0);
+    // up a job's attempts: max_attempts grew by one) but its number is not reused, so the
+    // history never holds two attempts 1: worker-b runs attempt 2.
+    assert_eq!((j.job.attempt, j.job.max_attempts), (1, 21));
     workers.start("worker-b", &[]);
     wait_running_on(&engine, id, "worker-b", &marker).await;
     let j = job(&engine, id).await;
-    assert_eq!(j.job.attempt, 1);
+    assert_eq!(j.job.attempt, 2);
     assert_eq!(
         history(&j),
         [
             (1, "worker-a".into(), Some("released".into())),
-            (1, "worker-b".into(), None),
+            (2, "worker-b".into(), None),
         ]
     );
 }

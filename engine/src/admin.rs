@@ -50,7 +50,8 @@ pub struct AttemptRecord {
     pub started_at: Millis,
     /// Ended at (none while running).
     pub finished_at: Option<Millis>,
-    /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired` or `released`.
+    /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired`, `released` or
+    /// `snoozed`; none while it runs.
     pub outcome: Option<String>,
     /// The error text (or the skip reason).
     pub error: Option<String>,
@@ -155,7 +156,7 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {SUMMARY_COLUMNS}, args, locked_by FROM jobs WHERE id = $1"
+        "SELECT {SUMMARY_COLUMNS}, args, locked_by, started_at FROM jobs WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(db)
@@ -182,10 +183,25 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         })
     })
     .collect::<Result<Vec<_>>>()?;
+    let mut attempts = attempts;
+    let locked_by: Option<String> = row.try_get(13)?;
+    // An attempt's row is written when it ends: the one running now is read off the job.
+    if job.status == JobState::Running {
+        attempts.push(AttemptRecord {
+            attempt: job.attempt,
+            worker_id: locked_by.clone().unwrap_or_default(),
+            started_at: row
+                .try_get::<Option<Millis>, _>(14)?
+                .unwrap_or(job.created_at),
+            finished_at: None,
+            outcome: None,
+            error: None,
+        });
+    }
     Ok(JobDetail {
         job,
         args: serde_json::from_str(&args).unwrap_or(serde_json::Value::String(args)),
-        locked_by: row.try_get(13)?,
+        locked_by,
         attempts,
     })
 }

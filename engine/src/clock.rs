@@ -28,18 +28,31 @@ pub fn duration_ms(d: Duration) -> Millis {
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     manual: Option<Arc<AtomicI64>>,
+    /// Added to the wall clock (tests of a host whose clock is off).
+    skew_ms: i64,
 }
 
 impl Clock {
     /// The real wall clock.
     pub fn system() -> Self {
-        Self { manual: None }
+        Self::default()
+    }
+
+    /// The wall clock of a host whose clock is off by `skew_ms` (tests: a worker whose
+    /// clock runs ahead must not steal leases on Postgres, where leases use the database's
+    /// clock).
+    pub fn skewed(skew_ms: i64) -> Self {
+        Self {
+            manual: None,
+            skew_ms,
+        }
     }
 
     /// A clock that stands still at `start` until [`Clock::advance`] or [`Clock::set`] moves it.
     pub fn manual(start: DateTime<Utc>) -> Self {
         Self {
             manual: Some(Arc::new(AtomicI64::new(start.timestamp_millis()))),
+            skew_ms: 0,
         }
     }
 
@@ -47,7 +60,16 @@ impl Clock {
     pub fn now_ms(&self) -> Millis {
         match &self.manual {
             Some(t) => t.load(Ordering::SeqCst),
-            None => Utc::now().timestamp_millis(),
+            None => Utc::now().timestamp_millis() + self.skew_ms,
+        }
+    }
+
+    /// "Now" for lease arithmetic on `backend`: the database's clock on Postgres unless this
+    /// is a manual (test) clock (see [`crate::storage`]).
+    pub fn lease_now(&self, backend: crate::Backend) -> crate::storage::LeaseNow {
+        match (backend, &self.manual) {
+            (crate::Backend::Postgres, None) => crate::storage::LeaseNow::Database,
+            _ => crate::storage::LeaseNow::At(self.now_ms()),
         }
     }
 

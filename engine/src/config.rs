@@ -187,8 +187,8 @@ var!(
 var!(
     JOB_FETCH_BATCH,
     "JOB_FETCH_BATCH",
-    "50",
-    "Most jobs one claim takes, bounded by each kind's free concurrency."
+    "100",
+    "Most jobs a kind keeps claimed ahead of its running ones, in the worker's memory (leases renewed); never more than its workers can start within a second, and none for long jobs."
 );
 var!(
     WORKER_ID,
@@ -315,7 +315,6 @@ impl EngineConfig {
             heartbeat_interval,
             poll_interval: env.duration(&JOB_POLL_INTERVAL),
             fetch_batch: env.positive(&JOB_FETCH_BATCH),
-            ..WorkerSettings::default()
         };
         let retention = RetentionSettings {
             succeeded: env.duration(&RETENTION_SUCCEEDED),

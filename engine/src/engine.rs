@@ -1,17 +1,22 @@
 //! [`Engine`]: the handle every part of veza-jobs shares (database, clock, registered
-//! kinds, settings) and the enqueue and admin entry points.
+//! kinds, settings), the enqueue and admin entry points, and [`JobTx`], the transaction
+//! that enqueues jobs with the business change that causes them.
 
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::clock::{Clock, Millis};
-use crate::db::{Backend, Db, DbConn};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::db::{Backend, Db, DbConn, Tx};
 use crate::error::{Error, Result};
 use crate::job::{Enqueued, Job, JobPolicy, JobState, NewJob};
-use crate::registry::Registry;
+use crate::registry::{DiscardReason, Registry};
 use crate::state_machine::Actor;
-use crate::storage::{self, InsertJob};
-use crate::wakeup::Wakeup;
+use crate::storage::{self, InsertJob, Notify};
+use crate::wakeup::{Notifier, Wakeup};
 
 /// How workers claim, lease and acknowledge jobs.
 #[derive(Debug, Clone)]
@@ -26,10 +31,10 @@ pub struct WorkerSettings {
     pub heartbeat_interval: Duration,
     /// How long an idle fetcher waits before looking again when no wake-up came.
     pub poll_interval: Duration,
-    /// Most jobs one claim takes (bounded by free concurrency slots).
+    /// Most jobs a kind keeps claimed ahead of its running ones (a local buffer, see
+    /// [`crate::worker`]); the buffer also never holds more than the kind's workers can
+    /// start within a second.
     pub fetch_batch: usize,
-    /// Most finished attempts one acknowledgement transaction records.
-    pub ack_batch: usize,
 }
 
 impl Default for WorkerSettings {
@@ -39,8 +44,7 @@ impl Default for WorkerSettings {
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
-            fetch_batch: 50,
-            ack_batch: 500,
+            fetch_batch: 100,
         }
     }
 }
@@ -96,6 +100,18 @@ struct Inner {
     workers: WorkerSettings,
     retention: RetentionSettings,
     wakeup: Arc<Wakeup>,
+    /// Coalesced cross-process wake-ups (Postgres), started on first use.
+    notifier: OnceLock<Notifier>,
+    /// The LISTEN task (Postgres), started by the first worker.
+    listener: OnceLock<JoinHandle<()>>,
+    /// Dropped with the engine: stops the listener and the notifier.
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// Builds an [`Engine`].
@@ -142,6 +158,9 @@ impl EngineBuilder {
                 workers: self.workers,
                 retention: self.retention,
                 wakeup: Arc::default(),
+                notifier: OnceLock::new(),
+                listener: OnceLock::new(),
+                stop: watch::channel(false).0,
             }),
         }
     }
@@ -195,19 +214,28 @@ impl Engine {
         &self.inner.wakeup
     }
 
-    /// The policy of `kind`: the registered one, else the default.
+    /// The policy of `kind`: the registered (or declared) one, else the default.
     pub fn policy_of(&self, kind: &str) -> JobPolicy {
         self.registry()
             .get(kind)
             .map_or(JobPolicy::DEFAULT, |e| e.policy)
     }
 
-    /// Enqueues a job in its own transaction and wakes this process's fetcher.
+    /// Begins a transaction that enqueues jobs with the caller's own writes: they exist
+    /// if and only if it commits, and [`JobTx::commit`] wakes their workers.
+    pub async fn begin(&self) -> Result<JobTx> {
+        Ok(JobTx {
+            tx: self.db().begin().await?,
+            engine: self.clone(),
+            kinds: Vec::new(),
+        })
+    }
+
+    /// Enqueues a job in its own transaction and wakes its workers.
     pub async fn enqueue<J: Job>(&self, job: impl Into<NewJob<J>>) -> Result<Enqueued> {
-        let mut tx = self.db().begin().await?;
-        let enqueued = self.enqueue_tx(&mut tx, job).await?;
+        let mut tx = self.begin().await?;
+        let enqueued = tx.enqueue(job).await?;
         tx.commit().await?;
-        self.wake(J::KIND);
         Ok(enqueued)
     }
 
@@ -215,29 +243,39 @@ impl Engine {
     /// transaction commits. With a unique key that an unfinished job holds, nothing is
     /// inserted and that job's id is returned (no error, the transaction stays usable).
     ///
-    /// On Postgres, workers in every process are woken at commit. On SQLite, call
+    /// Prefer [`Engine::begin`] and [`JobTx::enqueue`]. Here, on Postgres, a NOTIFY queued
+    /// in the transaction wakes the workers of every process at commit; on SQLite, call
     /// [`Engine::wake`] after commit for an immediate start (otherwise the next poll).
     pub async fn enqueue_tx<J: Job>(
         &self,
         conn: &mut DbConn,
         job: impl Into<NewJob<J>>,
     ) -> Result<Enqueued> {
-        let job = job.into();
+        self.insert_new(conn, job.into(), Notify::InTransaction)
+            .await
+    }
+
+    async fn insert_new<J: Job>(
+        &self,
+        conn: &mut DbConn,
+        job: NewJob<J>,
+        notify: Notify,
+    ) -> Result<Enqueued> {
         let args = serde_json::to_string(&job.args)?;
         let now = self.clock().now_ms();
-        self.insert(
-            conn,
-            &InsertJob {
-                kind: J::KIND,
-                args: &args,
-                priority: job.priority.unwrap_or(J::POLICY.priority),
-                max_attempts: job.max_attempts.unwrap_or(J::POLICY.retry.max_attempts),
-                run_at: job.run_at.unwrap_or(now),
-                unique_key: job.unique_key.as_deref(),
+        let policy = self.policy_of(J::KIND);
+        let row = InsertJob {
+            kind: J::KIND,
+            args: &args,
+            priority: job.priority.unwrap_or(policy.priority),
+            retry: crate::job::RetryPolicy {
+                max_attempts: job.max_attempts.unwrap_or(policy.retry.max_attempts),
+                ..policy.retry
             },
-            now,
-        )
-        .await
+            run_at: job.run_at.unwrap_or(now),
+            unique_key: job.unique_key.as_deref(),
+        };
+        storage::insert_job(conn, &row, now, notify).await
     }
 
     /// Enqueues a job given as kind and JSON args (the scheduler and the CLI use this).
@@ -259,37 +297,69 @@ impl Engine {
             kind,
             args,
             priority: policy.priority,
-            max_attempts: policy.retry.max_attempts,
+            retry: policy.retry,
             run_at: now,
             unique_key,
         };
-        self.insert(conn, &job, now).await
+        storage::insert_job(conn, &job, now, Notify::InTransaction).await
     }
 
-    async fn insert(
-        &self,
-        conn: &mut DbConn,
-        job: &InsertJob<'_>,
-        now: Millis,
-    ) -> Result<Enqueued> {
-        storage::insert_job(conn, job, now).await
-    }
-
-    /// Wakes this process's fetcher of `kind`.
+    /// Wakes this process's workers of `kind` (after a commit the engine did not see).
     pub fn wake(&self, kind: &str) {
         self.wakeup().notify(kind);
     }
 
-    /// Cancels a pending or retrying job (admin). A running job is not interrupted.
+    /// Wakes the workers of `kind` in this process at once, and in every other process
+    /// (Postgres) through a NOTIFY sent outside any enqueue transaction, coalesced: one per
+    /// kind for all the commits that happened while the previous one was being sent.
+    pub(crate) fn wake_everywhere(&self, kind: &str) {
+        self.wake(kind);
+        if self.backend() == Backend::Postgres {
+            self.inner
+                .notifier
+                .get_or_init(|| Notifier::start(self.db().clone(), self.inner.stop.subscribe()))
+                .notify(kind);
+        }
+    }
+
+    /// Starts the LISTEN task on Postgres (once; the workers call it).
+    pub(crate) fn start_listener(&self) {
+        if self.backend() != Backend::Postgres {
+            return;
+        }
+        self.inner.listener.get_or_init(|| {
+            tokio::spawn(crate::wakeup::listen(
+                self.database_url().to_owned(),
+                Arc::clone(self.wakeup()),
+                self.inner.stop.subscribe(),
+            ))
+        });
+    }
+
+    /// False once a started listener has stopped (it only stops with the engine).
+    pub(crate) fn listener_alive(&self) -> bool {
+        self.inner.listener.get().is_none_or(|l| !l.is_finished())
+    }
+
+    /// Cancels a pending or retrying job (admin), running its kind's discard hook in the
+    /// same transaction. A running job is not interrupted.
     pub async fn cancel(&self, id: i64, actor: &Actor) -> Result<JobState> {
-        storage::cancel(self.db(), id, actor, self.clock().now_ms()).await
+        let mut tx = self.db().begin().await?;
+        let job = storage::cancel(&mut tx, id, actor, self.clock().now_ms()).await?;
+        if let Some(entry) = self.registry().get(&job.kind) {
+            entry
+                .discard(&mut tx, job.id, &job.args, DiscardReason::Cancelled)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(JobState::Cancelled)
     }
 
     /// Retries a failed or cancelled job with fresh attempts (admin).
     pub async fn retry(&self, id: i64, actor: &Actor) -> Result<JobState> {
-        let state = storage::retry(self.db(), id, actor, self.clock().now_ms()).await?;
-        self.wakeup().notify_all();
-        Ok(state)
+        let kind = storage::retry(self.db(), id, actor, self.clock().now_ms()).await?;
+        self.wake_everywhere(&kind);
+        Ok(JobState::Pending)
     }
 
     /// Enqueues many jobs of one kind on `conn`, the caller's transaction, with one
@@ -298,16 +368,24 @@ impl Engine {
     ///
     /// A job with a unique key is inserted on its own, as by [`Engine::enqueue_tx`]: if an
     /// unfinished job holds the key, nothing is inserted and the holder's id is returned in
-    /// its place.
-    ///
-    /// On Postgres, workers in every process are woken at commit (one NOTIFY for the kind).
-    /// On SQLite, call [`Engine::wake`] after commit for an immediate start.
+    /// its place. Waking works as for [`Engine::enqueue_tx`]; [`JobTx::enqueue_many`] is
+    /// the same inside a [`JobTx`].
     pub async fn enqueue_many<J: Job>(
         &self,
         conn: &mut DbConn,
         jobs: Vec<NewJob<J>>,
     ) -> Result<Vec<i64>> {
+        self.insert_many(conn, jobs, Notify::InTransaction).await
+    }
+
+    async fn insert_many<J: Job>(
+        &self,
+        conn: &mut DbConn,
+        jobs: Vec<NewJob<J>>,
+        notify: Notify,
+    ) -> Result<Vec<i64>> {
         let now = self.clock().now_ms();
+        let policy = self.policy_of(J::KIND);
         let args = jobs
             .iter()
             .map(|job| serde_json::to_string(&job.args))
@@ -318,12 +396,131 @@ impl Engine {
             .map(|(job, args)| InsertJob {
                 kind: J::KIND,
                 args,
-                priority: job.priority.unwrap_or(J::POLICY.priority),
-                max_attempts: job.max_attempts.unwrap_or(J::POLICY.retry.max_attempts),
+                priority: job.priority.unwrap_or(policy.priority),
+                retry: crate::job::RetryPolicy {
+                    max_attempts: job.max_attempts.unwrap_or(policy.retry.max_attempts),
+                    ..policy.retry
+                },
                 run_at: job.run_at.unwrap_or(now),
                 unique_key: job.unique_key.as_deref(),
             })
             .collect();
-        storage::insert_jobs(conn, &rows, now).await
+        storage::insert_jobs(conn, &rows, now, notify).await
+    }
+}
+
+/// A transaction on the job database that enqueues jobs with the caller's own writes.
+/// Deref to the connection for those writes (`&mut *tx`); [`JobTx::commit`] commits and
+/// wakes the enqueued kinds' workers, here at once and in other processes through one
+/// coalesced NOTIFY per kind sent after the commit (so concurrent enqueues do not queue on
+/// Postgres' NOTIFY lock). Dropped without commit, it rolls back and wakes nobody.
+pub struct JobTx {
+    tx: Tx,
+    engine: Engine,
+    kinds: Vec<String>,
+}
+
+impl JobTx {
+    /// Enqueues a job in this transaction (see [`Engine::enqueue_tx`] for unique keys).
+    pub async fn enqueue<J: Job>(&mut self, job: impl Into<NewJob<J>>) -> Result<Enqueued> {
+        let job = job.into();
+        let due = job.run_at.is_none_or(|t| t <= self.engine.clock().now_ms());
+        let engine = self.engine.clone();
+        let enqueued = engine
+            .insert_new(&mut self.tx, job, Notify::AfterCommit)
+            .await?;
+        if due {
+            self.note(J::KIND);
+        }
+        Ok(enqueued)
+    }
+
+    /// Enqueues many jobs of one kind in this transaction (see [`Engine::enqueue_many`]).
+    pub async fn enqueue_many<J: Job>(&mut self, jobs: Vec<NewJob<J>>) -> Result<Vec<i64>> {
+        let engine = self.engine.clone();
+        let ids = engine
+            .insert_many(&mut self.tx, jobs, Notify::AfterCommit)
+            .await?;
+        self.note(J::KIND);
+        Ok(ids)
+    }
+
+    /// Enqueues a job given as kind and JSON args (the scheduler and the CLI use this).
+    pub async fn enqueue_json(
+        &mut self,
+        kind: &str,
+        args: &str,
+        unique_key: Option<&str>,
+    ) -> Result<Enqueued> {
+        let policy = self
+            .engine
+            .registry()
+            .get(kind)
+            .ok_or_else(|| Error::UnknownKind(kind.to_owned()))?
+            .policy;
+        let now = self.engine.clock().now_ms();
+        let row = InsertJob {
+            kind,
+            args,
+            priority: policy.priority,
+            retry: policy.retry,
+            run_at: now,
+            unique_key,
+        };
+        let enqueued = storage::insert_job(&mut self.tx, &row, now, Notify::AfterCommit).await?;
+        self.note(kind);
+        Ok(enqueued)
+    }
+
+    /// Inserts encoded rows (the apalis `TaskSink`).
+    pub(crate) async fn insert_rows(&mut self, rows: &[InsertJob<'_>]) -> Result<Vec<i64>> {
+        let now = self.engine.clock().now_ms();
+        let ids = storage::insert_jobs(&mut self.tx, rows, now, Notify::AfterCommit).await?;
+        for row in rows {
+            if row.run_at <= now {
+                self.note(row.kind);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn note(&mut self, kind: &str) {
+        if !self.kinds.iter().any(|k| k == kind) {
+            self.kinds.push(kind.to_owned());
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Commits, then wakes the workers of every kind enqueued due now.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        for kind in &self.kinds {
+            self.engine.wake_everywhere(kind);
+        }
+        Ok(())
+    }
+
+    /// Rolls back: nothing was enqueued.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Deref for JobTx {
+    type Target = DbConn;
+
+    fn deref(&self) -> &DbConn {
+        &self.tx
+    }
+}
+
+impl DerefMut for JobTx {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        &mut self.tx
     }
 }

@@ -67,7 +67,11 @@ impl JobPolicy {
     };
 }
 
-/// Exponential backoff with jitter, persisted as the job's `run_at`.
+/// Exponential backoff with jitter: the one backoff formula of veza-jobs. Jobs persist it as
+/// their `run_at` (and carry `base` and `cap` on their row, so that any process rescuing a
+/// job retries it on the job's own policy); the domain rows that mirror a job's retries
+/// (seller transfers' `next_retry_at`) and the runtime's own database-error backoff use the
+/// same [`RetryPolicy::delay`].
 ///
 /// After failed attempt `n` (1-based) the job waits `min(cap, base·2^(n-1))`, then ±10 %
 /// jitter so that jobs failing together do not retry together. With `base = 1 s`,
@@ -93,6 +97,12 @@ impl RetryPolicy {
             cap,
             max_attempts,
         }
+    }
+
+    /// The policy stored on a job row: `base` and `cap` in milliseconds.
+    pub fn from_row(base_ms: Millis, cap_ms: Millis, max_attempts: u32) -> Self {
+        let ms = |v: Millis| Duration::from_millis(u64::try_from(v.max(0)).unwrap_or(0));
+        Self::exponential(ms(base_ms), ms(cap_ms), max_attempts)
     }
 
     /// The delay after failed attempt `attempt` (1-based), before jitter.
@@ -129,18 +139,49 @@ pub enum Outcome {
         /// Why, for the admin reading the job.
         reason: String,
     },
+    /// Not now: run again after this long without using an attempt (the job goes back to
+    /// `pending`, its `max_attempts` grows by one, the attempt is recorded as `snoozed`).
+    /// For work that waits on something outside (a rate limit, a file still uploading).
+    Snooze(Duration),
 }
 
 /// Why a handler did not finish its work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
-    /// Worth retrying (timeouts, 5xx, connection errors): retried with backoff until the
-    /// attempts run out.
+    /// Worth retrying (timeouts, 5xx, connection errors): retried with the job's backoff
+    /// until the attempts run out.
     #[error("{0}")]
     Transient(String),
     /// Retrying cannot help (bad input, 4xx): the job fails at once.
     #[error("{0}")]
     Permanent(String),
+    /// Worth retrying, at this time (ms since the epoch) rather than after the job's
+    /// backoff: a domain row that schedules its own retries (`next_retry_at`) returns the
+    /// same number here, so the row and the job agree. Counts as an attempt.
+    #[error("{error}")]
+    RetryAt {
+        /// When the next attempt may run.
+        at: Millis,
+        /// What went wrong.
+        error: String,
+    },
+    /// Worth retrying after this long (a `Retry-After` header, a rate limit). Counts as an
+    /// attempt.
+    #[error("{error}")]
+    RetryAfter {
+        /// How long to wait.
+        after: Duration,
+        /// What went wrong.
+        error: String,
+    },
+    /// This attempt no longer holds the job's lease (another worker may run it now): the
+    /// handler must stop without writing anything. Returned by [`crate::JobContext::fence`];
+    /// nothing is recorded for the attempt by this worker.
+    #[error("this attempt lost its lease on job {job_id}; another worker may be running it")]
+    LeaseLost {
+        /// The job.
+        job_id: i64,
+    },
 }
 
 impl JobError {
@@ -154,9 +195,32 @@ impl JobError {
         Self::Permanent(e.to_string())
     }
 
+    /// Retry at `at` (ms since the epoch).
+    pub fn retry_at(at: Millis, e: impl fmt::Display) -> Self {
+        Self::RetryAt {
+            at,
+            error: e.to_string(),
+        }
+    }
+
+    /// Retry after `after`.
+    pub fn retry_after(after: Duration, e: impl fmt::Display) -> Self {
+        Self::RetryAfter {
+            after,
+            error: e.to_string(),
+        }
+    }
+
     /// A transient error carrying a sqlx error and its sources.
     pub fn database(e: &sqlx::Error) -> Self {
         Self::Transient(error_chain(e))
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    /// A database error is transient: the next attempt may find the database back.
+    fn from(e: sqlx::Error) -> Self {
+        Self::database(&e)
     }
 }
 

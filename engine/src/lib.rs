@@ -2,8 +2,11 @@
 //! knowledge of the marketplace's domain.
 //!
 //! - [`Job`]: a kind's args, name and policy; handlers return [`Outcome`] or [`JobError`].
-//! - [`Engine`]: enqueue (also inside the caller's transaction), cancel, retry.
-//! - [`worker::WorkerPool`]: batched claims, leases with heartbeats, batched acks.
+//! - [`Engine`]: enqueue (also inside the caller's transaction, [`JobTx`]), cancel, retry.
+//! - [`worker`]: the runtime — the engine's storage as an apalis 1.0 backend
+//!   ([`worker::JobStorage`]), every kind an apalis worker under apalis's `Monitor`
+//!   ([`worker::WorkerPool`]): claims ahead, leases with heartbeats, fenced batched acks.
+//! - [`Registry`] and [`JobContext`]: the kinds a process knows, and what a handler gets.
 //! - [`scheduler`]: named schedules, one job per tick across processes.
 //! - [`state_machine`]: the one way a domain row changes status, with its audit trail.
 //! - [`shutdown`], [`config`], [`telemetry`], [`retention`], and `testing` (feature `test-util`).
@@ -12,6 +15,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod engine;
 pub mod error;
@@ -30,9 +34,10 @@ pub mod wakeup;
 pub mod worker;
 
 pub use clock::{Clock, Millis};
+pub use context::JobContext;
 pub use db::{Backend, Db, DbConn};
-pub use engine::{Engine, RetentionSettings, WorkerSettings};
+pub use engine::{Engine, JobTx, RetentionSettings, WorkerSettings};
 pub use error::{Error, Result};
 pub use job::{Enqueued, Job, JobError, JobPolicy, JobState, NewJob, Outcome, RetryPolicy};
-pub use registry::{JobContext, Registry};
+pub use registry::{DiscardReason, Discarded, Registry};
 pub use state_machine::Actor;

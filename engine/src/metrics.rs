@@ -3,7 +3,7 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `veza_job_attempts_total` | counter | `kind`, `outcome` (succeeded, skipped, retrying, failed) |
+//! | `veza_job_attempts_total` | counter | `kind`, `outcome` (succeeded, skipped, retrying, failed, snoozed, released) |
 //! | `veza_job_attempt_duration_seconds` | histogram | `kind`, `outcome` |
 //! | `veza_job_start_latency_seconds` | histogram | `kind`: from due (`run_at`) to start |
 
@@ -21,11 +21,8 @@ pub const START_LATENCY: &str = "veza_job_start_latency_seconds";
 
 /// Records one finished attempt.
 pub fn record_attempt(kind: &str, due_for: Millis, took: Duration, end: &AttemptEnd) {
-    let outcome = match end {
-        AttemptEnd::Succeeded { skipped: None } => "succeeded",
-        AttemptEnd::Succeeded { skipped: Some(_) } => "skipped",
-        AttemptEnd::Retry { .. } => "retrying",
-        AttemptEnd::Fail { .. } => "failed",
+    let Some(outcome) = end.outcome() else {
+        return; // a claim undone at shutdown: no attempt ran
     };
     let labels = [("kind", kind.to_owned()), ("outcome", outcome.to_owned())];
     metrics::counter!(ATTEMPTS_TOTAL, &labels).increment(1);

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::duration_ms;
+use crate::context::JobContext;
 use crate::job::{Job, JobError, JobPolicy, JobState, Outcome, RetryPolicy};
-use crate::registry::{JobContext, Registry};
+use crate::registry::Registry;
 use crate::scheduler::{Every, Schedule};
 use crate::storage;
 

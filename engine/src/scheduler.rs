@@ -7,6 +7,11 @@
 //! enqueues exactly one job. The next run is computed from *now*, so after downtime a
 //! schedule runs once, not once per missed tick. Scheduled jobs carry the unique key
 //! `schedule:{name}`: a tick that finds the previous run unfinished enqueues nothing.
+//!
+//! A schedule's row remembers its expression. When a deploy changes it (a new interval, a
+//! new cron), the row's next run moves to the earlier of the old one and the new
+//! expression's next occurrence, so neither a long-parked old time nor a far-away new one
+//! delays it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -161,20 +166,40 @@ impl Scheduler {
         &self.schedules
     }
 
-    /// Creates missing rows and makes boot schedules due now. Run once per process start.
+    /// Creates missing rows, moves the next run of schedules whose expression changed, and
+    /// makes boot schedules due now. Run once per process start.
     pub async fn register(&self) -> Result<()> {
         let now = self.engine.clock().now_ms();
         for s in &self.schedules {
-            let first = if s.run_at_boot {
-                now
-            } else {
-                s.every.next_after(now)
-            };
-            sqlx::query("INSERT INTO schedules (name, next_run_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                .bind(s.name)
-                .bind(first)
-                .execute(self.engine.db())
-                .await?;
+            let next = s.every.next_after(now);
+            if next == Millis::MAX {
+                tracing::warn!(schedule = s.name, every = %s.every.describe(), "schedule has no future run");
+            }
+            let first = if s.run_at_boot { now } else { next };
+            let expression = s.every.describe();
+            sqlx::query(
+                "INSERT INTO schedules (name, next_run_at, expression) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(s.name)
+            .bind(first)
+            .bind(&expression)
+            .execute(self.engine.db())
+            .await?;
+            let moved = sqlx::query(
+                "UPDATE schedules SET expression = $3, \
+                     next_run_at = CASE WHEN next_run_at < $2 THEN next_run_at ELSE $2 END \
+                 WHERE name = $1 AND (expression IS NULL OR expression <> $3)",
+            )
+            .bind(s.name)
+            .bind(next)
+            .bind(&expression)
+            .execute(self.engine.db())
+            .await?
+            .rows_affected();
+            if moved > 0 {
+                tracing::info!(schedule = s.name, every = %expression, "schedule changed; next run moved");
+            }
             if s.run_at_boot {
                 sqlx::query(
                     "UPDATE schedules SET next_run_at = $1 \
@@ -212,7 +237,7 @@ impl Scheduler {
     }
 
     async fn fire(&self, s: &Schedule, seen: Millis, now: Millis) -> Result<Option<Enqueued>> {
-        let mut tx = self.engine.db().begin().await?;
+        let mut tx = self.engine.begin().await?;
         let won = sqlx::query(
             "UPDATE schedules SET next_run_at = $1, last_run_at = $2 WHERE name = $3 AND next_run_at = $4",
         )
@@ -227,9 +252,8 @@ impl Scheduler {
         if !won {
             return Ok(None); // another process took this tick
         }
-        let enqueued = self
-            .engine
-            .enqueue_json(&mut tx, s.kind, &s.args, Some(&s.unique_key()))
+        let enqueued = tx
+            .enqueue_json(s.kind, &s.args, Some(&s.unique_key()))
             .await?;
         sqlx::query("UPDATE schedules SET last_job_id = $1 WHERE name = $2")
             .bind(enqueued.id())
@@ -237,7 +261,6 @@ impl Scheduler {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.engine.wake(s.kind);
         tracing::info!(
             schedule = s.name,
             job = enqueued.id(),
@@ -256,25 +279,25 @@ impl Scheduler {
             .find(|s| s.name == name)
             .ok_or_else(|| Error::ScheduleNotFound(name.to_owned()))?;
         let now = self.engine.clock().now_ms();
-        let mut tx = self.engine.db().begin().await?;
-        let enqueued = self
-            .engine
-            .enqueue_json(&mut tx, s.kind, &s.args, Some(&s.unique_key()))
+        let mut tx = self.engine.begin().await?;
+        let enqueued = tx
+            .enqueue_json(s.kind, &s.args, Some(&s.unique_key()))
             .await?;
         sqlx::query(
-            "INSERT INTO schedules (name, next_run_at, last_run_at, last_job_id) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO schedules (name, next_run_at, last_run_at, last_job_id, expression) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO UPDATE SET last_run_at = $3, last_job_id = $4",
         )
         .bind(s.name)
         .bind(s.every.next_after(now))
         .bind(now)
         .bind(enqueued.id())
+        .bind(s.every.describe())
         .execute(&mut *tx)
         .await?;
         crate::state_machine::record(&mut tx, "schedule", s.name, "idle", "run", actor, None, now)
             .await?;
         tx.commit().await?;
-        self.engine.wake(s.kind);
         Ok(enqueued)
     }
 

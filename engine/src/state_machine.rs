@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::clock::Millis;
 use crate::db::DbConn;
@@ -37,6 +37,10 @@ impl Actor {
     /// The command line.
     pub fn cli() -> Self {
         Self("cli".to_owned())
+    }
+    /// Another named caller (`apalis`, for the apalis admin traits).
+    pub fn named(name: &str) -> Self {
+        Self(name.to_owned())
     }
     /// The stored text.
     pub fn as_str(&self) -> &str {
@@ -109,6 +113,10 @@ pub enum TransitionError {
 /// writes the audit row, all on `conn` (run it inside the transaction that also enqueues
 /// the follow-up job). Zero rows updated is [`TransitionError::Stale`], never a silent
 /// overwrite.
+///
+/// The update and its audit row commit together whatever `conn` is: the function opens its
+/// own transaction, a savepoint when `conn` is already in one. A caller that passes a
+/// pooled connection still never leaves a status change without its audit row.
 #[allow(clippy::too_many_arguments)]
 pub async fn transition<S: Lifecycle>(
     conn: &mut DbConn,
@@ -143,7 +151,8 @@ pub async fn transition<S: Lifecycle>(
             Value::Int(v) => query.bind(*v),
         };
     }
-    let n = query.execute(&mut *conn).await?.rows_affected();
+    let mut tx = conn.begin().await?;
+    let n = query.execute(&mut *tx).await?.rows_affected();
     if n == 0 {
         return Err(TransitionError::Stale {
             entity: S::ENTITY,
@@ -152,7 +161,7 @@ pub async fn transition<S: Lifecycle>(
         });
     }
     record(
-        conn,
+        &mut tx,
         S::ENTITY,
         &id.to_string(),
         from.as_str(),
@@ -162,6 +171,7 @@ pub async fn transition<S: Lifecycle>(
         now,
     )
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

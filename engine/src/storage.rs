@@ -2,23 +2,90 @@
 //! `status`: each change here is an UPDATE guarded by the state it leaves (River's rule), so
 //! a late or concurrent writer changes nothing instead of overwriting a newer state.
 //!
-//! Lists of ids are written into the SQL as integer literals (they are `i64`s read from the
-//! database, never user text), because sqlx's `Any` driver has no portable array binding;
-//! such statements are not cached as prepared statements.
+//! Lists of rows (acknowledgements, leases to renew) travel as one JSON text parameter,
+//! unpacked by the database (`json_to_recordset` on Postgres, `json_each` on SQLite): sqlx's
+//! `Any` driver has no portable array binding, and one fixed SQL text per statement keeps
+//! every statement prepared and cached.
+//!
+//! # Whose clock
+//!
+//! Run times (`run_at`, backoff) and history (`started_at`, `finished_at`) come from the
+//! engine's [`crate::Clock`]. Leases are different: a lease written by one host and judged
+//! expired by another must not depend on two hosts' clocks agreeing. On Postgres with the
+//! system clock, every lease time (`lease_expires_at`, the claim's "due by now", the
+//! rescuer's "expired before now") is therefore read from the database's own clock, so a
+//! host whose clock runs ahead can neither steal a live lease nor claim early. A test
+//! clock ([`crate::Clock::manual`]) is used as is (`LeaseNow::At`). SQLite has one host.
 
 use std::fmt::Write as _;
 
-use sqlx::{Acquire, AssertSqlSafe, Row};
+use serde_json::json;
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::clock::Millis;
 use crate::db::{Backend, Db, DbConn};
 use crate::error::{Error, Result};
-use crate::job::{Enqueued, JobState};
+use crate::job::{Enqueued, JobState, RetryPolicy};
 
 /// The Postgres channel that wakes workers; the payload is the job kind.
 pub const NOTIFY_CHANNEL: &str = "veza_jobs";
 
+/// Attempts a job may hand back at shutdown without using them up: after this many, a
+/// released attempt counts like any other (a job that never fits in a deploy's shutdown
+/// budget must still end).
+pub const MAX_RELEASES: u32 = 5;
+
+/// Longest error or note text stored, in bytes (longer ones are cut, marked `…`).
+pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+
 const UNFINISHED: &str = "('pending', 'running', 'retrying')";
+
+/// Milliseconds since the epoch by the database's clock (Postgres).
+const PG_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// "Now" for lease arithmetic: the database's clock, or a given time (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseNow {
+    /// The database's clock (Postgres with the system clock).
+    Database,
+    /// This time, from the engine's clock (SQLite, or a test clock).
+    At(Millis),
+}
+
+impl LeaseNow {
+    /// The bind value: `NULL` selects the database's clock through `COALESCE`.
+    fn bind(self) -> Option<Millis> {
+        match self {
+            Self::Database => None,
+            Self::At(t) => Some(t),
+        }
+    }
+}
+
+/// `COALESCE($n, <database now>)` on Postgres, `$n` on SQLite.
+fn lease_now_sql(backend: Backend, param: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("COALESCE(${param}::BIGINT, {PG_NOW})"),
+        Backend::Sqlite => format!("${param}"),
+    }
+}
+
+/// Error and note texts as stored: no NUL (Postgres refuses it in text), at most
+/// [`MAX_TEXT_BYTES`] (cut on a character boundary).
+pub fn sanitize(text: &str) -> String {
+    let mut clean: String = text.chars().filter(|c| *c != '\0').collect();
+    if clean.len() > MAX_TEXT_BYTES {
+        let mut cut = MAX_TEXT_BYTES;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+        clean.push('…');
+    }
+    clean
+}
+
+// --- Enqueue --------------------------------------------------------------------------
 
 /// A job row to insert, already encoded.
 #[derive(Debug, Clone)]
@@ -29,43 +96,57 @@ pub struct InsertJob<'a> {
     pub args: &'a str,
     /// Lower runs first.
     pub priority: i32,
-    /// Attempts in all.
-    pub max_attempts: u32,
+    /// The job's retry policy: attempts in all, backoff base and cap (stored on the row).
+    pub retry: RetryPolicy,
     /// First possible run.
     pub run_at: Millis,
     /// Unique key, if any.
     pub unique_key: Option<&'a str>,
 }
 
+/// Whether an insert queues a Postgres NOTIFY in the caller's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// Queue `pg_notify` in the transaction (delivered at commit): for callers that commit
+    /// a transaction the engine does not see.
+    InTransaction,
+    /// The caller wakes workers after its commit ([`crate::JobTx::commit`]), once per kind
+    /// and outside the transaction, so concurrent enqueues do not queue on NOTIFY's lock.
+    AfterCommit,
+}
+
+const INSERT_COLUMNS: &str = "kind, args, status, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, unique_key, created_at";
+
 /// Inserts a job on `conn` (the caller's transaction, if it has one), or returns the id of
-/// the unfinished job that holds its unique key. On Postgres a job that is due now also
-/// queues a NOTIFY, which Postgres delivers at commit (and folds into one per transaction
-/// and kind), so a rolled-back enqueue wakes nobody.
-pub async fn insert_job(conn: &mut DbConn, job: &InsertJob<'_>, now: Millis) -> Result<Enqueued> {
+/// the unfinished job that holds its unique key.
+pub async fn insert_job(
+    conn: &mut DbConn,
+    job: &InsertJob<'_>,
+    now: Millis,
+    notify: Notify,
+) -> Result<Enqueued> {
     // A holder can finish between our failed insert and our look-up; then insert again.
     for _ in 0..3 {
         let inserted: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO jobs (kind, args, status, priority, attempt, max_attempts, run_at, unique_key, created_at) \
-             VALUES ($1, $2, 'pending', $3, 0, $4, $5, $6, $7) \
+            "INSERT INTO jobs ({INSERT_COLUMNS}) \
+             VALUES ($1, $2, 'pending', $3, 0, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
              RETURNING id"
         )))
         .bind(job.kind)
         .bind(job.args)
         .bind(job.priority)
-        .bind(i64::from(job.max_attempts))
+        .bind(i64::from(job.retry.max_attempts.max(1)))
+        .bind(crate::clock::duration_ms(job.retry.base))
+        .bind(crate::clock::duration_ms(job.retry.cap))
         .bind(job.run_at)
         .bind(job.unique_key)
         .bind(now)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = inserted {
-            if job.run_at <= now && Backend::of(conn) == Backend::Postgres {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(job.kind)
-                    .execute(&mut *conn)
-                    .await?;
+            if job.run_at <= now && notify == Notify::InTransaction {
+                notify_in_transaction(conn, &[job.kind]).await?;
             }
             return Ok(Enqueued::Inserted(id));
         }
@@ -82,6 +163,21 @@ pub async fn insert_job(conn: &mut DbConn, job: &InsertJob<'_>, now: Millis) -> 
     ))))
 }
 
+/// Queues one NOTIFY per kind on `conn` (Postgres; a no-op on SQLite), delivered at commit.
+pub async fn notify_in_transaction(conn: &mut DbConn, kinds: &[&str]) -> Result<()> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    for kind in kinds {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(*kind)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn unfinished_holder(conn: &mut DbConn, key: &str) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT id FROM jobs WHERE unique_key = $1 AND status IN {UNFINISHED}"
@@ -91,90 +187,125 @@ async fn unfinished_holder(conn: &mut DbConn, key: &str) -> Result<Option<i64>> 
     .await?)
 }
 
+/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 9 bound values a row, far
+/// under SQLite's 32,766 and Postgres' 65,535 parameters.
+pub const INSERT_CHUNK: usize = 500;
+
+/// Inserts many jobs on `conn` (the caller's transaction, if it has one) and returns their
+/// ids in the order of `jobs`: one multi-row INSERT, with bound parameters, per run of up to
+/// [`INSERT_CHUNK`] rows.
+///
+/// Unique keys are not handled by the batched statement: a row that has one is inserted in
+/// its place through [`insert_job`], so its key is honoured and its id is that of the
+/// unfinished job holding the key, if one does (as [`Enqueued::id`]). Returns, besides the
+/// ids, the kinds that have a job due now (to wake).
+pub async fn insert_jobs(
+    conn: &mut DbConn,
+    jobs: &[InsertJob<'_>],
+    now: Millis,
+    notify: Notify,
+) -> Result<Vec<i64>> {
+    let backend = Backend::of(conn);
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut due_kinds: Vec<&str> = Vec::new();
+    let mut rest = jobs;
+    while let Some(first) = rest.first() {
+        if first.unique_key.is_some() {
+            ids.push(insert_job(conn, first, now, notify).await?.id());
+            rest = &rest[1..];
+            continue;
+        }
+        let run = rest
+            .iter()
+            .take(INSERT_CHUNK)
+            .take_while(|j| j.unique_key.is_none())
+            .count();
+        let (chunk, tail) = rest.split_at(run);
+        rest = tail;
+
+        let mut sql = format!("INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                // Anonymous parameters: SQLite finds the slot of a `$N` by walking its list
+                // of named parameters, so binding N of them costs O(N²) (7× slower at 500
+                // rows a statement).
+                Backend::Sqlite => sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?)"),
+                Backend::Postgres => {
+                    let p = 1 + 8 * i;
+                    let _ = write!(
+                        sql,
+                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${}, ${}, NULL, ${})",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6,
+                        p + 7
+                    );
+                }
+            }
+        }
+        sql.push_str(" RETURNING id");
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        for job in chunk {
+            query = query
+                .bind(job.kind)
+                .bind(job.args)
+                .bind(job.priority)
+                .bind(i64::from(job.retry.max_attempts.max(1)))
+                .bind(crate::clock::duration_ms(job.retry.base))
+                .bind(crate::clock::duration_ms(job.retry.cap))
+                .bind(job.run_at)
+                .bind(now);
+        }
+        let mut inserted = query.fetch_all(&mut *conn).await?;
+        if inserted.len() != chunk.len() {
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "bulk insert of {} jobs returned {} ids",
+                chunk.len(),
+                inserted.len()
+            ))));
+        }
+        // One statement draws its ids in row order (AUTOINCREMENT / the sequence), while
+        // the order RETURNING reports them in is unspecified: ascending ids are row order.
+        inserted.sort_unstable();
+        ids.extend(inserted);
+        for job in chunk {
+            if job.run_at <= now && !due_kinds.contains(&job.kind) {
+                due_kinds.push(job.kind);
+            }
+        }
+    }
+    if notify == Notify::InTransaction {
+        notify_in_transaction(conn, &due_kinds).await?;
+    }
+    Ok(ids)
+}
+
+// --- Claim and acknowledge --------------------------------------------------------------
+
 /// A job claimed by a worker, leased until it acks or renews.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     /// Id.
     pub id: i64,
-    /// Kind.
-    pub kind: String,
     /// Args JSON.
     pub args: String,
     /// This attempt (1-based).
     pub attempt: u32,
     /// Attempts in all.
     pub max_attempts: u32,
+    /// Attempts handed back at shutdown so far (see [`MAX_RELEASES`]).
+    pub releases: u32,
     /// When it became due (for enqueue→start latency).
     pub run_at: Millis,
-}
-
-/// Claims up to `limit` due jobs of `kind` for `worker`, leasing them until `lease_until`,
-/// and opens an attempt row for each, all in one transaction. Postgres skips rows other
-/// workers hold (`FOR UPDATE SKIP LOCKED`); SQLite has a single writer, so it needs nothing.
-pub async fn claim(
-    db: &Db,
-    backend: Backend,
-    kind: &str,
-    worker: &str,
-    now: Millis,
-    lease_until: Millis,
-    limit: usize,
-) -> Result<Vec<ClaimedJob>> {
-    let sql = match backend {
-        Backend::Postgres => {
-            "WITH picked AS ( \
-                 SELECT id FROM jobs \
-                 WHERE kind = $1 AND status IN ('pending', 'retrying') AND run_at <= $2 \
-                 ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, locked_by = $4, \
-                 lease_expires_at = $5, started_at = $2 \
-             FROM picked WHERE jobs.id = picked.id \
-             RETURNING jobs.id, jobs.args, jobs.attempt, jobs.max_attempts, jobs.run_at"
-        }
-        Backend::Sqlite => {
-            "UPDATE jobs SET status = 'running', attempt = attempt + 1, locked_by = $4, \
-                 lease_expires_at = $5, started_at = $2 \
-             WHERE id IN ( \
-                 SELECT id FROM jobs \
-                 WHERE kind = $1 AND status IN ('pending', 'retrying') AND run_at <= $2 \
-                 ORDER BY priority, run_at, id LIMIT $3) \
-             RETURNING id, args, attempt, max_attempts, run_at"
-        }
-    };
-    let mut tx = db.begin().await?;
-    let rows = sqlx::query(sql)
-        .bind(kind)
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(worker)
-        .bind(lease_until)
-        .fetch_all(&mut *tx)
-        .await?;
-    if rows.is_empty() {
-        tx.rollback().await?;
-        return Ok(Vec::new());
-    }
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
-        jobs.push(ClaimedJob {
-            id: row.try_get(0)?,
-            kind: kind.to_owned(),
-            args: row.try_get(1)?,
-            attempt: u32::try_from(row.try_get::<i32, _>(2)?).unwrap_or(0),
-            max_attempts: u32::try_from(row.try_get::<i32, _>(3)?).unwrap_or(1),
-            run_at: row.try_get(4)?,
-        });
-    }
-    let ids = id_list(jobs.iter().map(|j| j.id));
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at) \
-         SELECT id, attempt, locked_by, started_at FROM jobs WHERE id IN ({ids})"
-    )))
-    .persistent(false)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(jobs)
+    /// The job's backoff, as stored on its row.
+    pub retry: RetryPolicy,
 }
 
 /// How an attempt ended, as the worker decided from the handler's result and the policy.
@@ -197,6 +328,45 @@ pub enum AttemptEnd {
         /// The error text.
         error: String,
     },
+    /// The handler asked to run again at `run_at` without using an attempt.
+    Snoozed {
+        /// Next attempt.
+        run_at: Millis,
+    },
+    /// Cut off at shutdown and handed back, due now. While the job has been released fewer
+    /// than [`MAX_RELEASES`] times the attempt is given back (`max_attempts + 1`).
+    Released {
+        /// The attempt is given back.
+        give_back: bool,
+    },
+    /// Claimed ahead but never started (shutdown): the claim is undone, no attempt is
+    /// recorded, the attempt number is free again.
+    Unclaimed,
+}
+
+impl AttemptEnd {
+    /// The outcome recorded on the attempt row (`None`: no row).
+    pub fn outcome(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Succeeded { skipped: None } => "succeeded",
+            Self::Succeeded { skipped: Some(_) } => "skipped",
+            Self::Retry { .. } => "retrying",
+            Self::Fail { .. } => "failed",
+            Self::Snoozed { .. } => "snoozed",
+            Self::Released { .. } => "released",
+            Self::Unclaimed => return None,
+        })
+    }
+
+    /// The job's status after it.
+    pub fn status(&self) -> JobState {
+        match self {
+            Self::Succeeded { .. } => JobState::Succeeded,
+            Self::Retry { .. } => JobState::Retrying,
+            Self::Fail { .. } => JobState::Failed,
+            Self::Snoozed { .. } | Self::Released { .. } | Self::Unclaimed => JobState::Pending,
+        }
+    }
 }
 
 /// One finished attempt to record.
@@ -206,148 +376,365 @@ pub struct Ack {
     pub id: i64,
     /// Attempt number.
     pub attempt: u32,
+    /// When the handler started (engine clock).
+    pub started_at: Millis,
     /// How it ended.
     pub end: AttemptEnd,
 }
 
-/// Records a batch of finished attempts in one transaction (one commit, one fsync, for the
-/// lot). Returns the ids whose rows were no longer `running` under this worker's lease (a
-/// rescuer took them after the lease expired): their result is dropped, not forced.
-pub async fn ack(db: &Db, worker: &str, now: Millis, acks: &[Ack]) -> Result<Vec<i64>> {
-    let mut conn = db.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let mut lost = Vec::new();
-
-    // The common case, plain successes, in two statements whatever their number. Each row
-    // is matched on (id, attempt), so a late ack of an older attempt never completes a newer
-    // one that another claim started after a lease expiry. The plain `id IN (…)` comes
-    // first so that Postgres drives the match from the primary key: a row-value list alone
-    // plans as a nested-loop semi join over every running row (250 ms per 100 acks with
-    // 8,000 jobs running, measured).
-    let plain: Vec<(i64, u32)> = acks
-        .iter()
-        .filter(|a| matches!(a.end, AttemptEnd::Succeeded { skipped: None }))
-        .map(|a| (a.id, a.attempt))
-        .collect();
-    if !plain.is_empty() {
-        let done: Vec<(i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'succeeded', finished_at = $1, locked_by = NULL, \
-                 lease_expires_at = NULL \
-             WHERE id IN ({}) AND (id, attempt) IN (VALUES {}) \
-                 AND status = 'running' AND locked_by = $2 \
-             RETURNING id, attempt",
-            id_list(plain.iter().map(|(id, _)| *id)),
-            pair_list(&plain)
-        )))
-        .bind(now)
-        .bind(worker)
-        .persistent(false)
-        .fetch_all(&mut *tx)
-        .await?;
-        let done: Vec<(i64, u32)> = done
-            .into_iter()
-            .map(|(id, attempt)| (id, u32::try_from(attempt).unwrap_or(0)))
-            .collect();
-        if !done.is_empty() {
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE job_attempts SET finished_at = $1, outcome = 'succeeded' \
-                 WHERE job_id IN ({}) AND (job_id, attempt) IN (VALUES {}) \
-                     AND worker_id = $2 AND finished_at IS NULL",
-                id_list(done.iter().map(|(id, _)| *id)),
-                pair_list(&done)
-            )))
-            .bind(now)
-            .bind(worker)
-            .persistent(false)
-            .execute(&mut *tx)
-            .await?;
-        }
-        lost.extend(
-            plain
-                .iter()
-                .filter(|p| !done.contains(p))
-                .map(|(id, _)| *id),
-        );
-    }
-
-    for a in acks {
-        let (status, outcome, error, run_at, note): (
-            JobState,
-            &str,
-            Option<&str>,
-            Option<Millis>,
-            Option<&str>,
-        ) = match &a.end {
-            AttemptEnd::Succeeded { skipped: None } => continue,
-            AttemptEnd::Succeeded {
-                skipped: Some(reason),
-            } => (JobState::Succeeded, "skipped", None, None, Some(reason)),
-            AttemptEnd::Retry { error, run_at } => (
-                JobState::Retrying,
-                "retrying",
-                Some(error),
-                Some(*run_at),
+impl Ack {
+    /// The JSON object of this ack, as [`exchange`] unpacks it.
+    fn to_json(&self, now: Millis) -> serde_json::Value {
+        let (error, note, run_at) = match &self.end {
+            AttemptEnd::Succeeded { skipped } => (None, skipped.as_deref().map(sanitize), None),
+            AttemptEnd::Retry { error, run_at } => (Some(sanitize(error)), None, Some(*run_at)),
+            AttemptEnd::Fail { error } => (Some(sanitize(error)), None, None),
+            AttemptEnd::Snoozed { run_at } => (None, None, Some(*run_at)),
+            AttemptEnd::Released { .. } => (
+                Some("released at shutdown before it finished".to_owned()),
                 None,
+                Some(now),
             ),
-            AttemptEnd::Fail { error } => (JobState::Failed, "failed", Some(error), None, None),
+            AttemptEnd::Unclaimed => (None, None, Some(now)),
         };
-        let finished_at = status.is_final().then_some(now);
-        let n = sqlx::query(
-            "UPDATE jobs SET status = $1, finished_at = $2, run_at = COALESCE($3, run_at), \
-                 last_error = COALESCE($4, last_error), note = COALESCE($5, note), \
-                 locked_by = NULL, lease_expires_at = NULL \
-             WHERE id = $6 AND status = 'running' AND locked_by = $7 AND attempt = $8",
-        )
-        .bind(status.as_str())
-        .bind(finished_at)
-        .bind(run_at)
-        .bind(error)
-        .bind(note)
-        .bind(a.id)
-        .bind(worker)
-        .bind(i64::from(a.attempt))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            lost.push(a.id);
-            continue;
-        }
-        sqlx::query(
-            "UPDATE job_attempts SET finished_at = $1, outcome = $2, error = COALESCE($3, $4) \
-             WHERE job_id = $5 AND attempt = $6 AND finished_at IS NULL",
-        )
-        .bind(now)
-        .bind(outcome)
-        .bind(error)
-        .bind(note)
-        .bind(a.id)
-        .bind(i64::from(a.attempt))
-        .execute(&mut *tx)
-        .await?;
+        let bump = match self.end {
+            AttemptEnd::Snoozed { .. } | AttemptEnd::Released { give_back: true } => 1,
+            _ => 0,
+        };
+        json!({
+            "id": self.id,
+            "attempt": self.attempt,
+            "status": self.end.status().as_str(),
+            "outcome": self.end.outcome(),
+            // A released job's error goes to its attempt row, not to `last_error`.
+            "error": error.clone().filter(|_| !matches!(self.end, AttemptEnd::Released { .. })),
+            "history": error.or(note.clone()),
+            "note": note,
+            "run_at": run_at,
+            "started_at": self.started_at,
+            "bump": bump,
+            "released": i32::from(matches!(self.end, AttemptEnd::Released { .. })),
+            "unclaim": i32::from(matches!(self.end, AttemptEnd::Unclaimed)),
+        })
     }
-    tx.commit().await?;
-    Ok(lost)
 }
 
-/// Extends the leases of the jobs `worker` is running. Returns how many rows it renewed.
-pub async fn renew_leases(db: &Db, worker: &str, ids: &[i64], until: Millis) -> Result<u64> {
-    let mut renewed = 0;
-    for chunk in ids.chunks(500) {
-        renewed += sqlx::query(AssertSqlSafe(format!(
-            "UPDATE jobs SET lease_expires_at = $1 \
-             WHERE id IN ({}) AND status = 'running' AND locked_by = $2",
-            id_list(chunk.iter().copied())
-        )))
-        .bind(until)
-        .bind(worker)
-        .persistent(false)
-        .execute(db)
-        .await?
-        .rows_affected();
-    }
-    Ok(renewed)
+/// What one [`exchange`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    /// The acks that were recorded, as `(id, attempt)`.
+    pub acked: Vec<(i64, u32)>,
+    /// The acks that were not: the row was no longer this attempt, running under this
+    /// worker (its lease expired and another worker took it over). Their result is dropped.
+    pub lost: Vec<(i64, u32)>,
+    /// The jobs claimed.
+    pub claimed: Vec<ClaimedJob>,
 }
+
+/// The claim's pick: `kind` `$1`, now `$2` (a lease time, see the module doc), limit `$3`.
+/// Public for the query-plan test, which explains the statement the code runs.
+pub const CLAIM_PICK_SQL: &str = "SELECT id FROM jobs \
+     WHERE kind = $1 AND status IN ('pending', 'retrying') AND run_at <= $2 \
+     ORDER BY priority, run_at, id LIMIT $3";
+
+const ACK_COLUMNS_PG: &str = "id BIGINT, attempt INT, status TEXT, outcome TEXT, error TEXT, \
+     history TEXT, note TEXT, run_at BIGINT, started_at BIGINT, bump INT, released INT, unclaim INT";
+
+const ACK_SET: &str = "status = a.status, \
+     finished_at = CASE WHEN a.status IN ('succeeded', 'failed') THEN $2 ELSE NULL END, \
+     run_at = COALESCE(a.run_at, jobs.run_at), \
+     last_error = COALESCE(a.error, jobs.last_error), \
+     note = COALESCE(a.note, jobs.note), \
+     attempt = jobs.attempt - a.unclaim, \
+     max_attempts = jobs.max_attempts + a.bump, \
+     releases = jobs.releases + a.released, \
+     locked_by = NULL, lease_expires_at = NULL";
+
+const CLAIM_RETURNING: &str = "jobs.id, jobs.args, jobs.attempt, jobs.max_attempts, jobs.run_at, \
+     jobs.releases, jobs.backoff_base_ms, jobs.backoff_cap_ms";
+
+/// Records `acks` and claims up to `claim` due jobs of `kind` for `worker`, leased for
+/// `lease_ms` from `lease_now`, on `conn`: the worker's whole conversation with the database
+/// in one step. On Postgres it is one statement (one round trip, one commit when `conn` is
+/// not in a transaction); on SQLite a short transaction (a savepoint inside the caller's).
+///
+/// Each ack is matched on `(id, attempt)`, still `running` under `worker`, so a late ack of
+/// an older attempt never completes a newer one that another claim started after a lease
+/// expiry. The attempt row is written with its outcome in the same statement.
+#[allow(clippy::too_many_arguments)]
+pub async fn exchange(
+    conn: &mut DbConn,
+    worker: &str,
+    kind: &str,
+    acks: &[Ack],
+    claim: usize,
+    now: Millis,
+    lease_now: LeaseNow,
+    lease_ms: Millis,
+) -> Result<Exchange> {
+    let backend = Backend::of(conn);
+    let acks_json = serde_json::Value::Array(acks.iter().map(|a| a.to_json(now)).collect());
+    let limit = i64::try_from(claim).unwrap_or(i64::MAX);
+    let mut out = Exchange::default();
+    match backend {
+        Backend::Postgres => {
+            let lease_now_sql = lease_now_sql(backend, 5);
+            let sql = format!(
+                "WITH a AS (SELECT * FROM json_to_recordset($1::json) AS x({ACK_COLUMNS_PG})), \
+                 acked AS ( \
+                     UPDATE jobs SET {ACK_SET} FROM a \
+                     WHERE jobs.id = a.id AND jobs.attempt = a.attempt \
+                       AND jobs.status = 'running' AND jobs.locked_by = $3 \
+                     RETURNING jobs.id, a.attempt), \
+                 history AS ( \
+                     INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+                     SELECT a.id, a.attempt, $3, a.started_at, $2, a.outcome, a.history \
+                     FROM a JOIN acked ON acked.id = a.id AND acked.attempt = a.attempt \
+                     WHERE a.outcome IS NOT NULL), \
+                 picked AS ( \
+                     SELECT id FROM jobs \
+                     WHERE kind = $4 AND status IN ('pending', 'retrying') AND run_at <= {lease_now_sql} \
+                     ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
+                 claimed AS ( \
+                     UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
+                         lease_expires_at = {lease_now_sql} + $7, started_at = $2 \
+                     FROM picked WHERE jobs.id = picked.id \
+                     RETURNING {CLAIM_RETURNING}) \
+                 SELECT 'a', id, NULL::TEXT, attempt, NULL::INT, NULL::BIGINT, NULL::INT, NULL::BIGINT, NULL::BIGINT \
+                 FROM acked \
+                 UNION ALL SELECT 'c', * FROM claimed"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(acks_json.to_string())
+                .bind(now)
+                .bind(worker)
+                .bind(kind)
+                .bind(lease_now.bind())
+                .bind(limit)
+                .bind(lease_ms)
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in rows {
+                let tag: String = row.try_get(0)?;
+                if tag == "a" {
+                    out.acked
+                        .push((row.try_get(1)?, attempt_of(row.try_get(3)?)));
+                } else {
+                    out.claimed.push(claimed_from(&row, 1)?);
+                }
+            }
+        }
+        Backend::Sqlite => {
+            let mut tx = conn.begin().await?;
+            if !acks.is_empty() {
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE jobs SET {ACK_SET} FROM ({}) AS a \
+                     WHERE jobs.id = a.id AND jobs.attempt = a.attempt \
+                       AND jobs.status = 'running' AND jobs.locked_by = $3 \
+                     RETURNING id, attempt",
+                    sqlite_json_rows(
+                        "$1",
+                        &[
+                            "id",
+                            "attempt",
+                            "status",
+                            "outcome",
+                            "error",
+                            "history",
+                            "note",
+                            "run_at",
+                            "started_at",
+                            "bump",
+                            "released",
+                            "unclaim"
+                        ]
+                    )
+                )))
+                .bind(acks_json.to_string())
+                .bind(now)
+                .bind(worker)
+                .fetch_all(&mut *tx)
+                .await?;
+                // SQLite's RETURNING sees only the updated row: an undone claim returns
+                // its attempt number less one.
+                for row in rows {
+                    let id: i64 = row.try_get(0)?;
+                    let now_attempt = attempt_of(row.try_get(1)?);
+                    if let Some(a) = acks.iter().find(|a| {
+                        a.id == id
+                            && a.attempt - u32::from(matches!(a.end, AttemptEnd::Unclaimed))
+                                == now_attempt
+                    }) {
+                        out.acked.push((a.id, a.attempt));
+                    }
+                }
+                let history: Vec<serde_json::Value> = acks
+                    .iter()
+                    .filter(|a| out.acked.contains(&(a.id, a.attempt)))
+                    .map(|a| a.to_json(now))
+                    .collect();
+                if !history.is_empty() {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+                         SELECT a.id, a.attempt, $2, a.started_at, $3, a.outcome, a.history FROM ({}) AS a \
+                         WHERE a.outcome IS NOT NULL",
+                        sqlite_json_rows(
+                            "$1",
+                            &["id", "attempt", "started_at", "outcome", "history"]
+                        )
+                    )))
+                    .bind(serde_json::Value::Array(history).to_string())
+                    .bind(worker)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if claim > 0 {
+                let lease_at = lease_now.bind().unwrap_or(now);
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE jobs SET status = 'running', attempt = attempt + 1, locked_by = $4, \
+                         lease_expires_at = $2 + $5, started_at = $6 \
+                     WHERE id IN ({CLAIM_PICK_SQL}) \
+                     RETURNING {}",
+                    CLAIM_RETURNING.replace("jobs.", "")
+                )))
+                .bind(kind)
+                .bind(lease_at)
+                .bind(limit)
+                .bind(worker)
+                .bind(lease_ms)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in rows {
+                    out.claimed.push(claimed_from(&row, 0)?);
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    out.lost = acks
+        .iter()
+        .map(|a| (a.id, a.attempt))
+        .filter(|p| !out.acked.contains(p))
+        .collect();
+    // Claim order: priority, then due time (the RETURNING order is unspecified).
+    out.claimed.sort_by_key(|j| (j.run_at, j.id));
+    Ok(out)
+}
+
+/// `SELECT json_extract(value, '$.f') AS f, … FROM json_each(<param>)` (SQLite).
+fn sqlite_json_rows(param: &str, fields: &[&str]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "json_extract(value, '$.{f}') AS {f}");
+    }
+    let _ = write!(sql, " FROM json_each({param})");
+    sql
+}
+
+fn attempt_of(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn claimed_from(row: &sqlx::any::AnyRow, first: usize) -> Result<ClaimedJob> {
+    let max_attempts = attempt_of(row.try_get(first + 3)?).max(1);
+    Ok(ClaimedJob {
+        id: row.try_get(first)?,
+        args: row.try_get(first + 1)?,
+        attempt: attempt_of(row.try_get(first + 2)?),
+        max_attempts,
+        run_at: row.try_get(first + 4)?,
+        releases: attempt_of(row.try_get(first + 5)?),
+        retry: RetryPolicy::from_row(
+            row.try_get(first + 6)?,
+            row.try_get(first + 7)?,
+            max_attempts,
+        ),
+    })
+}
+
+/// Extends, to `lease_now + lease_ms`, the leases of the attempts `worker` holds, matched on
+/// `(id, attempt)`. Returns the pairs it renewed: an attempt missing from the answer has
+/// lost its job (rescued after its lease ran out, or cancelled) and must stop.
+pub async fn renew_leases(
+    db: &Db,
+    backend: Backend,
+    worker: &str,
+    held: &[(i64, u32)],
+    lease_now: LeaseNow,
+    lease_ms: Millis,
+) -> Result<Vec<(i64, u32)>> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs = serde_json::Value::Array(
+        held.iter()
+            .map(|(id, attempt)| json!({"id": id, "attempt": attempt}))
+            .collect(),
+    );
+    let now_sql = lease_now_sql(backend, 2);
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "UPDATE jobs SET lease_expires_at = {now_sql} + $3 \
+             FROM json_to_recordset($1::json) AS h(id BIGINT, attempt INT) \
+             WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.status = 'running' \
+               AND jobs.locked_by = $4 \
+             RETURNING jobs.id, jobs.attempt"
+        ),
+        Backend::Sqlite => format!(
+            "UPDATE jobs SET lease_expires_at = {now_sql} + $3 FROM ({}) AS h \
+             WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.status = 'running' \
+               AND jobs.locked_by = $4 \
+             RETURNING jobs.id, jobs.attempt",
+            sqlite_json_rows("$1", &["id", "attempt"])
+        ),
+    };
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(pairs.to_string())
+        .bind(lease_now.bind())
+        .bind(lease_ms)
+        .bind(worker)
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, attempt_of(r.try_get(1)?))))
+        .collect()
+}
+
+/// Inside the caller's transaction, checks that attempt `attempt` of job `id` still holds
+/// an unexpired lease under `worker`, and locks the job row until that transaction ends
+/// (Postgres: a row lock; SQLite: the write lock), so no rescuer can take the job between
+/// this check and the caller's commit. False: the attempt lost its job.
+pub async fn fence(
+    conn: &mut DbConn,
+    id: i64,
+    attempt: u32,
+    worker: &str,
+    lease_now: LeaseNow,
+) -> Result<bool> {
+    let backend = Backend::of(conn);
+    let n = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE jobs SET lease_expires_at = lease_expires_at \
+         WHERE id = $1 AND attempt = $2 AND locked_by = $3 AND status = 'running' \
+           AND lease_expires_at > {}",
+        lease_now_sql(backend, 4)
+    )))
+    .bind(id)
+    .bind(i64::from(attempt))
+    .bind(worker)
+    .bind(lease_now.bind())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+// --- Rescue ----------------------------------------------------------------------------
 
 /// A job whose worker stopped renewing its lease.
 #[derive(Debug, Clone)]
@@ -356,145 +743,113 @@ pub struct ExpiredLease {
     pub id: i64,
     /// Kind.
     pub kind: String,
+    /// Args JSON (for the kind's discard hook).
+    pub args: String,
     /// The attempt that was cut off.
     pub attempt: u32,
-    /// Attempts in all.
-    pub max_attempts: u32,
+    /// The job's retry policy, from its row.
+    pub retry: RetryPolicy,
     /// The worker that held it.
     pub locked_by: String,
 }
 
-/// Running jobs whose lease ran out before `now` (at most `limit`).
-pub async fn expired_leases(db: &Db, now: Millis, limit: i64) -> Result<Vec<ExpiredLease>> {
-    let rows = sqlx::query(
-        "SELECT id, kind, attempt, max_attempts, locked_by FROM jobs \
-         WHERE status = 'running' AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT $2",
-    )
-    .bind(now)
-    .bind(limit)
+/// Running jobs (of `kind`, or of every kind) whose lease ran out before `lease_now`, at
+/// most `limit`, leaving out the ids in `except` (the caller's own, still running).
+pub async fn expired_leases(
+    db: &Db,
+    backend: Backend,
+    kind: Option<&str>,
+    lease_now: LeaseNow,
+    except: &[i64],
+    limit: i64,
+) -> Result<Vec<ExpiredLease>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, kind, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, locked_by \
+         FROM jobs WHERE status = 'running' AND lease_expires_at < {} AND ($2 IS NULL OR kind = $2) \
+         ORDER BY lease_expires_at LIMIT $3",
+        lease_now_sql(backend, 1)
+    )))
+    .bind(lease_now.bind())
+    .bind(kind)
+    .bind(limit + i64::try_from(except.len()).unwrap_or(0))
     .fetch_all(db)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(ExpiredLease {
-                id: row.try_get(0)?,
-                kind: row.try_get(1)?,
-                attempt: u32::try_from(row.try_get::<i32, _>(2)?).unwrap_or(0),
-                max_attempts: u32::try_from(row.try_get::<i32, _>(3)?).unwrap_or(1),
-                locked_by: row.try_get(4)?,
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        if except.contains(&id) {
+            continue;
+        }
+        let max_attempts = attempt_of(row.try_get(4)?).max(1);
+        out.push(ExpiredLease {
+            id,
+            kind: row.try_get(1)?,
+            args: row.try_get(2)?,
+            attempt: attempt_of(row.try_get(3)?),
+            retry: RetryPolicy::from_row(row.try_get(5)?, row.try_get(6)?, max_attempts),
+            locked_by: row.try_get(7)?,
+        });
+    }
+    Ok(out)
 }
 
-/// Ends an attempt whose lease expired: the attempt counts, so the job is retried at
-/// `retry_at` or, when that was its last attempt (`retry_at = None`), fails. Guarded by the
-/// lease still being expired, so a worker that renewed in the meantime keeps its job, and
-/// two rescuers cannot both act. Returns true if this call rescued it.
+/// Ends, on `conn` (the caller's transaction), an attempt whose lease expired: the attempt
+/// counts, so the job is retried at `retry_at` or, when that was its last attempt
+/// (`retry_at = None`), fails. Guarded by the lease still being expired, so a worker that
+/// renewed in the meantime keeps its job, and two rescuers cannot both act. Returns true if
+/// this call rescued it.
 pub async fn rescue(
-    db: &Db,
+    conn: &mut DbConn,
     lease: &ExpiredLease,
     now: Millis,
+    lease_now: LeaseNow,
     retry_at: Option<Millis>,
 ) -> Result<bool> {
+    let backend = Backend::of(conn);
     let error = format!(
         "lease expired: worker {} stopped renewing it (crashed, killed or cut off from the database)",
         lease.locked_by
     );
-    let (status, outcome) = match retry_at {
-        Some(_) => (JobState::Retrying, "lease_expired"),
-        None => (JobState::Failed, "lease_expired"),
+    let status = match retry_at {
+        Some(_) => JobState::Retrying,
+        None => JobState::Failed,
     };
-    let mut tx = db.begin().await?;
-    let n = sqlx::query(
+    let started_at: Option<Millis> = sqlx::query_scalar(AssertSqlSafe(format!(
         "UPDATE jobs SET status = $1, finished_at = $2, run_at = COALESCE($3, run_at), \
              last_error = $4, locked_by = NULL, lease_expires_at = NULL \
-         WHERE id = $5 AND status = 'running' AND attempt = $6 AND lease_expires_at < $7",
-    )
+         WHERE id = $5 AND status = 'running' AND attempt = $6 AND lease_expires_at < {} \
+         RETURNING started_at",
+        lease_now_sql(backend, 7)
+    )))
     .bind(status.as_str())
     .bind(status.is_final().then_some(now))
     .bind(retry_at)
     .bind(&error)
     .bind(lease.id)
     .bind(i64::from(lease.attempt))
-    .bind(now)
-    .execute(&mut *tx)
+    .bind(lease_now.bind())
+    .fetch_optional(&mut *conn)
     .await?
-    .rows_affected();
-    if n == 1 {
-        sqlx::query(
-            "UPDATE job_attempts SET finished_at = $1, outcome = $2, error = $3 \
-             WHERE job_id = $4 AND attempt = $5 AND finished_at IS NULL",
-        )
-        .bind(now)
-        .bind(outcome)
-        .bind(&error)
-        .bind(lease.id)
-        .bind(i64::from(lease.attempt))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(n == 1)
-}
-
-/// Hands jobs this worker could not finish before shutdown back to the queue, due now, for
-/// another worker. The cut-off attempt is recorded as `released` and given back: a deploy
-/// does not use up a job's attempts (the next attempt reuses its number).
-pub async fn release(db: &Db, worker: &str, ids: &[i64], now: Millis) -> Result<u64> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let list = id_list(ids.iter().copied());
-    let mut tx = db.begin().await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE job_attempts SET finished_at = $1, outcome = 'released', \
-             error = 'released at shutdown before it finished' \
-         WHERE job_id IN ({list}) AND worker_id = $2 AND finished_at IS NULL"
-    )))
+    .flatten();
+    let Some(started_at) = started_at else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+         VALUES ($1, $2, $3, $4, $5, 'lease_expired', $6)",
+    )
+    .bind(lease.id)
+    .bind(i64::from(lease.attempt))
+    .bind(&lease.locked_by)
+    .bind(started_at)
     .bind(now)
-    .bind(worker)
-    .persistent(false)
-    .execute(&mut *tx)
+    .bind(&error)
+    .execute(&mut *conn)
     .await?;
-    let n = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'pending', attempt = attempt - 1, run_at = $1, locked_by = NULL, \
-             lease_expires_at = NULL \
-         WHERE id IN ({list}) AND status = 'running' AND locked_by = $2"
-    )))
-    .bind(now)
-    .bind(worker)
-    .persistent(false)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok(n)
+    Ok(true)
 }
 
-/// `(1, 2), (3, 4)`: (id, attempt) pairs for an `IN (VALUES …)` list.
-fn pair_list(pairs: &[(i64, u32)]) -> String {
-    let mut s = String::new();
-    for (i, (id, attempt)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "({id}, {attempt})");
-    }
-    s
-}
-
-/// `1, 2, 3`: integer ids for an `IN (…)` list.
-fn id_list(ids: impl Iterator<Item = i64>) -> String {
-    let mut s = String::new();
-    for (i, id) in ids.enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "{id}");
-    }
-    s
-}
+// --- Admin -----------------------------------------------------------------------------
 
 /// The current status of a job, or `JobNotFound`.
 pub async fn status_of(conn: &mut DbConn, id: i64) -> Result<JobState> {
@@ -520,30 +875,45 @@ async fn write_first(conn: &mut DbConn, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Cancels a job that is waiting (`pending` or `retrying`), with an audit row naming `actor`.
-pub async fn cancel(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Result<JobState> {
-    let mut tx = db.begin().await?;
-    write_first(&mut tx, id).await?;
-    let from = status_of(&mut tx, id).await?;
-    let n = sqlx::query(
+/// A job as seen by admin writes: its kind and args (for the kind's discard hook).
+#[derive(Debug, Clone)]
+pub struct JobRef {
+    /// Id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Args JSON.
+    pub args: String,
+}
+
+/// Cancels, on `conn` (the caller's transaction), a job that is waiting (`pending` or
+/// `retrying`), with an audit row naming `actor`. Returns the job, for its discard hook.
+pub async fn cancel(
+    conn: &mut DbConn,
+    id: i64,
+    actor: &crate::Actor,
+    now: Millis,
+) -> Result<JobRef> {
+    write_first(conn, id).await?;
+    let from = status_of(conn, id).await?;
+    let row = sqlx::query(
         "UPDATE jobs SET status = 'cancelled', finished_at = $1 \
-         WHERE id = $2 AND status IN ('pending', 'retrying')",
+         WHERE id = $2 AND status IN ('pending', 'retrying') RETURNING kind, args",
     )
     .bind(now)
     .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n == 0 {
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
         return Err(Error::InvalidJobState {
             id,
             state: from,
             operation: "cancel",
             expected: "pending or retrying",
         });
-    }
+    };
     crate::state_machine::record(
-        &mut tx,
+        conn,
         "job",
         &id.to_string(),
         from.as_str(),
@@ -553,14 +923,18 @@ pub async fn cancel(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resu
         now,
     )
     .await?;
-    tx.commit().await?;
-    Ok(JobState::Cancelled)
+    Ok(JobRef {
+        id,
+        kind: row.try_get(0)?,
+        args: row.try_get(1)?,
+    })
 }
 
 /// Puts a `failed` or `cancelled` job back to `pending`, due now, with a fresh set of
-/// attempts; its attempt history is kept. Refused while another unfinished job holds its
-/// unique key.
-pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Result<JobState> {
+/// attempts; its attempt history is kept (the numbers go on from the last one, so each
+/// attempt number appears once). Refused while another unfinished job holds its unique
+/// key. Returns the job's kind (to wake its workers).
+pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Result<String> {
     let mut tx = db.begin().await?;
     write_first(&mut tx, id).await?;
     let from = status_of(&mut tx, id).await?;
@@ -572,17 +946,28 @@ pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resul
             expected: "failed or cancelled",
         });
     }
-    let updated = sqlx::query(
-        "UPDATE jobs SET status = 'pending', attempt = 0, run_at = $1, finished_at = NULL, note = NULL \
-         WHERE id = $2 AND status = $3",
+    // A fresh set of attempts: as many more as the job had in all.
+    let updated = sqlx::query_scalar::<_, String>(
+        "UPDATE jobs SET status = 'pending', max_attempts = attempt + max_attempts - releases, \
+             releases = 0, run_at = $1, finished_at = NULL, note = NULL \
+         WHERE id = $2 AND status = $3 RETURNING kind",
     )
     .bind(now)
     .bind(id)
     .bind(from.as_str())
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await;
-    let n = match updated {
-        Ok(r) => r.rows_affected(),
+    let kind = match updated {
+        Ok(Some(kind)) => kind,
+        Ok(None) => {
+            let state = status_of(&mut tx, id).await?;
+            return Err(Error::InvalidJobState {
+                id,
+                state,
+                operation: "retry",
+                expected: "failed or cancelled",
+            });
+        }
         Err(e) if crate::error::is_unique_violation(&e) => {
             drop(tx);
             let mut conn = db.acquire().await?;
@@ -599,15 +984,6 @@ pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resul
         }
         Err(e) => return Err(e.into()),
     };
-    if n == 0 {
-        let state = status_of(&mut tx, id).await?;
-        return Err(Error::InvalidJobState {
-            id,
-            state,
-            operation: "retry",
-            expected: "failed or cancelled",
-        });
-    }
     crate::state_machine::record(
         &mut tx,
         "job",
@@ -619,165 +995,129 @@ pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resul
         now,
     )
     .await?;
-    if Backend::of(&tx) == Backend::Postgres {
-        let kind: String = sqlx::query_scalar("SELECT kind FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(kind)
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
-    Ok(JobState::Pending)
+    Ok(kind)
 }
 
-/// Deletes up to `batch` jobs in `status` finished before `before`, with their attempts.
-/// Returns how many it deleted; call again until it returns less than `batch`.
-pub async fn prune_batch(db: &Db, status: JobState, before: Millis, batch: i64) -> Result<u64> {
+/// Moves a waiting (`pending` or `retrying`) job's next run to `run_at`.
+pub async fn reschedule(db: &Db, id: i64, run_at: Millis) -> Result<()> {
     let mut tx = db.begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = $1 AND finished_at < $2 ORDER BY finished_at LIMIT $3",
+    write_first(&mut tx, id).await?;
+    let n = sqlx::query(
+        "UPDATE jobs SET run_at = $1 WHERE id = $2 AND status IN ('pending', 'retrying')",
     )
-    .bind(status.as_str())
-    .bind(before)
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let list = id_list(ids.iter().copied());
-    sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM job_attempts WHERE job_id IN ({list})"
-    )))
-    .persistent(false)
-    .execute(&mut *tx)
-    .await?;
-    let n = sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM jobs WHERE id IN ({list}) AND status = $1"
-    )))
-    .bind(status.as_str())
-    .persistent(false)
+    .bind(run_at)
+    .bind(id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if n == 0 {
+        let state = status_of(&mut tx, id).await?;
+        return Err(Error::InvalidJobState {
+            id,
+            state,
+            operation: "reschedule",
+            expected: "pending or retrying",
+        });
+    }
     tx.commit().await?;
-    Ok(n)
+    Ok(())
 }
 
-/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 6 bound values a row, far
-/// under SQLite's 32,766 and Postgres' 65,535 parameters.
-pub const INSERT_CHUNK: usize = 500;
-
-/// Inserts many jobs on `conn` (the caller's transaction, if it has one) and returns their
-/// ids in the order of `jobs`: one multi-row INSERT, with bound parameters, per run of up to
-/// [`INSERT_CHUNK`] rows.
-///
-/// Unique keys are not handled by the batched statement: a row that has one is inserted in
-/// its place through [`insert_job`], so its key is honoured and its id is that of the
-/// unfinished job holding the key, if one does (as [`Enqueued::id`]).
-///
-/// On Postgres, one NOTIFY per kind that has a job due now is queued, delivered at commit
-/// (rows with a unique key send theirs through [`insert_job`]; Postgres folds duplicates).
-pub async fn insert_jobs(
-    conn: &mut DbConn,
-    jobs: &[InsertJob<'_>],
-    now: Millis,
-) -> Result<Vec<i64>> {
-    let backend = Backend::of(conn);
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut due_kinds: Vec<&str> = Vec::new();
-    let mut rest = jobs;
-    while let Some(first) = rest.first() {
-        if first.unique_key.is_some() {
-            ids.push(insert_job(conn, first, now).await?.id());
-            rest = &rest[1..];
-            continue;
-        }
-        let run = rest
-            .iter()
-            .take(INSERT_CHUNK)
-            .take_while(|j| j.unique_key.is_none())
-            .count();
-        let (chunk, tail) = rest.split_at(run);
-        rest = tail;
-
-        let mut sql = String::from(
-            "INSERT INTO jobs (kind, args, status, priority, attempt, max_attempts, run_at, created_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            match backend {
-                // Anonymous parameters: SQLite finds the slot of a `$N` by walking its list
-                // of named parameters, so binding N of them costs O(N²) (7× slower at 500
-                // rows a statement).
-                Backend::Sqlite => sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?)"),
-                Backend::Postgres => {
-                    let p = 1 + 6 * i;
-                    let _ = write!(
-                        sql,
-                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${})",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5
-                    );
-                }
-            }
-        }
-        sql.push_str(" RETURNING id");
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
-        for job in chunk {
-            query = query
-                .bind(job.kind)
-                .bind(job.args)
-                .bind(job.priority)
-                .bind(i64::from(job.max_attempts))
-                .bind(job.run_at)
-                .bind(now);
-        }
-        let mut inserted = query.fetch_all(&mut *conn).await?;
-        if inserted.len() != chunk.len() {
-            return Err(Error::Database(sqlx::Error::Protocol(format!(
-                "bulk insert of {} jobs returned {} ids",
-                chunk.len(),
-                inserted.len()
-            ))));
-        }
-        // One statement draws its ids in row order (AUTOINCREMENT / the sequence), while
-        // the order RETURNING reports them in is unspecified: ascending ids are row order.
-        inserted.sort_unstable();
-        ids.extend(inserted);
-        for job in chunk {
-            if job.run_at <= now && !due_kinds.contains(&job.kind) {
-                due_kinds.push(job.kind);
-            }
-        }
+/// Replaces a waiting (`pending` or `retrying`) job's args and, where given, its priority,
+/// attempts in all and next run.
+pub async fn update_waiting(
+    db: &Db,
+    id: i64,
+    args: &str,
+    priority: Option<i32>,
+    max_attempts: Option<i64>,
+    run_at: Option<Millis>,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    write_first(&mut tx, id).await?;
+    let n = sqlx::query(
+        "UPDATE jobs SET args = $1, priority = COALESCE($2, priority),              max_attempts = COALESCE($3, max_attempts), run_at = COALESCE($4, run_at)          WHERE id = $5 AND status IN ('pending', 'retrying')",
+    )
+    .bind(args)
+    .bind(priority)
+    .bind(max_attempts.map(|m| m.max(1)))
+    .bind(run_at)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        let state = status_of(&mut tx, id).await?;
+        return Err(Error::InvalidJobState {
+            id,
+            state,
+            operation: "update",
+            expected: "pending or retrying",
+        });
     }
-    if backend == Backend::Postgres {
-        for kind in due_kinds {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(kind)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(ids)
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes the finished (succeeded, failed, cancelled) jobs of `kind` that ended before
+/// `before`, with their attempts. Returns how many.
+pub async fn vacuum(db: &Db, kind: &str, before: Millis) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM jobs WHERE kind = $1 AND status IN ('succeeded', 'failed', 'cancelled')          AND finished_at < $2",
+    )
+    .bind(kind)
+    .bind(before)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// The statement of [`prune_batch`]: `$1` status, `$2` finished before, `$3` batch. Public
+/// for the query-plan test.
+#[doc(hidden)]
+pub const PRUNE_SQL: &str = "DELETE FROM jobs WHERE id IN ( \
+         SELECT id FROM jobs WHERE status = $1 AND finished_at < $2 ORDER BY finished_at LIMIT $3) \
+     AND status = $1";
+
+/// Deletes up to `batch` jobs in `status` finished before `before`; their attempts go with
+/// them (`ON DELETE CASCADE`). One guarded statement: a job that left `status` between the
+/// pick and the delete is kept, and nothing is read before the write (no SQLite
+/// `BUSY_SNAPSHOT` when a worker commits in between). Returns how many it deleted; call
+/// again until it returns less than `batch`.
+pub async fn prune_batch(db: &Db, status: JobState, before: Millis, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(PRUNE_SQL)
+        .bind(status.as_str())
+        .bind(before)
+        .bind(batch)
+        .execute(db)
+        .await?
+        .rows_affected())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn id_list_is_comma_separated() {
-        assert_eq!(super::id_list([1, 22, 333].into_iter()), "1, 22, 333");
-        assert_eq!(super::id_list(std::iter::empty()), "");
+    fn sanitize_drops_nul_and_cuts_long_texts_on_a_character_boundary() {
+        assert_eq!(sanitize("a\0b"), "ab");
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let cut = sanitize(&long);
+        assert!(cut.len() <= MAX_TEXT_BYTES + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn every_end_but_unclaimed_is_recorded_as_an_attempt() {
+        assert_eq!(AttemptEnd::Unclaimed.outcome(), None);
+        assert_eq!(
+            AttemptEnd::Released { give_back: true }.outcome(),
+            Some("released")
+        );
+        assert_eq!(
+            AttemptEnd::Snoozed { run_at: 1 }.status(),
+            JobState::Pending
+        );
     }
 }

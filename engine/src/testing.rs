@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::future::join_all;
 use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -20,8 +19,8 @@ use crate::clock::Clock;
 use crate::db::{self, Backend, Db};
 use crate::engine::{Engine, WorkerSettings};
 use crate::job::{Job, JobError, JobState, Outcome};
-use crate::registry::{JobContext, Registry};
-use crate::storage::{self, AttemptEnd};
+use crate::registry::Registry;
+use crate::worker::WorkerPool;
 
 /// Runs each named `async fn name(db: TestDb)` once per backend, as tests
 /// `name::sqlite` and `name::postgres`.
@@ -106,8 +105,15 @@ enum Cleanup {
 }
 
 impl TestDb {
-    /// A new database on `backend`, or `None` when that backend is skipped here.
+    /// A new database on `backend`, or `None` when that backend is skipped here. With
+    /// `RUST_LOG` set, the test's logs are printed (captured per test by the harness).
     pub async fn new(backend: Backend) -> Option<Self> {
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let (url, cleanup) = match backend {
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{}.db", unique_name("veza_test")));
@@ -224,8 +230,10 @@ pub async fn query_plan(db: &Db, backend: Backend, sql: &str, binds: &[i64]) -> 
     lines.join("\n")
 }
 
-/// Runs `args` through the registered handler of `J` in-process, after a JSON round trip
-/// (as the worker would see it), with job id 0 and attempt 1. Panics if `J` is not
+/// Runs `args` through the registered handler of `J` in-process, outside the queue, after
+/// a JSON round trip (as the worker would see it), as attempt 1 of job 0, and reads the
+/// result as the runtime would (an `Outcome`, or the `JobError` the handler returned).
+/// There is no lease: [`crate::JobContext::fence`] passes. Panics if `J` is not
 /// registered in `engine`.
 pub async fn perform_job<J: Job>(engine: &Engine, args: &J) -> Result<Outcome, JobError> {
     let json = serde_json::to_string(args).expect("args encode as JSON");
@@ -233,18 +241,10 @@ pub async fn perform_job<J: Job>(engine: &Engine, args: &J) -> Result<Outcome, J
         .registry()
         .get(J::KIND)
         .unwrap_or_else(|| panic!("kind {:?} is not registered", J::KIND));
-    let ctx = JobContext {
-        job_id: 0,
-        kind: entry.kind,
-        attempt: 1,
-        max_attempts: entry.policy.retry.max_attempts,
-        worker_id: "test".into(),
-        engine: engine.clone(),
-    };
-    let fut = entry
-        .start(&json, ctx)
-        .expect("args decode after a JSON round trip");
-    fut.await
+    entry
+        .perform(engine.clone(), json, 1, entry.policy.retry.max_attempts)
+        .unwrap_or_else(|| panic!("kind {:?} is declared without a handler", J::KIND))
+        .await
 }
 
 /// Every job of kind `J` with its id, state and decoded args, oldest first.
@@ -289,49 +289,41 @@ pub struct DrainReport {
     pub failed: usize,
 }
 
-/// Runs every due job of every registered kind, in passes of up to each kind's
-/// concurrency, until a pass finds nothing due (by the engine's clock). Jobs made due
-/// later (retries) wait: advance a manual clock and drain again.
+/// Runs every due job of every registered kind through the real runtime (a
+/// [`WorkerPool`]: apalis workers over the engine's storage), until every kind has found
+/// nothing due with nothing held, twice in a row with nothing claimed in between (a job
+/// enqueued by another job is run too). Jobs made due later (retries) wait: advance a
+/// manual clock and drain again.
 pub async fn drain(engine: &Engine) -> DrainReport {
-    let mut report = DrainReport::default();
-    let worker = std::sync::Arc::clone(&engine.workers().worker_id);
+    let pool = WorkerPool::start(engine);
+    let cores = pool.cores();
+    let total = |f: fn(&crate::worker::driver::Counters) -> u64| -> u64 {
+        cores.iter().map(|c| f(&c.counters)).sum()
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    let start = (
+        total(|c| c.succeeded.load(Relaxed)),
+        total(|c| c.retried.load(Relaxed)),
+        total(|c| c.failed.load(Relaxed)),
+    );
     loop {
-        let mut claimed = Vec::new();
-        for entry in engine.registry().kinds() {
-            let now = engine.clock().now_ms();
-            let jobs = storage::claim(
-                engine.db(),
-                engine.backend(),
-                entry.kind,
-                &worker,
-                now,
-                now + 60_000,
-                entry.policy.concurrency,
-            )
-            .await
-            .expect("claim");
-            claimed.extend(jobs);
+        let claimed = total(|c| c.claimed.load(Relaxed));
+        let rounds: Vec<u64> = cores.iter().map(|c| c.probe()).collect();
+        while !cores.iter().zip(&rounds).all(|(c, r)| c.probed(*r)) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        if claimed.is_empty() {
-            return report;
+        if total(|c| c.claimed.load(Relaxed)) == claimed {
+            break;
         }
-        let acks = join_all(
-            claimed
-                .into_iter()
-                .map(|job| crate::worker::run_attempt(engine, job)),
-        )
-        .await;
-        for a in &acks {
-            match a.end {
-                AttemptEnd::Succeeded { .. } => report.succeeded += 1,
-                AttemptEnd::Retry { .. } => report.retried += 1,
-                AttemptEnd::Fail { .. } => report.failed += 1,
-            }
-        }
-        storage::ack(engine.db(), &worker, engine.clock().now_ms(), &acks)
-            .await
-            .expect("ack");
     }
+    let report = DrainReport {
+        succeeded: usize::try_from(total(|c| c.succeeded.load(Relaxed)) - start.0).unwrap_or(0),
+        retried: usize::try_from(total(|c| c.retried.load(Relaxed)) - start.1).unwrap_or(0),
+        failed: usize::try_from(total(|c| c.failed.load(Relaxed)) - start.2).unwrap_or(0),
+    };
+    pool.shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(10))
+        .await;
+    report
 }
 
 /// A TCP proxy in front of a database, to cut and restore the connection in outage tests.

@@ -1,17 +1,22 @@
-//! Waking idle fetchers when work arrives, instead of waiting for the next poll.
+//! Waking idle workers when work arrives, instead of waiting for the next poll.
 //!
-//! In-process, [`Wakeup::notify`] wakes the fetcher of a kind (enqueue calls it after its own
-//! commit). Across processes on Postgres, [`listen`] turns `NOTIFY veza_jobs, '<kind>'`
-//! (sent at commit by every enqueue of a due job) into the same wake-up. Polling stays as
-//! the fallback for retries whose backoff ends, scheduled jobs and missed notifications.
+//! In-process, [`Wakeup::notify`] wakes the workers of a kind ([`crate::JobTx::commit`] calls
+//! it after its commit). Across processes on Postgres, the [`Notifier`] sends
+//! `NOTIFY veza_jobs, '<kind>'` after those commits — outside them, so that concurrent
+//! enqueues do not queue on the lock Postgres takes to commit a NOTIFY, and coalesced: one
+//! per kind for all the commits made while the previous one was being sent — and
+//! [`listen`] turns it into the same wake-up. Polling stays as the fallback for retries
+//! whose backoff ends, scheduled jobs and missed notifications.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
+use crate::db::Db;
 use crate::storage::NOTIFY_CHANNEL;
 
 /// One [`Notify`] per job kind.
@@ -79,5 +84,62 @@ pub async fn listen(url: String, wakeup: Arc<Wakeup>, mut stop: watch::Receiver<
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Sends the cross-process wake-ups of one process (Postgres), coalesced (see the module
+/// doc). Stops when the engine is dropped.
+#[derive(Debug)]
+pub struct Notifier {
+    pending: Arc<Mutex<BTreeSet<String>>>,
+    wake: Arc<Notify>,
+    _task: JoinHandle<()>,
+}
+
+impl Notifier {
+    /// Starts the sender on `db`; it stops when `stop` changes or its sender is dropped.
+    pub fn start(db: Db, mut stop: watch::Receiver<bool>) -> Self {
+        let pending: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let wake = Arc::new(Notify::new());
+        let (p, w) = (Arc::clone(&pending), Arc::clone(&wake));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = w.notified() => {},
+                    _ = stop.changed() => return,
+                }
+                let kinds: Vec<String> =
+                    std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()))
+                        .into_iter()
+                        .collect();
+                if kinds.is_empty() {
+                    continue;
+                }
+                let sent = sqlx::query(
+                    "SELECT pg_notify($1, value) FROM json_array_elements_text($2::json)",
+                )
+                .bind(NOTIFY_CHANNEL)
+                .bind(serde_json::Value::from(kinds).to_string())
+                .execute(&db)
+                .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "NOTIFY failed; other processes' workers find the jobs at their next poll");
+                }
+            }
+        });
+        Self {
+            pending,
+            wake,
+            _task: task,
+        }
+    }
+
+    /// Wakes `kind`'s workers in every process soon.
+    pub fn notify(&self, kind: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_owned());
+        self.wake.notify_one();
     }
 }

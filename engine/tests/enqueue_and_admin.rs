@@ -180,14 +180,23 @@ async fn retry_gives_a_failed_job_fresh_attempts_and_keeps_its_history(t: TestDb
     ));
     engine.retry(id, &Actor::cli()).await.unwrap();
     let job = admin::get_job(engine.db(), id).await.unwrap();
+    // A fresh set of 3 attempts; their numbers go on from the last one (2, 3, 4), so each
+    // attempt number appears once in the history.
     assert_eq!(
-        (job.job.status, job.job.attempt, job.job.finished_at),
-        (JobState::Pending, 0, None)
+        (
+            job.job.status,
+            job.job.attempt,
+            job.job.max_attempts,
+            job.job.finished_at
+        ),
+        (JobState::Pending, 1, 4, None)
     );
     drain(&engine).await;
     let job = admin::get_job(engine.db(), id).await.unwrap();
     assert_eq!(job.job.status, JobState::Failed);
     assert_eq!(job.attempts.len(), 2, "history kept across the retry");
+    let numbers: Vec<u32> = job.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2]);
 
     // A retry is refused for a job that is not failed or cancelled…
     let ok = engine

@@ -246,7 +246,7 @@ async fn undecodable_args_fail_that_job_and_the_worker_goes_on(t: TestDb) {
 }
 
 async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
-    use engine::storage::{self, Ack, AttemptEnd};
+    use engine::storage::{self, Ack, AttemptEnd, LeaseNow};
     let runs = Runs::default();
     let clock = Clock::manual(start());
     let engine = t.engine(registry(&runs), clock.clone());
@@ -259,17 +259,40 @@ async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
         let engine = engine.clone();
         async move {
             let now = engine.clock().now_ms();
-            storage::claim(
-                engine.db(),
-                engine.backend(),
-                "probe",
+            let mut conn = engine.db().acquire().await.unwrap();
+            storage::exchange(
+                &mut conn,
                 "w1",
-                now,
-                now + lease_ms,
+                "probe",
+                &[],
                 1,
+                now,
+                LeaseNow::At(now),
+                lease_ms,
             )
             .await
             .unwrap()
+            .claimed
+        }
+    };
+    let ack = |ack: Ack| {
+        let engine = engine.clone();
+        async move {
+            let now = engine.clock().now_ms();
+            let mut conn = engine.db().acquire().await.unwrap();
+            storage::exchange(
+                &mut conn,
+                "w1",
+                "probe",
+                &[ack],
+                0,
+                now,
+                LeaseNow::At(now),
+                0,
+            )
+            .await
+            .unwrap()
+            .lost
         }
     };
     // Attempt 1 is claimed, its lease lapses and is rescued; the same worker claims attempt 2.
@@ -283,12 +306,10 @@ async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
     let late = Ack {
         id,
         attempt: 1,
+        started_at: clock.now_ms(),
         end: AttemptEnd::Succeeded { skipped: None },
     };
-    let lost = storage::ack(engine.db(), "w1", clock.now_ms(), &[late])
-        .await
-        .unwrap();
-    assert_eq!(lost, [id]);
+    assert_eq!(ack(late).await, [(id, 1)]);
     let job = admin::get_job(engine.db(), id).await.unwrap();
     assert_eq!(job.job.status, JobState::Running);
     let outcomes: Vec<_> = job
@@ -299,17 +320,13 @@ async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
     assert_eq!(outcomes, [(1, Some("lease_expired".into())), (2, None)]);
 
     // Attempt 2's own success is recorded.
-    let ack = Ack {
+    let second = Ack {
         id,
         attempt: 2,
+        started_at: clock.now_ms(),
         end: AttemptEnd::Succeeded { skipped: None },
     };
-    assert!(
-        storage::ack(engine.db(), "w1", clock.now_ms(), &[ack])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(ack(second).await.is_empty());
     assert_eq!(
         admin::get_job(engine.db(), id).await.unwrap().job.status,
         JobState::Succeeded
