@@ -15,10 +15,11 @@ use poem::{Endpoint, EndpointExt, Route, Server};
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 
-use crate::metrics::RouteTemplates;
 use crate::problem::{self, Problem};
 use crate::routes::{self, ApiTags};
+use crate::spec::RouteTemplates;
 use crate::state::ApiState;
+use crate::wire_errors::ProblemAcceptor;
 use crate::{auth, request_id};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -204,39 +205,60 @@ pub fn openapi(readiness: Readiness, state: &ApiState) -> OpenApiService<Apis, (
 }
 
 /// The whole HTTP application: `/health`, `/ready`, `/metrics`, `/v1/…`, `/openapi.json`
-/// and `/docs`, behind (outermost first) the request id, problem documents, HTTP
-/// metrics, the body limit, and the `/v1` key check and rate limit.
+/// (the finished document of [`crate::spec`]) and `/docs`, behind (outermost first) the
+/// request id, problem documents, HTTP metrics, the body limit, the `/v1` key check and
+/// rate limit, and the refusal of NUL bytes.
 pub fn app(readiness: Readiness, state: ApiState) -> impl Endpoint + 'static {
     let service = openapi(readiness, &state);
-    let spec = service.spec();
+    let generated = service.spec();
+    let spec = crate::spec::finish(&generated);
+    // Swagger UI embeds the document: the finished one, in place of the generated one.
+    let docs_html = service.swagger_ui_html().replacen(&generated, &spec, 1);
     // The dashboard's pages are labelled by their templates too (`/admin/jobs/{id}`).
-    let extra: Vec<&str> = ["/openapi.json", "/docs"]
+    let extra: Vec<(&str, &[&str])> = [("/openapi.json", &["GET"][..]), ("/docs", &["GET"][..])]
         .into_iter()
-        .chain(crate::admin::ROUTE_TEMPLATES.iter().copied())
+        .chain(crate::admin::ROUTE_TEMPLATES.iter().map(|t| (*t, &[][..])))
         .collect();
     let templates = RouteTemplates::from_spec(&spec, &extra);
     // Installed before any request so that the engine's metrics are recorded from the start.
     let _ = crate::metrics::handle();
+    let metrics_templates = templates.clone();
     Route::new()
-        .at("/openapi.json", service.spec_endpoint())
-        .nest("/docs", service.swagger_ui())
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
+        .at(
+            "/docs",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::web::Html(docs_html.clone())
+            })),
+        )
         .nest("/admin", crate::admin::routes())
         .nest("/", service)
         .with(poem::middleware::CatchPanic::new())
+        .around(crate::nul_bytes::nul_middleware)
         .around(auth::auth_middleware)
         .around(|next, req| crate::body_limit::body_limit(next, req, BODY_LIMIT))
         .data(state)
         .around(move |next, req| {
-            let templates = templates.clone();
+            let templates = metrics_templates.clone();
             async move { crate::metrics::http_metrics_middleware(next, req, &templates).await }
         })
-        .around(problem::problem_middleware)
+        .around(move |next, req| {
+            let templates = templates.clone();
+            async move { problem::problem_middleware(next, req, &templates).await }
+        })
         .around(request_id::request_id_middleware)
 }
 
 /// A bound listener, not yet serving.
 pub struct Bound {
-    acceptor: TcpAcceptor,
+    acceptor: ProblemAcceptor<TcpAcceptor>,
     addr: SocketAddr,
 }
 
@@ -246,7 +268,7 @@ impl Bound {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         Ok(Self {
-            acceptor: TcpAcceptor::from_tokio(listener)?,
+            acceptor: ProblemAcceptor(TcpAcceptor::from_tokio(listener)?),
             addr,
         })
     }

@@ -77,7 +77,7 @@ pub fn is_protected(path: &str) -> bool {
 /// link from the e-mail (`/v1/exports/{id}/download?token=…`, an HMAC over id and expiry).
 /// Their docs name no scope; `tests/v1/auth.rs` checks that they answer without a key.
 pub fn authenticates_itself(path: &str) -> bool {
-    if path == "/v1/webhooks/stripe" {
+    if path == crate::routes::webhooks::PATH {
         return true;
     }
     path.strip_prefix("/v1/exports/")
