@@ -16,6 +16,7 @@ pub mod body_limit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod log_gate;
 pub mod metrics;
 pub mod nul_bytes;
 pub mod output;

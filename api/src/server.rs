@@ -103,7 +103,8 @@ pub struct ReadyBody {
     pub status: String,
     /// The parts that are not ready (empty when ready).
     pub failing: Vec<String>,
-    /// Each part (`database`, `workers`, `scheduler`) with `ok` or what is wrong.
+    /// Each part (`database`, `workers`, `scheduler`, and `redis` when the rate limits are
+    /// kept there) with `ok` or what is wrong.
     pub checks: BTreeMap<String, String>,
     /// What this configuration switches off, with why (`stripe_jobs` without
     /// `STRIPE_SECRET_KEY`, `stripe_webhook` without `STRIPE_WEBHOOK_SECRET`, …). The
@@ -149,11 +150,24 @@ impl OpsApi {
         })
     }
 
-    /// Readiness: 200 when the database answers and the workers and scheduler run,
-    /// else 503 naming what failed; `disabled` lists what the configuration switches off.
+    /// Readiness: 200 when the database (and the rate limits' Redis, when set) answers and
+    /// the workers and scheduler run, else 503 naming what failed; `disabled` lists what the
+    /// configuration switches off.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let mut body = self.readiness.check().await;
+        // The rate limits' Redis, when they are kept there: every `/v1` call needs it.
+        if let Some(redis) = self.state.limiter.health().await {
+            let state = match redis {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    body.failing.push("redis".to_owned());
+                    body.status = "unavailable".to_owned();
+                    format!("error: {e}")
+                }
+            };
+            body.checks.insert("redis".to_owned(), state);
+        }
         for (part, why) in self.state.jobs.payments.disabled() {
             body.disabled.insert(part.to_owned(), why.to_owned());
         }

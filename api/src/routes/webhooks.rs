@@ -15,6 +15,7 @@ use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{Object, OpenApi};
 
 use super::ApiTags;
+use crate::auth::{anonymous_gate, client_id};
 use crate::problem::ApiError;
 use crate::state::ApiState;
 
@@ -51,6 +52,7 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks/stripe", method = "post")]
     async fn stripe(
         &self,
+        req: &poem::Request,
         /// `t=…,v1=…` as Stripe sends it.
         #[oai(name = "Stripe-Signature")]
         signature: Header<Option<String>>,
@@ -65,6 +67,8 @@ impl WebhooksApi {
             ));
         }
         let Some(signature) = signature.0 else {
+            // Not from Stripe: counted against the sender's budget.
+            anonymous_gate(&self.0, req).await?;
             return Err(ApiError::bad_request_of(
                 "invalid_signature",
                 "the Stripe-Signature header is missing",
@@ -77,7 +81,17 @@ impl WebhooksApi {
         let event = match payments::verify_event_with_any(payload, &signature, secrets, now_secs) {
             Ok(event) => event,
             Err(VerifyError::Signature(e)) => {
-                tracing::warn!(error = %e, "Stripe webhook refused: signature");
+                // Counted against the sender's budget (429 once spent), and logged at most
+                // every few seconds: a flood of forgeries writes no line per request.
+                anonymous_gate(&self.0, req).await?;
+                if let Some(suppressed) = crate::log_gate::admit("webhook_bad_signature") {
+                    tracing::warn!(
+                        error = %e,
+                        client = client_id(req, &self.0.http.client_ip),
+                        suppressed,
+                        "Stripe webhook refused: signature"
+                    );
+                }
                 return Err(ApiError::bad_request_of(
                     "invalid_signature",
                     format!("the Stripe-Signature does not verify: {e}"),

@@ -48,6 +48,7 @@ pub(crate) fn registry(jobs: &JobsConfig) -> Registry {
 pub(crate) const GENEROUS: Limits = Limits {
     reads_per_hour: NonZeroU32::new(100_000).unwrap(),
     writes_per_hour: NonZeroU32::new(100_000).unwrap(),
+    anonymous_per_hour: NonZeroU32::new(100_000).unwrap(),
 };
 
 /// The job kinds' settings of a test: `MEDIA_ROOT` in `media`, exports and the e-mail
@@ -79,6 +80,7 @@ fn state(engine: &Engine, limiter: Limiter, jobs: &Arc<JobsConfig>) -> ApiState 
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
+        http: Default::default(),
         jobs: Arc::clone(jobs),
     }
 }
