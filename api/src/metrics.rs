@@ -1,7 +1,10 @@
 //! `/metrics`: Prometheus text from `metrics-exporter-prometheus`. It holds the engine's
-//! metrics (see `engine::metrics`), gauges refreshed at each scrape from
-//! `engine::admin::stats`, and HTTP requests by route template × status from
-//! [`http_metrics_middleware`].
+//! metrics (see `engine::metrics`), gauges read from `engine::admin::stats` at most once
+//! per [`GAUGE_TTL`] whatever the scrape rate ([`GaugeCache`]: a scrape costs no database
+//! work within that window, so anyone who can reach `/metrics` cannot make the database
+//! count the jobs table at will), and HTTP requests by route template × status from
+//! [`http_metrics_middleware`]. With `METRICS_TOKEN` set, a scrape needs
+//! `Authorization: Bearer <token>`.
 //!
 //! | name | type | labels |
 //! |---|---|---|
@@ -12,8 +15,9 @@
 //! | `veza_http_requests_total` | counter | `method` (`other` for a method HTTP does not define), `route` (the spec's template, `unmatched` otherwise), `status` |
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use engine::Engine;
+use engine::{Engine, Millis};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
@@ -46,11 +50,52 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Refreshes the gauges from the database and renders every metric.
-pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
+/// How long the gauges read from the database are served before they are read again.
+pub const GAUGE_TTL: Duration = Duration::from_secs(5);
+
+/// When the gauges were last read from the database: they are read again only once they
+/// are older than the cache's lifetime, by the engine's clock. Concurrent scrapes wait for
+/// one read instead of each running it.
+pub struct GaugeCache {
+    ttl_ms: Millis,
+    read_at: tokio::sync::Mutex<Option<Millis>>,
+}
+
+impl GaugeCache {
+    /// A cache whose gauges live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: engine::clock::duration_ms(ttl),
+            read_at: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reads the gauges from the database unless that was done less than the lifetime ago;
+    /// true when it read them. A failed read is tried again at the next scrape.
+    pub async fn refresh(&self, engine: &Engine) -> Result<bool, engine::Error> {
+        let mut read_at = self.read_at.lock().await;
+        let now = engine.clock().now_ms();
+        if read_at.is_some_and(|at| now >= at && now - at < self.ttl_ms) {
+            return Ok(false);
+        }
+        read_gauges(engine).await?;
+        *read_at = Some(now);
+        Ok(true)
+    }
+}
+
+/// Refreshes the gauges (through `cache`) and renders every metric.
+pub async fn render(engine: &Engine, cache: &GaugeCache) -> Result<String, engine::Error> {
     let Some(handle) = handle() else {
         return Ok(String::new());
     };
+    cache.refresh(engine).await?;
+    Ok(handle.render())
+}
+
+/// Reads the gauges from the database: one pass over the jobs by kind and state, and the
+/// open reconciliation findings.
+async fn read_gauges(engine: &Engine) -> Result<(), engine::Error> {
     let stats = engine::admin::stats(engine.db(), engine.clock().now_ms()).await?;
     for kind in &stats {
         for (status, count) in &kind.counts {
@@ -68,7 +113,7 @@ pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
         .await
         .map_err(engine::Error::Database)?;
     metrics::gauge!(OPEN_FINDINGS).set(open as f64);
-    Ok(handle.render())
+    Ok(())
 }
 
 /// The `method` label: one of the methods HTTP defines, else `other`. The raw method is

@@ -129,6 +129,15 @@ pub enum MetricsResponse {
     /// Prometheus text exposition.
     #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
     Metrics(PlainText<String>),
+    /// `METRICS_TOKEN` is set and the request's `Authorization: Bearer` is missing or not
+    /// it (`unauthorized`).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(
+        Json<Problem>,
+        /// `Bearer`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
     /// The gauges could not be read from the database (`internal`).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -138,6 +147,7 @@ pub enum MetricsResponse {
 pub struct OpsApi {
     readiness: Readiness,
     state: ApiState,
+    gauges: Arc<crate::metrics::GaugeCache>,
 }
 
 #[OpenApi(tag = "ApiTags::Operations")]
@@ -178,11 +188,24 @@ impl OpsApi {
         }
     }
 
-    /// Prometheus metrics: the engine's, jobs by kind × state and queue depth (refreshed
-    /// now), and HTTP requests by route × status.
+    /// Prometheus metrics: the engine's, jobs by kind × state and queue depth (read from
+    /// the database at most every 5 s), and HTTP requests by route × status. With
+    /// `METRICS_TOKEN` set, send `Authorization: Bearer <token>`.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self) -> MetricsResponse {
-        match crate::metrics::render(&self.state.engine).await {
+    async fn metrics(&self, req: &poem::Request) -> MetricsResponse {
+        if let Some(token) = &self.state.http.metrics_token
+            && !bearer_matches(req, token)
+        {
+            return MetricsResponse::Unauthorized(
+                Json(Problem::new(
+                    poem::http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "/metrics needs Authorization: Bearer <METRICS_TOKEN>",
+                )),
+                "Bearer".to_owned(),
+            );
+        }
+        match crate::metrics::render(&self.state.engine, &self.gauges).await {
             Ok(text) => MetricsResponse::Metrics(PlainText(text)),
             Err(e) => {
                 tracing::error!(error = %engine::job::error_chain(&e), "reading metrics failed");
@@ -190,6 +213,16 @@ impl OpsApi {
             }
         }
     }
+}
+
+/// True when `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_matches(req: &poem::Request, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    req.headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|presented| bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// Request bodies larger than this are refused (413).
@@ -203,6 +236,7 @@ pub fn openapi(readiness: Readiness, state: &ApiState) -> OpenApiService<Apis, (
     let ops = OpsApi {
         readiness,
         state: state.clone(),
+        gauges: Arc::new(crate::metrics::GaugeCache::new(crate::metrics::GAUGE_TTL)),
     };
     OpenApiService::new(
         (ops, routes::v1(state)),

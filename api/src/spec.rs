@@ -4,7 +4,7 @@
 //! cannot declare, so that the served spec describes every answer the server gives:
 //! poem-openapi refuses a body of the wrong media type with 415 before the route runs,
 //! and [`crate::body_limit`] refuses one over the limit with 413, on every operation that
-//! takes a body.
+//! takes a body; and `/metrics` takes an optional bearer token (`METRICS_TOKEN`).
 //!
 //! [`RouteTemplates`] is the spec's paths with their methods: the HTTP metrics label
 //! requests by template (bounded cardinality), and a 405 says in `Allow` which methods the
@@ -56,6 +56,29 @@ pub fn finish(spec: &str) -> String {
                 });
             }
         }
+    }
+    // `/metrics` takes an optional bearer token (`METRICS_TOKEN`): poem-openapi cannot
+    // declare a security scheme that is only sometimes required.
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        let schemes = components
+            .entry("securitySchemes")
+            .or_insert_with(|| json!({}));
+        if let Some(schemes) = schemes.as_object_mut() {
+            schemes.insert(
+                "MetricsToken".to_owned(),
+                json!({
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`METRICS_TOKEN`, when it is set; `/metrics` is open otherwise."
+                }),
+            );
+        }
+    }
+    if let Some(op) = doc
+        .pointer_mut("/paths/~1metrics/get")
+        .and_then(Value::as_object_mut)
+    {
+        op.insert("security".to_owned(), json!([{}, { "MetricsToken": [] }]));
     }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())
 }

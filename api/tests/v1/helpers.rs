@@ -8,7 +8,7 @@ use api::auth::Scope;
 use api::auth::keys;
 use api::auth::rate_limit::{Limiter, Limits};
 use api::server::{self, Bound, HttpServer, Readiness};
-use api::state::ApiState;
+use api::state::{ApiState, HttpSettings};
 use engine::config::Env;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
@@ -70,7 +70,12 @@ pub(crate) fn test_jobs_config(media: &Path, work: &Path) -> JobsConfig {
     config
 }
 
-fn state(engine: &Engine, limiter: Limiter, jobs: &Arc<JobsConfig>) -> ApiState {
+fn state(
+    engine: &Engine,
+    limiter: Limiter,
+    jobs: &Arc<JobsConfig>,
+    http: &HttpSettings,
+) -> ApiState {
     let schedules = vec![Schedule::new(
         "nightly_probe",
         Every::parse("1h").expect("every"),
@@ -80,7 +85,7 @@ fn state(engine: &Engine, limiter: Limiter, jobs: &Arc<JobsConfig>) -> ApiState 
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
-        http: Default::default(),
+        http: http.clone(),
         jobs: Arc::clone(jobs),
     }
 }
@@ -89,10 +94,11 @@ fn router(
     engine: &Engine,
     limiter: Limiter,
     jobs: &Arc<JobsConfig>,
+    http: &HttpSettings,
 ) -> TestClient<BoxEndpoint<'static, Response>> {
     let app = server::app(
         Readiness::new(engine.db().clone()),
-        state(engine, limiter, jobs),
+        state(engine, limiter, jobs, http),
     );
     TestClient::new(app.map_to_response().boxed())
 }
@@ -100,6 +106,8 @@ fn router(
 pub(crate) struct TestApp {
     /// The limiter the router was built with (for [`TestApp::serve`]).
     limiter: Limiter,
+    /// The HTTP settings the router was built with.
+    http: HttpSettings,
     pub(crate) client: TestClient<BoxEndpoint<'static, Response>>,
     pub(crate) engine: Engine,
     pub(crate) db: Arc<TestDb>,
@@ -135,8 +143,9 @@ impl TestApp {
         let jobs = Arc::new(config);
         let engine = db.engine(registry(&jobs), clock);
         Self {
-            client: router(&engine, limiter.clone(), &jobs),
+            client: router(&engine, limiter.clone(), &jobs, &HttpSettings::default()),
             limiter,
+            http: HttpSettings::default(),
             engine,
             db: Arc::new(db),
             media: Arc::new(media),
@@ -151,8 +160,9 @@ impl TestApp {
             .db
             .engine(registry(&self.jobs), self.engine.clock().clone());
         Self {
-            client: router(&engine, limiter.clone(), &self.jobs),
+            client: router(&engine, limiter.clone(), &self.jobs, &self.http),
             limiter,
+            http: self.http.clone(),
             engine,
             db: Arc::clone(&self.db),
             media: Arc::clone(&self.media),
@@ -170,10 +180,17 @@ impl TestApp {
         let addr = bound.addr();
         let app = server::app(
             Readiness::new(self.engine.db().clone()),
-            state(&self.engine, self.limiter.clone(), &self.jobs),
+            state(&self.engine, self.limiter.clone(), &self.jobs, &self.http),
         );
         let server = HttpServer::start(bound, app, Duration::from_secs(5));
         (addr, server)
+    }
+
+    /// The same app with the HTTP front's `http` settings (a metrics token…).
+    pub(crate) fn with_http(mut self, http: HttpSettings) -> Self {
+        self.client = router(&self.engine, self.limiter.clone(), &self.jobs, &http);
+        self.http = http;
+        self
     }
 
     /// A new key of `scope` (plaintext).
