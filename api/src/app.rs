@@ -82,6 +82,7 @@ impl App {
             engine: self.engine.clone(),
             scheduler: Arc::new(self.scheduler()),
             limiter,
+            http: self.config.http.clone(),
             jobs: Arc::new(self.config.jobs.clone()),
         })
     }

@@ -143,7 +143,7 @@ async fn api_keys(app: &App, command: ApiKeyCommand) -> anyhow::Result<()> {
         ApiKeyCommand::Revoke { id } => match keys::revoke(db, id, &Actor::cli(), now).await? {
             Some(info) => println!(
                 "API key {id} ({}) revoked at {}",
-                info.name,
+                output::one_line(&info.name),
                 output::time(info.revoked_at.unwrap_or(now))
             ),
             None => anyhow::bail!("no API key has id {id}"),

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use engine::config::{ConfigError, EngineConfig, Env, VarSpec};
 use jobs::JobsConfig;
 
+use crate::auth::ClientIp;
 use crate::auth::rate_limit::Limits;
 
 macro_rules! var {
@@ -42,6 +43,25 @@ var!(
 );
 
 var!(
+    RATE_LIMIT_ANONYMOUS_PER_HOUR,
+    "RATE_LIMIT_ANONYMOUS_PER_HOUR",
+    "600",
+    "Requests without a valid API key each client address may make per hour: /v1 calls with no or an unknown key, export download links, dashboard sign-ins and Stripe webhooks whose signature fails (Stripe's own deliveries never count). An IPv6 client is counted by its /64. Over it: 429 with Retry-After. Shared through REDIS_URL like the key budgets."
+);
+var!(
+    CLIENT_IP_HEADER,
+    "CLIENT_IP_HEADER",
+    "",
+    "Header holding the client's address, set by the reverse proxy in front (X-Real-IP, or X-Forwarded-For, whose last address is taken). Empty: the TCP peer's address. Set it only behind a proxy that overwrites the header, or clients choose their own address."
+);
+var!(
+    METRICS_TOKEN,
+    "METRICS_TOKEN",
+    "",
+    "Bearer token /metrics asks for (Authorization: Bearer <token>); empty: /metrics is open to anyone who reaches the port."
+);
+
+var!(
     ADMIN_SESSION_TTL,
     "ADMIN_SESSION_TTL",
     "8h",
@@ -50,8 +70,8 @@ var!(
 var!(
     ADMIN_COOKIE_SECURE,
     "ADMIN_COOKIE_SECURE",
-    "auto",
-    "When the admin dashboard's session cookie is marked Secure: auto (when the request came over TLS, as the proxy in front says with X-Forwarded-Proto: https or Forwarded: proto=https), always, or never."
+    "always",
+    "When the admin dashboard's session cookie is Secure (and then named with the __Host- prefix): always (browsers keep Secure cookies of http://localhost too), auto (when the request came over TLS, as the proxy in front says with X-Forwarded-Proto: https or Forwarded: proto=https), or never (plain HTTP on a trusted network; the cookie loses the prefix)."
 );
 
 /// The api's variables, in `.env.template` order. (`REDIS_URL`, declared by `jobs`, also
@@ -60,6 +80,9 @@ pub const VARS: &[VarSpec] = &[
     HTTP_ADDR,
     RATE_LIMIT_READS_PER_HOUR,
     RATE_LIMIT_WRITES_PER_HOUR,
+    RATE_LIMIT_ANONYMOUS_PER_HOUR,
+    CLIENT_IP_HEADER,
+    METRICS_TOKEN,
     ADMIN_SESSION_TTL,
     ADMIN_COOKIE_SECURE,
 ];
@@ -73,8 +96,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Where `serve` listens.
     pub http_addr: SocketAddr,
-    /// Requests per hour per API key.
+    /// Requests per hour per API key, and per client address without one.
     pub rate_limits: Limits,
+    /// Client addresses and the metrics token.
+    pub http: crate::state::HttpSettings,
     /// The admin dashboard's sessions.
     pub admin: crate::admin::Settings,
 }
@@ -94,6 +119,24 @@ impl Config {
         let rate_limits = Limits {
             reads_per_hour: per_hour(&RATE_LIMIT_READS_PER_HOUR),
             writes_per_hour: per_hour(&RATE_LIMIT_WRITES_PER_HOUR),
+            anonymous_per_hour: per_hour(&RATE_LIMIT_ANONYMOUS_PER_HOUR),
+        };
+        let raw = env.string(&CLIENT_IP_HEADER);
+        let client_ip = match raw.trim() {
+            "" => ClientIp::Peer,
+            name => match poem::http::HeaderName::try_from(name) {
+                Ok(name) => ClientIp::Header(name),
+                Err(_) => {
+                    env.problem(&CLIENT_IP_HEADER, "a header name such as X-Real-IP");
+                    ClientIp::Peer
+                }
+            },
+        };
+        let metrics_token =
+            Some(env.string(&METRICS_TOKEN).trim().to_owned()).filter(|t| !t.is_empty());
+        let http = crate::state::HttpSettings {
+            client_ip,
+            metrics_token,
         };
         let admin = crate::admin::Settings::read(env);
         Self {
@@ -101,6 +144,7 @@ impl Config {
             jobs,
             http_addr,
             rate_limits,
+            http,
             admin,
         }
     }
@@ -192,6 +236,26 @@ mod tests {
         assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.rate_limits.reads_per_hour.get(), 1000);
         assert_eq!(c.rate_limits.writes_per_hour.get(), 200);
+        assert_eq!(c.rate_limits.anonymous_per_hour.get(), 600);
+        assert_eq!(c.http, crate::state::HttpSettings::default());
+    }
+
+    #[test]
+    fn the_client_address_header_and_the_metrics_token_are_read() {
+        let c = Config::from_map(map(&[
+            ("CLIENT_IP_HEADER", "X-Real-IP"),
+            ("METRICS_TOKEN", "s3cret"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.http.client_ip,
+            ClientIp::Header(poem::http::HeaderName::from_static("x-real-ip"))
+        );
+        assert_eq!(c.http.metrics_token.as_deref(), Some("s3cret"));
+        let err = Config::from_map(map(&[("CLIENT_IP_HEADER", "not a header")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLIENT_IP_HEADER must be"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! veza-jobs' binary as a library: the command line ([`cli`]), the configuration
 //! ([`config`]), the engine and services built from it ([`app`]), the HTTP front
 //! ([`server`]: [`routes`] behind [`auth`], the [`admin`] dashboard, [`problem`], [`metrics`], [`request_id`],
-//! [`body_limit`]) and the CLI commands ([`commands`], [`output`]).
+//! [`body_limit`], [`nul_bytes`], [`wire_errors`], the served document of [`spec`]) and the CLI commands ([`commands`], [`output`]).
 //!
 //! Exit codes: 0 done, 1 failed (the error is printed), 2 bad configuration or usage.
 #![warn(missing_docs)]
@@ -16,13 +16,17 @@ pub mod body_limit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod log_gate;
 pub mod metrics;
+pub mod nul_bytes;
 pub mod output;
 pub mod problem;
 pub mod request_id;
 pub mod routes;
 pub mod server;
+pub mod spec;
 pub mod state;
+pub mod wire_errors;
 
 /// Exit code of a bad configuration (and, from clap, of a bad command line).
 pub const EXIT_CONFIG: u8 = 2;

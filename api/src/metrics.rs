@@ -1,7 +1,10 @@
 //! `/metrics`: Prometheus text from `metrics-exporter-prometheus`. It holds the engine's
-//! metrics (see `engine::metrics`), gauges refreshed at each scrape from
-//! `engine::admin::stats`, and HTTP requests by route template × status from
-//! [`http_metrics_middleware`].
+//! metrics (see `engine::metrics`), gauges read from `engine::admin::stats` at most once
+//! per [`GAUGE_TTL`] whatever the scrape rate ([`GaugeCache`]: a scrape costs no database
+//! work within that window, so anyone who can reach `/metrics` cannot make the database
+//! count the jobs table at will), and HTTP requests by route template × status from
+//! [`http_metrics_middleware`]. With `METRICS_TOKEN` set, a scrape needs
+//! `Authorization: Bearer <token>`.
 //!
 //! | name | type | labels |
 //! |---|---|---|
@@ -9,13 +12,16 @@
 //! | `veza_queue_depth` | gauge | `kind`: pending + retrying |
 //! | `veza_queue_oldest_pending_age_seconds` | gauge | `kind` |
 //! | `veza_reconciliation_open_findings` | gauge | none: transfers whose row and Stripe disagree |
-//! | `veza_http_requests_total` | counter | `method`, `route` (the spec's template, `unmatched` otherwise), `status` |
+//! | `veza_http_requests_total` | counter | `method` (`other` for a method HTTP does not define), `route` (the spec's template, `unmatched` otherwise), `status` |
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use engine::Engine;
+use engine::{Engine, Millis};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, IntoResponse, Request, Response};
+
+use crate::spec::RouteTemplates;
 
 /// Jobs by kind and state.
 pub const JOBS: &str = "veza_jobs";
@@ -44,11 +50,52 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Refreshes the gauges from the database and renders every metric.
-pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
+/// How long the gauges read from the database are served before they are read again.
+pub const GAUGE_TTL: Duration = Duration::from_secs(5);
+
+/// When the gauges were last read from the database: they are read again only once they
+/// are older than the cache's lifetime, by the engine's clock. Concurrent scrapes wait for
+/// one read instead of each running it.
+pub struct GaugeCache {
+    ttl_ms: Millis,
+    read_at: tokio::sync::Mutex<Option<Millis>>,
+}
+
+impl GaugeCache {
+    /// A cache whose gauges live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: engine::clock::duration_ms(ttl),
+            read_at: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reads the gauges from the database unless that was done less than the lifetime ago;
+    /// true when it read them. A failed read is tried again at the next scrape.
+    pub async fn refresh(&self, engine: &Engine) -> Result<bool, engine::Error> {
+        let mut read_at = self.read_at.lock().await;
+        let now = engine.clock().now_ms();
+        if read_at.is_some_and(|at| now >= at && now - at < self.ttl_ms) {
+            return Ok(false);
+        }
+        read_gauges(engine).await?;
+        *read_at = Some(now);
+        Ok(true)
+    }
+}
+
+/// Refreshes the gauges (through `cache`) and renders every metric.
+pub async fn render(engine: &Engine, cache: &GaugeCache) -> Result<String, engine::Error> {
     let Some(handle) = handle() else {
         return Ok(String::new());
     };
+    cache.refresh(engine).await?;
+    Ok(handle.render())
+}
+
+/// Reads the gauges from the database: one pass over the jobs by kind and state, and the
+/// open reconciliation findings.
+async fn read_gauges(engine: &Engine) -> Result<(), engine::Error> {
     let stats = engine::admin::stats(engine.db(), engine.clock().now_ms()).await?;
     for kind in &stats {
         for (status, count) in &kind.counts {
@@ -66,46 +113,29 @@ pub async fn render(engine: &Engine) -> Result<String, engine::Error> {
         .await
         .map_err(engine::Error::Database)?;
     metrics::gauge!(OPEN_FINDINGS).set(open as f64);
-    Ok(handle.render())
+    Ok(())
 }
 
-/// The spec's path templates (`/v1/jobs/{id}`), to label requests without unbounded
-/// cardinality.
-#[derive(Debug, Clone, Default)]
-pub struct RouteTemplates(std::sync::Arc<Vec<Vec<String>>>);
-
-impl RouteTemplates {
-    /// The templates of an OpenAPI document's `paths`, plus the fixed extra routes.
-    pub fn from_spec(spec_json: &str, extra: &[&str]) -> Self {
-        let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
-        let mut templates: Vec<Vec<String>> = spec["paths"]
-            .as_object()
-            .map(|paths| paths.keys().map(|p| split(p)).collect())
-            .unwrap_or_default();
-        templates.extend(extra.iter().map(|p| split(p)));
-        Self(std::sync::Arc::new(templates))
-    }
-
-    /// The template `path` matches, or `unmatched`.
-    pub fn route_of(&self, path: &str) -> String {
-        let segments = split(path);
-        self.0
-            .iter()
-            .find(|t| {
-                t.len() == segments.len()
-                    && t.iter()
-                        .zip(&segments)
-                        .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
-            })
-            .map_or_else(|| "unmatched".to_owned(), |t| format!("/{}", t.join("/")))
-    }
-}
-
-fn split(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// The `method` label: one of the methods HTTP defines, else `other`. The raw method is
+/// the client's to choose (any token, of any length), so it would let anyone create
+/// series without bound.
+pub fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    KNOWN
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
 }
 
 /// Counts each request by method, route template and status.
@@ -115,7 +145,7 @@ pub async fn http_metrics_middleware<E: Endpoint>(
     templates: &RouteTemplates,
 ) -> poem::Result<Response> {
     let route = templates.route_of(req.uri().path());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let resp = match next.call(req).await {
         Ok(resp) => resp.into_response(),
         Err(e) => e.into_response(),
@@ -135,14 +165,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_labelled_with_their_route_template() {
-        let spec = r#"{"paths": {"/v1/jobs": {}, "/v1/jobs/{id}": {}, "/v1/jobs/{id}/retry": {}}}"#;
-        let t = RouteTemplates::from_spec(spec, &["/docs"]);
-        assert_eq!(t.route_of("/v1/jobs"), "/v1/jobs");
-        assert_eq!(t.route_of("/v1/jobs/42"), "/v1/jobs/{id}");
-        assert_eq!(t.route_of("/v1/jobs/42/retry"), "/v1/jobs/{id}/retry");
-        assert_eq!(t.route_of("/docs"), "/docs");
-        assert_eq!(t.route_of("/v1/jobs/42/nope"), "unmatched");
-        assert_eq!(t.route_of("/wp-admin.php"), "unmatched");
+    fn methods_outside_http_are_labelled_other() {
+        assert_eq!(method_label(&poem::http::Method::GET), "GET");
+        assert_eq!(method_label(&poem::http::Method::TRACE), "TRACE");
+        let long: poem::http::Method = "X".repeat(3000).parse().expect("a token");
+        assert_eq!(method_label(&long), "other");
+        let custom: poem::http::Method = "PROPFIND".parse().expect("a token");
+        assert_eq!(method_label(&custom), "other");
     }
 }

@@ -28,9 +28,26 @@ fn opt(text: Option<&str>) -> String {
     text.map_or_else(|| "-".to_owned(), one_line)
 }
 
-/// Text on one line (newlines and tabs shown as spaces), so that tables stay aligned.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Text on one line (newlines and tabs shown as spaces), so that tables stay aligned, and
+/// safe for a terminal: other control characters (an ANSI escape sequence in a key's name
+/// could rewrite the screen) and the bidirectional overrides that reorder what is shown
+/// are printed escaped (`\u{1b}`).
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Columns padded to their widest cell, separated by two spaces; the last column is not
@@ -68,7 +85,7 @@ pub fn created_key(created: &CreatedKey) -> String {
         "API key {} ({}, scope {}) created. It is shown only now; store it:\n\n{}\n\n\
          Use it as: curl -H 'X-API-Key: {}' http://HOST:PORT/v1/jobs\n",
         created.info.id,
-        created.info.name,
+        one_line(&created.info.name),
         created.info.scope.as_str(),
         created.key,
         created.key,
@@ -248,6 +265,13 @@ mod tests {
     fn times_are_rfc3339_utc() {
         assert_eq!(time(1_767_225_600_000), "2026-01-01T00:00:00Z");
         assert_eq!(time_ms(1_767_225_600_250), "2026-01-01T00:00:00.250Z");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(one_line("ci\u{1b}[2Jx"), "ci\\u{1b}[2Jx");
+        assert_eq!(one_line("a\u{7f}b\u{202e}c"), "a\\u{7f}b\\u{202e}c");
+        assert_eq!(one_line("é ok"), "é ok");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
 use crate::request_id::RequestId;
+use crate::spec::RouteTemplates;
 
 /// The media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -217,9 +218,14 @@ impl From<sqlx::Error> for ApiError {
 
 /// Makes every 4xx/5xx a problem document (those that are not already), and logs 5xx once
 /// with the request id. Errors raised by poem (unknown route → 404, wrong method → 405,
-/// body over the limit → 413, panic → 500) keep their status; a 5xx's text is replaced by
-/// the generic message.
-pub async fn problem_middleware<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+/// body over the limit → 413, wrong media type → 415, panic → 500) keep their status; a
+/// 5xx's text is replaced by the generic message. A 405 says in `Allow` which methods the
+/// path has (from `templates`, the spec's routes).
+pub async fn problem_middleware<E: Endpoint>(
+    next: E,
+    req: Request,
+    templates: &RouteTemplates,
+) -> poem::Result<Response> {
     // The admin dashboard is for people in a browser: its errors are HTML pages (and its
     // 5xx are logged by its own error middleware, `crate::admin`), so they are left as is.
     if crate::admin::is_dashboard_path(req.uri().path()) {
@@ -251,7 +257,16 @@ pub async fn problem_middleware<E: Endpoint>(next: E, req: Request) -> poem::Res
             }
         }
     };
-    Ok(ensure_problem(resp, request_id.as_ref(), &method, &path).await)
+    let mut resp = ensure_problem(resp, request_id.as_ref(), &method, &path).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !resp.headers().contains_key(header::ALLOW)
+        && let Some(allow) = templates
+            .allow(&path)
+            .and_then(|a| HeaderValue::from_str(&a).ok())
+    {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
+    Ok(resp)
 }
 
 /// The problem type of an error poem raised by itself.
@@ -260,6 +275,8 @@ fn kind_of(status: StatusCode) -> &'static str {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",

@@ -15,10 +15,11 @@ use poem::{Endpoint, EndpointExt, Route, Server};
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 
-use crate::metrics::RouteTemplates;
 use crate::problem::{self, Problem};
 use crate::routes::{self, ApiTags};
+use crate::spec::RouteTemplates;
 use crate::state::ApiState;
+use crate::wire_errors::ProblemAcceptor;
 use crate::{auth, request_id};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -102,7 +103,8 @@ pub struct ReadyBody {
     pub status: String,
     /// The parts that are not ready (empty when ready).
     pub failing: Vec<String>,
-    /// Each part (`database`, `workers`, `scheduler`) with `ok` or what is wrong.
+    /// Each part (`database`, `workers`, `scheduler`, and `redis` when the rate limits are
+    /// kept there) with `ok` or what is wrong.
     pub checks: BTreeMap<String, String>,
     /// What this configuration switches off, with why (`stripe_jobs` without
     /// `STRIPE_SECRET_KEY`, `stripe_webhook` without `STRIPE_WEBHOOK_SECRET`, …). The
@@ -127,6 +129,15 @@ pub enum MetricsResponse {
     /// Prometheus text exposition.
     #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
     Metrics(PlainText<String>),
+    /// `METRICS_TOKEN` is set and the request's `Authorization: Bearer` is missing or not
+    /// it (`unauthorized`).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(
+        Json<Problem>,
+        /// `Bearer`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
     /// The gauges could not be read from the database (`internal`).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -136,6 +147,7 @@ pub enum MetricsResponse {
 pub struct OpsApi {
     readiness: Readiness,
     state: ApiState,
+    gauges: Arc<crate::metrics::GaugeCache>,
 }
 
 #[OpenApi(tag = "ApiTags::Operations")]
@@ -148,11 +160,24 @@ impl OpsApi {
         })
     }
 
-    /// Readiness: 200 when the database answers and the workers and scheduler run,
-    /// else 503 naming what failed; `disabled` lists what the configuration switches off.
+    /// Readiness: 200 when the database (and the rate limits' Redis, when set) answers and
+    /// the workers and scheduler run, else 503 naming what failed; `disabled` lists what the
+    /// configuration switches off.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let mut body = self.readiness.check().await;
+        // The rate limits' Redis, when they are kept there: every `/v1` call needs it.
+        if let Some(redis) = self.state.limiter.health().await {
+            let state = match redis {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    body.failing.push("redis".to_owned());
+                    body.status = "unavailable".to_owned();
+                    format!("error: {e}")
+                }
+            };
+            body.checks.insert("redis".to_owned(), state);
+        }
         for (part, why) in self.state.jobs.payments.disabled() {
             body.disabled.insert(part.to_owned(), why.to_owned());
         }
@@ -163,11 +188,24 @@ impl OpsApi {
         }
     }
 
-    /// Prometheus metrics: the engine's, jobs by kind × state and queue depth (refreshed
-    /// now), and HTTP requests by route × status.
+    /// Prometheus metrics: the engine's, jobs by kind × state and queue depth (read from
+    /// the database at most every 5 s), and HTTP requests by route × status. With
+    /// `METRICS_TOKEN` set, send `Authorization: Bearer <token>`.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self) -> MetricsResponse {
-        match crate::metrics::render(&self.state.engine).await {
+    async fn metrics(&self, req: &poem::Request) -> MetricsResponse {
+        if let Some(token) = &self.state.http.metrics_token
+            && !bearer_matches(req, token)
+        {
+            return MetricsResponse::Unauthorized(
+                Json(Problem::new(
+                    poem::http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "/metrics needs Authorization: Bearer <METRICS_TOKEN>",
+                )),
+                "Bearer".to_owned(),
+            );
+        }
+        match crate::metrics::render(&self.state.engine, &self.gauges).await {
             Ok(text) => MetricsResponse::Metrics(PlainText(text)),
             Err(e) => {
                 tracing::error!(error = %engine::job::error_chain(&e), "reading metrics failed");
@@ -175,6 +213,16 @@ impl OpsApi {
             }
         }
     }
+}
+
+/// True when `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_matches(req: &poem::Request, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    req.headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|presented| bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// Request bodies larger than this are refused (413).
@@ -188,6 +236,7 @@ pub fn openapi(readiness: Readiness, state: &ApiState) -> OpenApiService<Apis, (
     let ops = OpsApi {
         readiness,
         state: state.clone(),
+        gauges: Arc::new(crate::metrics::GaugeCache::new(crate::metrics::GAUGE_TTL)),
     };
     OpenApiService::new(
         (ops, routes::v1(state)),
@@ -204,39 +253,60 @@ pub fn openapi(readiness: Readiness, state: &ApiState) -> OpenApiService<Apis, (
 }
 
 /// The whole HTTP application: `/health`, `/ready`, `/metrics`, `/v1/…`, `/openapi.json`
-/// and `/docs`, behind (outermost first) the request id, problem documents, HTTP
-/// metrics, the body limit, and the `/v1` key check and rate limit.
+/// (the finished document of [`crate::spec`]) and `/docs`, behind (outermost first) the
+/// request id, problem documents, HTTP metrics, the body limit, the `/v1` key check and
+/// rate limit, and the refusal of NUL bytes.
 pub fn app(readiness: Readiness, state: ApiState) -> impl Endpoint + 'static {
     let service = openapi(readiness, &state);
-    let spec = service.spec();
+    let generated = service.spec();
+    let spec = crate::spec::finish(&generated);
+    // Swagger UI embeds the document: the finished one, in place of the generated one.
+    let docs_html = service.swagger_ui_html().replacen(&generated, &spec, 1);
     // The dashboard's pages are labelled by their templates too (`/admin/jobs/{id}`).
-    let extra: Vec<&str> = ["/openapi.json", "/docs"]
+    let extra: Vec<(&str, &[&str])> = [("/openapi.json", &["GET"][..]), ("/docs", &["GET"][..])]
         .into_iter()
-        .chain(crate::admin::ROUTE_TEMPLATES.iter().copied())
+        .chain(crate::admin::ROUTE_TEMPLATES.iter().map(|t| (*t, &[][..])))
         .collect();
     let templates = RouteTemplates::from_spec(&spec, &extra);
     // Installed before any request so that the engine's metrics are recorded from the start.
     let _ = crate::metrics::handle();
+    let metrics_templates = templates.clone();
     Route::new()
-        .at("/openapi.json", service.spec_endpoint())
-        .nest("/docs", service.swagger_ui())
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
+        .at(
+            "/docs",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::web::Html(docs_html.clone())
+            })),
+        )
         .nest("/admin", crate::admin::routes())
         .nest("/", service)
         .with(poem::middleware::CatchPanic::new())
+        .around(crate::nul_bytes::nul_middleware)
         .around(auth::auth_middleware)
         .around(|next, req| crate::body_limit::body_limit(next, req, BODY_LIMIT))
         .data(state)
         .around(move |next, req| {
-            let templates = templates.clone();
+            let templates = metrics_templates.clone();
             async move { crate::metrics::http_metrics_middleware(next, req, &templates).await }
         })
-        .around(problem::problem_middleware)
+        .around(move |next, req| {
+            let templates = templates.clone();
+            async move { problem::problem_middleware(next, req, &templates).await }
+        })
         .around(request_id::request_id_middleware)
 }
 
 /// A bound listener, not yet serving.
 pub struct Bound {
-    acceptor: TcpAcceptor,
+    acceptor: ProblemAcceptor<TcpAcceptor>,
     addr: SocketAddr,
 }
 
@@ -246,7 +316,7 @@ impl Bound {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         Ok(Self {
-            acceptor: TcpAcceptor::from_tokio(listener)?,
+            acceptor: ProblemAcceptor(TcpAcceptor::from_tokio(listener)?),
             addr,
         })
     }

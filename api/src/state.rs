@@ -7,7 +7,17 @@ use engine::Engine;
 use engine::scheduler::Scheduler;
 use jobs::JobsConfig;
 
+use crate::auth::ClientIp;
 use crate::auth::rate_limit::Limiter;
+
+/// The HTTP front's settings that are not limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where the client address of a request without a key is read (`CLIENT_IP_HEADER`).
+    pub client_ip: ClientIp,
+    /// The bearer token `/metrics` asks for (`METRICS_TOKEN`); none: open.
+    pub metrics_token: Option<String>,
+}
 
 /// The routes' shared state (cheap to clone).
 #[derive(Clone)]
@@ -16,8 +26,10 @@ pub struct ApiState {
     pub engine: Engine,
     /// The schedules this process knows.
     pub scheduler: Arc<Scheduler>,
-    /// Per-key rate limits.
+    /// Rate limits per key and per client address.
     pub limiter: Limiter,
+    /// The HTTP front's own settings (client addresses, the metrics token).
+    pub http: HttpSettings,
     /// The job kinds' settings: `MEDIA_ROOT` to check a thumbnail source, the webhook
     /// secrets, the export directory and signing key, the recovery period.
     pub jobs: Arc<JobsConfig>,

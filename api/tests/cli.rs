@@ -297,6 +297,29 @@ fn api_keys_are_created_once_listed_without_the_key_and_revoked() {
 }
 
 #[test]
+fn api_key_names_with_control_characters_are_listed_escaped() {
+    let s = Sandbox::sqlite();
+    s.migrate();
+    // A name with an ANSI sequence (clear the screen) and a right-to-left override.
+    let name = "ci\u{1b}[2J\u{202e}evil";
+    let created = s.ok(&["api-key", "create", "--name", name, "--scope", "read"]);
+    let list = s.ok(&["api-key", "list"]);
+    for out in [&created, &list] {
+        assert!(
+            !out.contains('\u{1b}'),
+            "a raw ESC reached the terminal: {out:?}"
+        );
+        assert!(
+            !out.contains('\u{202e}'),
+            "a raw override reached the terminal: {out:?}"
+        );
+        assert!(out.contains("ci\\u{1b}[2J\\u{202e}evil"), "{out}");
+    }
+    // The JSON keeps the name as it is.
+    assert_eq!(s.json(&["api-key", "list", "--json"])[0]["name"], name);
+}
+
+#[test]
 fn an_unmigrated_database_says_so() {
     let s = Sandbox::sqlite();
     let run = s.run(&["jobs", "list"]);

@@ -49,6 +49,7 @@ async fn start(db: &TestDb, readiness: Readiness) -> (SocketAddr, HttpServer) {
         scheduler: Arc::new(Scheduler::new(engine.clone(), Vec::new())),
         engine,
         limiter: Limiter::memory(config.rate_limits),
+        http: config.http,
         jobs: Arc::new(config.jobs),
     };
     let server = HttpServer::start(bound, server::app(readiness, state), Duration::from_secs(5));

@@ -2,9 +2,12 @@
 //! domain functions as the `/v1` routes, with a little embedded CSS and JavaScript and no
 //! front-end build.
 //!
-//! - Sign-in with an admin API key, exchanged for a session cookie ([`session`]): HttpOnly,
-//!   SameSite=Strict, `Max-Age` of `ADMIN_SESSION_TTL`, Secure per `ADMIN_COOKIE_SECURE`.
-//!   Keys of scope read or write are refused.
+//! - Sign-in with an admin API key, exchanged for a session cookie ([`session`]):
+//!   `__Host-` prefixed, Secure (unless `ADMIN_COOKIE_SECURE=never`), HttpOnly,
+//!   SameSite=Strict, `Max-Age` of `ADMIN_SESSION_TTL`; a sign-in ends the browser's previous
+//!   session. Keys of scope read or write are refused; every attempt draws on the address's
+//!   budget for requests without a key, and a failed one is logged (at most every few
+//!   seconds).
 //! - [`guard`] runs before every page: no live session → the sign-in page; every request
 //!   that is not a GET/HEAD must carry the session's CSRF token (form field `csrf` or header
 //!   `X-CSRF-Token`), else 403, and a cross-site one (`Sec-Fetch-Site: cross-site`) is
@@ -43,7 +46,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(8 * 3600),
-            cookie_secure: CookieSecure::Auto,
+            cookie_secure: CookieSecure::Always,
         }
     }
 }
@@ -56,9 +59,9 @@ impl Settings {
             &crate::config::ADMIN_COOKIE_SECURE,
             &["auto", "always", "never"],
         ) {
-            "always" => CookieSecure::Always,
+            "auto" => CookieSecure::Auto,
             "never" => CookieSecure::Never,
-            _ => CookieSecure::Auto,
+            _ => CookieSecure::Always,
         };
         Self {
             session_ttl,

@@ -17,8 +17,13 @@ use subtle::ConstantTimeEq;
 
 use super::settings;
 
-/// The session cookie.
-pub const COOKIE: &str = "veza_admin_session";
+/// The session cookie when it is `Secure`: the `__Host-` prefix makes browsers take it only
+/// from this host over HTTPS, with `Path=/` and no `Domain`, so another subdomain or a
+/// plain-HTTP answer cannot plant or replace it.
+pub const COOKIE: &str = "__Host-veza_admin_session";
+/// The session cookie without `Secure` (`ADMIN_COOKIE_SECURE=never`, plain HTTP on a trusted
+/// network): browsers refuse a `__Host-` cookie that is not `Secure`.
+pub const PLAIN_COOKIE: &str = "veza_admin_session";
 /// The form field (and `X-CSRF-Token` header) carrying the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
@@ -115,21 +120,43 @@ pub async fn delete(db: &Db, id: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Ends the session whose token is `token`, if there is one (a new sign-in replaces the
+/// browser's previous session).
+pub async fn delete_token(db: &Db, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM admin_sessions WHERE token_hash = $1")
+        .bind(hash(token))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The cookie names read: the `__Host-` one when the cookie is Secure, the plain one when
+/// it is not (with `auto`, either; never the plain one when `always`, so that a cookie
+/// planted over plain HTTP is not taken).
+fn cookie_names() -> &'static [&'static str] {
+    match settings().cookie_secure {
+        CookieSecure::Always => &[COOKIE],
+        CookieSecure::Never => &[PLAIN_COOKIE],
+        CookieSecure::Auto => &[COOKIE, PLAIN_COOKIE],
+    }
+}
+
 /// The session token in the request's cookies.
 pub fn token_of(req: &Request) -> Option<String> {
+    let names = cookie_names();
     req.headers()
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| names.contains(name))
         .map(|(_, value)| value.trim().to_owned())
 }
 
-/// Whether the cookie gets `Secure`: always, never, or (`auto`) when the request came over
-/// TLS as a proxy in front reports it (`X-Forwarded-Proto: https`, or `Forwarded:
-/// proto=https`).
+/// Whether the cookie gets `Secure`: always (the default), never, or (`auto`) when the
+/// request came over TLS as a proxy in front reports it (`X-Forwarded-Proto: https`, or
+/// `Forwarded: proto=https`).
 pub fn is_secure(req: &Request) -> bool {
     match settings().cookie_secure {
         CookieSecure::Always => true,
@@ -150,21 +177,23 @@ pub fn is_secure(req: &Request) -> bool {
     }
 }
 
-/// The `Set-Cookie` value that stores `token`.
+/// The `Set-Cookie` value that stores `token`: `__Host-…; Secure` (with `Path=/`, as the
+/// prefix demands), or the plain name without `Secure`.
 pub fn set_cookie(token: &str, secure: bool) -> String {
-    let max_age = settings().session_ttl.as_secs();
-    format!(
-        "{COOKIE}={token}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
-        if secure { "; Secure" } else { "" }
-    )
+    cookie(token, settings().session_ttl.as_secs(), secure)
 }
 
 /// The `Set-Cookie` value that removes the cookie.
 pub fn clear_cookie(secure: bool) -> String {
-    format!(
-        "{COOKIE}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}",
-        if secure { "; Secure" } else { "" }
-    )
+    cookie("", 0, secure)
+}
+
+fn cookie(value: &str, max_age: u64, secure: bool) -> String {
+    if secure {
+        format!("{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict; Secure")
+    } else {
+        format!("{PLAIN_COOKIE}={value}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict")
+    }
 }
 
 /// `ADMIN_COOKIE_SECURE`.
@@ -172,7 +201,8 @@ pub fn clear_cookie(secure: bool) -> String {
 pub enum CookieSecure {
     /// Secure when the request came over TLS (`X-Forwarded-Proto: https`).
     Auto,
-    /// Always Secure (the dashboard is only reached over HTTPS).
+    /// Always Secure (the default: browsers also keep Secure cookies of
+    /// `http://localhost`).
     Always,
     /// Never Secure (plain HTTP on a trusted network).
     Never,

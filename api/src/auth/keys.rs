@@ -78,8 +78,10 @@ pub struct ApiKeyInfo {
     /// Created at (ms since the epoch).
     pub created_at: Millis,
     /// Last authenticated request (ms since the epoch, to the minute).
+    #[oai(nullable)]
     pub last_used_at: Option<Millis>,
     /// Revoked at (ms since the epoch); a revoked key is refused.
+    #[oai(nullable)]
     pub revoked_at: Option<Millis>,
 }
 

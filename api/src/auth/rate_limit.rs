@@ -1,10 +1,15 @@
-//! Per-key rate limits, reads and writes counted separately, with GCRA (a token bucket
-//! without a timer: a "theoretical arrival time" per key): in memory with `governor`, or in
+//! Rate limits with GCRA (a token bucket without a timer: a "theoretical arrival time" per
+//! bucket): per API key, reads and writes counted separately, and per client address for
+//! what comes without a valid key (see [`crate::auth`]). In memory with `governor`, or in
 //! Redis with one atomic Lua script so that several API processes share one budget.
 //!
 //! A budget of `limit` requests per hour is a burst of `limit` refilled one request every
 //! `3600 s / limit`. `reset` is when the budget is whole again; `retry_after` (when
 //! refused) is when the next request will be accepted.
+//!
+//! Redis is asked with a deadline ([`REDIS_TIMEOUT`]): when it is down or slow the check
+//! fails at once (the caller answers 503) instead of waiting for a reconnection, and the
+//! client keeps reconnecting in the background.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -44,13 +49,15 @@ impl Class {
     }
 }
 
-/// Requests per hour per key.
+/// Requests per hour per key, and per client address without a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// GET/HEAD per hour.
     pub reads_per_hour: NonZeroU32,
     /// Other methods per hour.
     pub writes_per_hour: NonZeroU32,
+    /// Requests without a valid key per hour per client address.
+    pub anonymous_per_hour: NonZeroU32,
 }
 
 impl Limits {
@@ -77,12 +84,10 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
-type Keyed = RateLimiter<
-    (i64, Class),
-    DefaultKeyedStateStore<(i64, Class)>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+
+/// How long a Redis check may take before it counts as failed.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The limiter: in memory (one process) or shared through Redis.
 #[derive(Clone)]
@@ -106,13 +111,32 @@ impl Limiter {
             Self::Redis(r) => r.check(key_id, class).await,
         }
     }
+
+    /// Checks and counts one request without a valid key from `client` (an address, see
+    /// [`crate::auth::client_id`]).
+    pub async fn check_anonymous(&self, client: &str) -> Result<Decision, fred::error::Error> {
+        match self {
+            Self::Memory(m) => Ok(m.check_anonymous(client)),
+            Self::Redis(r) => r.check_anonymous(client).await,
+        }
+    }
+
+    /// `Some(Ok)` when the shared store answers, `Some(Err)` with why not, `None` for the
+    /// in-memory limiter (nothing to check): `/ready`'s `redis` part.
+    pub async fn health(&self) -> Option<Result<(), fred::error::Error>> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(r) => Some(r.ping().await),
+        }
+    }
 }
 
-/// In-memory GCRA limiters, one per class.
+/// In-memory GCRA limiters, one per class, and one for clients without a key.
 pub struct MemoryLimiter {
     limits: Limits,
-    reads: Keyed,
-    writes: Keyed,
+    reads: Keyed<i64>,
+    writes: Keyed<i64>,
+    anonymous: Keyed<String>,
     clock: DefaultClock,
 }
 
@@ -123,16 +147,17 @@ fn period(limit: NonZeroU32) -> Duration {
 impl MemoryLimiter {
     /// Limiters for `limits`.
     pub fn new(limits: Limits) -> Self {
-        let keyed = |limit: NonZeroU32| {
+        fn keyed<K: std::hash::Hash + Eq + Clone>(limit: NonZeroU32) -> Keyed<K> {
             let quota = Quota::with_period(period(limit))
                 .expect("a non-zero period")
                 .allow_burst(limit);
             RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
-        };
+        }
         Self {
             limits,
             reads: keyed(limits.reads_per_hour),
             writes: keyed(limits.writes_per_hour),
+            anonymous: keyed(limits.anonymous_per_hour),
             clock: DefaultClock::default(),
         }
     }
@@ -142,9 +167,30 @@ impl MemoryLimiter {
             Class::Read => &self.reads,
             Class::Write => &self.writes,
         };
-        let limit = self.limits.of(class);
+        self.decide(limiter, &key_id, self.limits.of(class))
+    }
+
+    fn check_anonymous(&self, client: &str) -> Decision {
+        let decision = self.decide(
+            &self.anonymous,
+            &client.to_owned(),
+            self.limits.anonymous_per_hour,
+        );
+        // Addresses come and go: forget the ones whose budget is whole again.
+        if self.anonymous.len() > 10_000 {
+            self.anonymous.retain_recent();
+        }
+        decision
+    }
+
+    fn decide<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &Keyed<K>,
+        key: &K,
+        limit: NonZeroU32,
+    ) -> Decision {
         let period = period(limit);
-        match limiter.check_key(&(key_id, class)) {
+        match limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision {
@@ -190,7 +236,8 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {1, math.floor((now - allow_at) / period), 0, new_tat - now}
 ";
 
-/// The shared limiter: counters `{prefix}:{key id}:{read|write}` in Redis.
+/// The shared limiter: counters `{prefix}:{key id}:{read|write}` and
+/// `{prefix}:anonymous:{client}` in Redis.
 pub struct RedisLimiter {
     limits: Limits,
     client: Client,
@@ -200,13 +247,37 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     /// Connects to `url`; counters are named under `prefix` (e.g. `veza:ratelimit`).
+    ///
+    /// A Redis that does not answer within [`REDIS_TIMEOUT`] is not waited for: the limiter
+    /// is returned anyway, its client reconnecting in the background (checks fail until
+    /// then, and `/ready` says so). A malformed URL is an error.
     pub async fn connect(
         url: &str,
         prefix: &str,
         limits: Limits,
     ) -> Result<Self, fred::error::Error> {
-        let client = Builder::from_config(Config::from_url(url)?).build()?;
-        client.init().await?;
+        let mut config = Config::from_url(url)?;
+        // Keep trying when the first connection fails, instead of giving up for good.
+        config.fail_fast = false;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = REDIS_TIMEOUT;
+                c.internal_command_timeout = REDIS_TIMEOUT;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| p.default_command_timeout = REDIS_TIMEOUT)
+            // Forever, 100 ms to 2 s apart.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
+        client.connect();
+        if tokio::time::timeout(REDIS_TIMEOUT * 4, client.wait_for_connect())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "Redis (REDIS_URL) does not answer yet: rate-limited requests are 503 until it does"
+            );
+        }
         Ok(Self {
             limits,
             client,
@@ -215,18 +286,39 @@ impl RedisLimiter {
         })
     }
 
+    async fn ping(&self) -> Result<(), fred::error::Error> {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.client.ping::<String>(None)).await {
+            Ok(answer) => answer.map(drop),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
     async fn check(&self, key_id: i64, class: Class) -> Result<Decision, fred::error::Error> {
-        let limit = self.limits.of(class);
-        let period_us = i64::try_from(period(limit).as_micros()).unwrap_or(i64::MAX);
         let counter = format!("{}:{key_id}:{}", self.prefix, class.as_str());
-        let answer: Vec<i64> = self
-            .script
-            .evalsha_with_reload(
-                &self.client,
-                counter,
-                vec![period_us, i64::from(limit.get())],
-            )
-            .await?;
+        self.check_counter(counter, self.limits.of(class)).await
+    }
+
+    async fn check_anonymous(&self, client: &str) -> Result<Decision, fred::error::Error> {
+        let counter = format!("{}:anonymous:{client}", self.prefix);
+        self.check_counter(counter, self.limits.anonymous_per_hour)
+            .await
+    }
+
+    async fn check_counter(
+        &self,
+        counter: String,
+        limit: NonZeroU32,
+    ) -> Result<Decision, fred::error::Error> {
+        let period_us = i64::try_from(period(limit).as_micros()).unwrap_or(i64::MAX);
+        let call = self.script.evalsha_with_reload(
+            &self.client,
+            counter,
+            vec![period_us, i64::from(limit.get())],
+        );
+        let answer: Vec<i64> = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(timed_out()),
+        };
         let [allowed, remaining, retry_after_us, reset_us] = answer[..] else {
             return Err(fred::error::Error::new(
                 fred::error::ErrorKind::Parse,
@@ -244,6 +336,13 @@ impl RedisLimiter {
     }
 }
 
+fn timed_out() -> fred::error::Error {
+    fred::error::Error::new(
+        fred::error::ErrorKind::Timeout,
+        format!("Redis did not answer within {REDIS_TIMEOUT:?}"),
+    )
+}
+
 impl From<RedisLimiter> for Limiter {
     fn from(r: RedisLimiter) -> Self {
         Self::Redis(Arc::new(r))
@@ -259,6 +358,7 @@ mod tests {
         let limits = Limits {
             reads_per_hour: NonZeroU32::new(4).expect("4"),
             writes_per_hour: NonZeroU32::new(1).expect("1"),
+            anonymous_per_hour: NonZeroU32::new(2).expect("2"),
         };
         let limiter = MemoryLimiter::new(limits);
         for remaining in (0..4).rev() {
@@ -276,5 +376,10 @@ mod tests {
         assert!(limiter.check(7, Class::Write).allowed);
         assert!(!limiter.check(7, Class::Write).allowed);
         assert!(limiter.check(8, Class::Read).allowed);
+        // Clients without a key have their own budget, per address.
+        assert!(limiter.check_anonymous("192.0.2.1").allowed);
+        assert!(limiter.check_anonymous("192.0.2.1").allowed);
+        assert!(!limiter.check_anonymous("192.0.2.1").allowed);
+        assert!(limiter.check_anonymous("192.0.2.2").allowed);
     }
 }

@@ -16,7 +16,10 @@ use crate::state::ApiState;
 #[derive(Debug, Clone, Object)]
 pub struct NewApiKey {
     /// Who or what it is for.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    #[oai(
+        validator(min_length = 1, max_length = 200),
+        deserialize_with = "crate::routes::strict_string"
+    )]
     pub name: String,
     /// What it may do.
     pub scope: Scope,

@@ -91,8 +91,10 @@ pub struct ProgressView {
     /// Rows written.
     pub rows_done: i64,
     /// Rows to write (known once the job started).
+    #[oai(nullable)]
     pub rows_total: Option<i64>,
     /// 0–100, when the total is known.
+    #[oai(nullable)]
     pub percent: Option<f64>,
 }
 
@@ -106,20 +108,27 @@ pub struct ExportView {
     /// When it was requested.
     pub requested_at: i64,
     /// When its job started.
+    #[oai(nullable)]
     pub started_at: Option<i64>,
     /// When its file was complete.
+    #[oai(nullable)]
     pub ready_at: Option<i64>,
     /// Rows written (of the total).
     pub progress: ProgressView,
     /// The ZIP's size in bytes, once ready.
+    #[oai(nullable)]
     pub size_bytes: Option<i64>,
     /// The ZIP's SHA-256 (hex), once ready.
+    #[oai(nullable)]
     pub sha256: Option<String>,
     /// The download link stops working then.
+    #[oai(nullable)]
     pub link_expires_at: Option<i64>,
     /// The file is deleted then (`EXPORT_RETENTION`).
+    #[oai(nullable)]
     pub expires_at: Option<i64>,
     /// Why it failed, or the last transient error while it is retried.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 

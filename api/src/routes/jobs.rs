@@ -7,7 +7,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::{ApiTags, parse_time};
+use super::{ApiTags, DateTimeParam};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
 use crate::state::ApiState;
@@ -74,14 +74,19 @@ pub struct JobView {
     /// Enqueued at.
     pub created_at: i64,
     /// When it runs next (pending or retrying), else none.
+    #[oai(nullable)]
     pub next_run_at: Option<i64>,
     /// Finished at (succeeded, failed, cancelled).
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// The latest error.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// A note from the handler (why it skipped).
+    #[oai(nullable)]
     pub note: Option<String>,
     /// Unique key.
+    #[oai(nullable)]
     pub unique_key: Option<String>,
 }
 
@@ -116,10 +121,13 @@ pub struct AttemptView {
     /// Started at.
     pub started_at: i64,
     /// Ended at (none while running).
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired` or `released`.
+    #[oai(nullable)]
     pub outcome: Option<String>,
     /// The error (or the skip reason).
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -145,6 +153,7 @@ pub struct JobDetailView {
     /// The args, as enqueued.
     pub args: serde_json::Value,
     /// The worker holding it while running.
+    #[oai(nullable)]
     pub locked_by: Option<String>,
     /// Every attempt, oldest first, with its error.
     pub attempts: Vec<AttemptView>,
@@ -167,6 +176,7 @@ pub struct JobPageView {
     /// Newest first.
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; none on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<i64>,
 }
 
@@ -198,9 +208,9 @@ impl JobsApi {
         /// Only this state.
         status: Query<Option<JobStatus>>,
         /// Enqueued at or after (RFC 3339).
-        since: Query<Option<String>>,
+        since: Query<Option<DateTimeParam>>,
         /// Enqueued before (RFC 3339).
-        until: Query<Option<String>>,
+        until: Query<Option<DateTimeParam>>,
         /// Page size, 1 to 500 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<u32>>,
@@ -211,16 +221,8 @@ impl JobsApi {
         let filter = JobFilter {
             kind: kind.0,
             status: status.0.map(Into::into),
-            since: since
-                .0
-                .as_deref()
-                .map(|s| parse_time("since", s))
-                .transpose()?,
-            until: until
-                .0
-                .as_deref()
-                .map(|s| parse_time("until", s))
-                .transpose()?,
+            since: since.0.map(|t| t.0),
+            until: until.0.map(|t| t.0),
             before_id: cursor.0,
             limit: limit.0,
             unique_key: None,

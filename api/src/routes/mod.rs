@@ -82,15 +82,60 @@ pub fn v1(state: &ApiState) -> V1 {
     )
 }
 
-/// An RFC 3339 time as ms since the epoch, or a 400 naming `param`.
-pub(crate) fn parse_time(param: &str, value: &str) -> Result<i64, crate::problem::ApiError> {
-    chrono::DateTime::parse_from_rfc3339(value)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| {
-            crate::problem::ApiError::bad_request(format!(
-                "{param} must be an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"
-            ))
-        })
+/// A JSON string field, strictly: poem-openapi's own `String` parser also takes numbers and
+/// booleans (`"name": false` would become `"false"`), which the spec (`type: string`) does
+/// not allow. Use as `#[oai(deserialize_with = "crate::routes::strict_string")]`.
+pub(crate) fn strict_string(
+    value: Option<serde_json::Value>,
+) -> poem_openapi::types::ParseResult<String> {
+    match value {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        other => Err(poem_openapi::types::ParseError::expected_type(
+            other.unwrap_or_default(),
+        )),
+    }
+}
+
+/// A time parameter in RFC 3339 (`format: date-time` in the spec, e.g.
+/// `2026-01-01T00:00:00Z`), as ms since the epoch; anything else is a 400 naming the
+/// parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateTimeParam(pub i64);
+
+impl poem_openapi::types::Type for DateTimeParam {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string_date-time".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
+            poem_openapi::registry::MetaSchema::new_with_format("string", "date-time"),
+        ))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl poem_openapi::types::ParseFromParameter for DateTimeParam {
+    fn parse_from_parameter(value: &str) -> poem_openapi::types::ParseResult<Self> {
+        chrono::DateTime::parse_from_rfc3339(value)
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|e| {
+                poem_openapi::types::ParseError::custom(format!(
+                    "expected an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"
+                ))
+            })
+    }
 }
 
 /// A page of rows fetched with one row more than `limit`: the first `limit` rows, and the

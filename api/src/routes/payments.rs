@@ -34,6 +34,7 @@ pub struct PartialRefundView {
     pub currency: String,
     /// When the order was fully refunded later, if it was (then its transfers were
     /// reversed or cancelled automatically).
+    #[oai(nullable)]
     pub order_refunded_at: Option<i64>,
     /// Recorded.
     pub created_at: i64,
@@ -62,6 +63,7 @@ pub struct PartialRefundPage {
     /// By id, ascending.
     pub refunds: Vec<PartialRefundView>,
     /// Pass as `cursor` for the next page; none on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<i64>,
 }
 
@@ -81,10 +83,13 @@ pub struct FindingView {
     /// The row's amount.
     pub row_amount: i64,
     /// Stripe's amount.
+    #[oai(nullable)]
     pub stripe_amount: Option<i64>,
     /// Stripe's `amount_reversed`.
+    #[oai(nullable)]
     pub stripe_amount_reversed: Option<i64>,
     /// Stripe's `reversed`.
+    #[oai(nullable)]
     pub stripe_reversed: Option<bool>,
     /// For people.
     pub detail: String,
@@ -93,6 +98,7 @@ pub struct FindingView {
     /// Last seen.
     pub last_seen_at: i64,
     /// When the row and Stripe agreed again; none while open.
+    #[oai(nullable)]
     pub resolved_at: Option<i64>,
 }
 
@@ -122,6 +128,7 @@ pub struct FindingPage {
     /// By id, ascending.
     pub findings: Vec<FindingView>,
     /// Pass as `cursor` for the next page; none on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<i64>,
 }
 

@@ -20,6 +20,7 @@ pub struct QueueView {
     /// Jobs per state (every state, zeros included).
     pub counts: BTreeMap<String, i64>,
     /// How long the oldest due, unclaimed job has waited, in ms (none when nothing waits).
+    #[oai(nullable)]
     pub oldest_pending_age_ms: Option<i64>,
     /// Attempts finished in the last minute.
     pub finished_last_minute: i64,

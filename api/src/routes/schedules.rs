@@ -22,10 +22,12 @@ pub struct ScheduleView {
     /// Fires at boot too.
     pub run_at_boot: bool,
     /// Last time it fired.
+    #[oai(nullable)]
     pub last_run_at: Option<i64>,
     /// Next time it fires.
     pub next_run_at: i64,
     /// The job of its last run.
+    #[oai(nullable)]
     pub last_job_id: Option<i64>,
 }
 

@@ -11,11 +11,19 @@ use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
 use crate::state::ApiState;
 
+/// The longest file name (path component) a file system takes, in bytes (`NAME_MAX`).
+const MAX_NAME_BYTES: usize = 255;
+
 /// What to make thumbnails of.
 #[derive(Debug, Clone, Object)]
 pub struct ThumbnailRequest {
     /// The cover image, relative to `MEDIA_ROOT` (e.g. `covers/42.png`); `..`, absolute
-    /// paths and symbolic links leading outside `MEDIA_ROOT` are refused.
+    /// paths and symbolic links leading outside `MEDIA_ROOT` are refused, and so is a
+    /// path component longer than 255 bytes (no file system has such a name).
+    #[oai(
+        validator(min_length = 1, max_length = 4096),
+        deserialize_with = "crate::routes::strict_string"
+    )]
     pub source: String,
 }
 
@@ -52,8 +60,10 @@ pub struct ThumbnailView {
 #[derive(Debug, Clone, Object)]
 pub struct TrackThumbnailsView {
     /// The source image they were made from; none when none were made yet.
+    #[oai(nullable)]
     pub source: Option<String>,
     /// When they were made (ms since the Unix epoch).
+    #[oai(nullable)]
     pub updated_at: Option<i64>,
     /// Each size, ascending; empty when none were made yet.
     pub thumbnails: Vec<ThumbnailView>,
@@ -96,8 +106,9 @@ impl TracksApi {
     ///
     /// One unfinished job per track: when one exists, its id comes back with
     /// `created: false` and nothing new is enqueued. 400 when `source` is empty, absolute,
-    /// contains `..` or leads outside `MEDIA_ROOT` through a symbolic link; 404 when the
-    /// track or the source file does not exist. Nothing is enqueued on any refusal.
+    /// contains `..`, has a component over 255 bytes or leads outside `MEDIA_ROOT` through
+    /// a symbolic link; 404 when the track or the source file does not exist. Nothing is
+    /// enqueued on any refusal.
     #[oai(path = "/v1/tracks/:track_id/thumbnails", method = "post")]
     async fn make_thumbnails(
         &self,
@@ -109,6 +120,15 @@ impl TracksApi {
         auth.require(Scope::Write)?;
         let track_id = track_id.0;
         let source = body.0.source;
+        // No file system has a longer name: refused here, before the lookup fails with
+        // ENAMETOOLONG.
+        if let Some(long) = source.split('/').find(|c| c.len() > MAX_NAME_BYTES) {
+            return Err(ApiError::bad_request(format!(
+                "source refused: the path component starting {:?} is {} bytes long; at most {MAX_NAME_BYTES}",
+                long.chars().take(16).collect::<String>(),
+                long.len()
+            )));
+        }
         let jobs = std::sync::Arc::clone(&self.0.jobs);
         let checked = {
             let source = source.clone();

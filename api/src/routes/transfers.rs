@@ -81,14 +81,18 @@ pub struct TransferView {
     /// Status.
     pub status: TransferStatusView,
     /// Stripe's transfer (`tr_…`), once paid out.
+    #[oai(nullable)]
     pub stripe_transfer_id: Option<String>,
     /// Stripe's reversal (`trr_…`), once reversed.
+    #[oai(nullable)]
     pub stripe_reversal_id: Option<String>,
     /// Failed attempts of the current phase.
     pub retry_count: i64,
     /// When the next attempt is due.
+    #[oai(nullable)]
     pub next_retry_at: Option<i64>,
     /// The last error.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Created.
     pub created_at: i64,
@@ -123,6 +127,7 @@ pub struct TransferPageView {
     /// By id, ascending.
     pub transfers: Vec<TransferView>,
     /// Pass as `cursor` for the next page; none on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<i64>,
 }
 

@@ -25,6 +25,7 @@ pub struct TransitionView {
     /// When (ms since the Unix epoch).
     pub at: i64,
     /// A reason or error.
+    #[oai(nullable)]
     pub note: Option<String>,
 }
 

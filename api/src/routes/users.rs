@@ -50,6 +50,16 @@ impl From<UserStatus> for AccountStatus {
     }
 }
 
+/// The statuses `/v1/deletions` filters on: an active account has no deletion to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum DeletionFilter {
+    /// Deletion requested, not erased yet.
+    DeletionRequested,
+    /// Erased.
+    Erased,
+}
+
 /// Where a step of the erasure stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "snake_case")]
@@ -145,8 +155,10 @@ pub struct RedisReportView {
     /// SCAN pages read by the attempt that finished the step.
     pub scan_pages: u64,
     /// Why it was skipped (e.g. "skipped: Redis not configured").
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// The error of the last failed attempt.
+    #[oai(nullable)]
     pub last_error: Option<String>,
 }
 
@@ -174,8 +186,10 @@ pub struct IndexReportView {
     /// Documents the index reports deleted or updated.
     pub affected: u64,
     /// e.g. "already gone", "nothing to send".
+    #[oai(nullable)]
     pub note: Option<String>,
     /// The error of the last failed attempt.
+    #[oai(nullable)]
     pub last_error: Option<String>,
 }
 
@@ -198,6 +212,7 @@ pub struct OpenSearchReportView {
     /// Step status (done once every part is).
     pub status: StepStatusView,
     /// Why it was skipped (e.g. "skipped: OpenSearch not configured").
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// The user's document.
     pub user_document: IndexReportView,
@@ -227,16 +242,21 @@ impl From<OpenSearchReport> for OpenSearchReportView {
 #[derive(Debug, Clone, Object)]
 pub struct ReceiptView {
     /// The `hard_delete` job that wrote it last.
+    #[oai(nullable)]
     pub job_id: Option<i64>,
     /// When the erasure started.
     pub started_at: i64,
     /// When the database step was done.
+    #[oai(nullable)]
     pub database_at: Option<i64>,
     /// When the Redis step was done or skipped.
+    #[oai(nullable)]
     pub redis_at: Option<i64>,
     /// When the OpenSearch step was done or skipped.
+    #[oai(nullable)]
     pub opensearch_at: Option<i64>,
     /// When every step was done or skipped: the erasure is complete.
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// The database (and the files it points at).
     pub database: DatabaseReportView,
@@ -270,15 +290,19 @@ pub struct DeletionView {
     /// `active`, `deletion_requested` or `erased`.
     pub status: AccountStatus,
     /// When deletion was requested (none when active).
+    #[oai(nullable)]
     pub deletion_requested_at: Option<i64>,
     /// The account can be restored (`DELETE`) before this; it is erased after it.
+    #[oai(nullable)]
     pub recovery_deadline: Option<i64>,
     /// When the account's data was erased from the database.
+    #[oai(nullable)]
     pub erased_at: Option<i64>,
     /// Whether public tracks survive the erasure (credited to an anonymous artist).
     pub keep_public_tracks: bool,
     /// The erasure receipt, once the hard delete has started (complete when its
     /// `finished_at` is set).
+    #[oai(nullable)]
     pub receipt: Option<ReceiptView>,
 }
 
@@ -302,6 +326,7 @@ pub struct DeletionPageView {
     /// By user id, ascending, each with its receipt once the erasure started.
     pub deletions: Vec<DeletionView>,
     /// Pass as `cursor` for the next page; none on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<i64>,
 }
 
@@ -399,14 +424,12 @@ impl UsersApi {
     /// Every account whose deletion is pending or done, by user id, one page at a time:
     /// deadlines and, once the erasure started, its receipt (a receipt without
     /// `finished_at` is an erasure waiting for a store). Scope: read.
-    ///
-    /// 400 for `status=active` (an active account has no deletion).
     #[oai(path = "/v1/deletions", method = "get")]
     async fn list_deletions(
         &self,
         auth: ApiKeyAuth,
         /// Only this status: `deletion_requested` or `erased` (default: both).
-        status: Query<Option<AccountStatus>>,
+        status: Query<Option<DeletionFilter>>,
         /// Page size, 1 to 500 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<u32>>,
@@ -416,13 +439,8 @@ impl UsersApi {
         auth.require(Scope::Read)?;
         let statuses: Vec<UserStatus> = match status.0 {
             None => Vec::new(),
-            Some(AccountStatus::Active) => {
-                return Err(ApiError::bad_request(
-                    "an active account has no deletion: status is deletion_requested or erased",
-                ));
-            }
-            Some(AccountStatus::DeletionRequested) => vec![UserStatus::DeletionRequested],
-            Some(AccountStatus::Erased) => vec![UserStatus::Erased],
+            Some(DeletionFilter::DeletionRequested) => vec![UserStatus::DeletionRequested],
+            Some(DeletionFilter::Erased) => vec![UserStatus::Erased],
         };
         let limit = i64::from(limit.0.unwrap_or(50));
         let rows =

@@ -462,6 +462,7 @@ async fn the_dashboard_in_a_real_browser() {
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter: Limiter::memory(GENEROUS),
+        http: Default::default(),
         jobs: Arc::clone(&jobs_config),
     };
     state

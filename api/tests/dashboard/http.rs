@@ -122,15 +122,21 @@ async fn session_cookie_is_locked_down(db: TestDb) {
     let a = sign_in_answer(&app, &key, None).await;
     let set = a.header("set-cookie").expect("Set-Cookie").to_owned();
     let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    // Secure by default, with the `__Host-` prefix (so `Path=/` and no `Domain`).
+    assert!(set.starts_with("__Host-veza_admin_session="), "{set}");
     for expected in [
         "HttpOnly",
         "SameSite=Strict",
-        "Path=/admin",
+        "Path=/",
         "Max-Age=28800",
+        "Secure",
     ] {
         assert!(attrs.contains(&expected), "{expected} missing in {set}");
     }
-    assert!(!attrs.contains(&"Secure"), "plain HTTP: not Secure ({set})");
+    assert!(
+        !attrs.iter().any(|a| a.starts_with("Domain")),
+        "no Domain ({set})"
+    );
     // Only the token's hash is stored.
     let token = cookie_of(&a)
         .split_once('=')
@@ -146,13 +152,54 @@ async fn session_cookie_is_locked_down(db: TestDb) {
     assert_ne!(stored, token);
     assert_eq!(stored, hex::encode(Sha256::digest(token.as_bytes())));
 
-    // Behind a TLS-terminating proxy the cookie is Secure.
-    let a = sign_in_answer(&app, &key, Some(("X-Forwarded-Proto", "https"))).await;
-    let set = a.header("set-cookie").expect("Set-Cookie");
-    assert!(
-        set.split(';').map(str::trim).any(|p| p == "Secure"),
-        "{set}"
+    // The same token under the name without the prefix (a cookie planted over plain HTTP)
+    // is not taken.
+    let planted = format!("veza_admin_session={token}");
+    assert_eq!(page(&app, "/admin", &planted).await.status, 303);
+    assert_eq!(page(&app, "/admin", &cookie_of(&a)).await.status, 200);
+}
+
+async fn a_new_sign_in_replaces_the_browser_s_session(db: TestDb) {
+    let app = TestApp::new(db);
+    let key = app.key(Scope::Admin).await;
+    let first = cookie_of(&sign_in_answer(&app, &key, None).await);
+
+    // The same browser signs in again, sending its cookie.
+    let a = sign_in_answer(&app, &key, Some(("Cookie", first.as_str()))).await;
+    assert_eq!(a.status, 303, "{}", a.text);
+    let second = cookie_of(&a);
+
+    assert_ne!(first, second);
+    assert_eq!(
+        page(&app, "/admin", &first).await.status,
+        303,
+        "the old one ended"
     );
+    assert_eq!(page(&app, "/admin", &second).await.status, 200);
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM admin_sessions")
+        .fetch_one(app.engine.db())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+async fn sign_in_attempts_draw_on_the_address_s_budget(db: TestDb) {
+    let limits = api::auth::rate_limit::Limits {
+        anonymous_per_hour: std::num::NonZeroU32::new(2).unwrap(),
+        ..GENEROUS
+    };
+    let app = TestApp::with_limiter(db, Limiter::memory(limits));
+    let key = app.key(Scope::Admin).await;
+    for _ in 0..2 {
+        let a = sign_in_answer(&app, "vz_guess", None).await;
+        assert_eq!(a.status, 401, "{}", a.text);
+    }
+    // Spent: even the right key waits, and no session is opened.
+    let a = sign_in_answer(&app, &key, None).await;
+    assert_eq!(a.status, 429, "{}", a.text);
+    assert!(a.text.contains("Too many sign-in attempts"), "{}", a.text);
+    assert!(a.header("set-cookie").is_none());
 }
 
 async fn state_changes_need_the_csrf_token(db: TestDb) {
@@ -284,7 +331,7 @@ async fn sign_out_ends_the_session(db: TestDb) {
     assert_eq!(a.header("location"), Some("/admin/login?signed_out=1"));
     let set = a.header("set-cookie").expect("the cookie is cleared");
     assert!(set.contains("Max-Age=0"), "{set}");
-    assert!(set.starts_with("veza_admin_session=;"), "{set}");
+    assert!(set.starts_with("__Host-veza_admin_session=;"), "{set}");
     // The old cookie is worthless: the row is gone.
     let a = page(&app, "/admin", &cookie).await;
     assert_eq!(a.status, 303);
@@ -567,4 +614,6 @@ backend_tests!(
     secrets_in_args_are_redacted,
     pages_answer_in_html,
     run_now_enqueues_the_schedule,
+    a_new_sign_in_replaces_the_browser_s_session,
+    sign_in_attempts_draw_on_the_address_s_budget,
 );

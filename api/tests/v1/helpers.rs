@@ -1,12 +1,14 @@
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::auth::Scope;
 use api::auth::keys;
 use api::auth::rate_limit::{Limiter, Limits};
-use api::server::{self, Readiness};
-use api::state::ApiState;
+use api::server::{self, Bound, HttpServer, Readiness};
+use api::state::{ApiState, HttpSettings};
 use engine::config::Env;
 use engine::scheduler::{Every, Schedule, Scheduler};
 use engine::testing::TestDb;
@@ -46,6 +48,7 @@ pub(crate) fn registry(jobs: &JobsConfig) -> Registry {
 pub(crate) const GENEROUS: Limits = Limits {
     reads_per_hour: NonZeroU32::new(100_000).unwrap(),
     writes_per_hour: NonZeroU32::new(100_000).unwrap(),
+    anonymous_per_hour: NonZeroU32::new(100_000).unwrap(),
 };
 
 /// The job kinds' settings of a test: `MEDIA_ROOT` in `media`, exports and the e-mail
@@ -67,27 +70,44 @@ pub(crate) fn test_jobs_config(media: &Path, work: &Path) -> JobsConfig {
     config
 }
 
-fn router(
+fn state(
     engine: &Engine,
     limiter: Limiter,
     jobs: &Arc<JobsConfig>,
-) -> TestClient<BoxEndpoint<'static, Response>> {
+    http: &HttpSettings,
+) -> ApiState {
     let schedules = vec![Schedule::new(
         "nightly_probe",
         Every::parse("1h").expect("every"),
         &Probe { fail: false },
     )];
-    let state = ApiState {
+    ApiState {
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
+        http: http.clone(),
         jobs: Arc::clone(jobs),
-    };
-    let app = server::app(Readiness::new(engine.db().clone()), state);
+    }
+}
+
+fn router(
+    engine: &Engine,
+    limiter: Limiter,
+    jobs: &Arc<JobsConfig>,
+    http: &HttpSettings,
+) -> TestClient<BoxEndpoint<'static, Response>> {
+    let app = server::app(
+        Readiness::new(engine.db().clone()),
+        state(engine, limiter, jobs, http),
+    );
     TestClient::new(app.map_to_response().boxed())
 }
 
 pub(crate) struct TestApp {
+    /// The limiter the router was built with (for [`TestApp::serve`]).
+    limiter: Limiter,
+    /// The HTTP settings the router was built with.
+    http: HttpSettings,
     pub(crate) client: TestClient<BoxEndpoint<'static, Response>>,
     pub(crate) engine: Engine,
     pub(crate) db: Arc<TestDb>,
@@ -123,7 +143,9 @@ impl TestApp {
         let jobs = Arc::new(config);
         let engine = db.engine(registry(&jobs), clock);
         Self {
-            client: router(&engine, limiter, &jobs),
+            client: router(&engine, limiter.clone(), &jobs, &HttpSettings::default()),
+            limiter,
+            http: HttpSettings::default(),
             engine,
             db: Arc::new(db),
             media: Arc::new(media),
@@ -138,13 +160,37 @@ impl TestApp {
             .db
             .engine(registry(&self.jobs), self.engine.clock().clone());
         Self {
-            client: router(&engine, limiter, &self.jobs),
+            client: router(&engine, limiter.clone(), &self.jobs, &self.http),
+            limiter,
+            http: self.http.clone(),
             engine,
             db: Arc::clone(&self.db),
             media: Arc::clone(&self.media),
             work: Arc::clone(&self.work),
             jobs: Arc::clone(&self.jobs),
         }
+    }
+
+    /// The same application served over real HTTP on `127.0.0.1:<random port>`, for
+    /// clients outside the process; stop it with [`HttpServer::shutdown`].
+    pub(crate) async fn serve(&self) -> (SocketAddr, HttpServer) {
+        let bound = Bound::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind a port");
+        let addr = bound.addr();
+        let app = server::app(
+            Readiness::new(self.engine.db().clone()),
+            state(&self.engine, self.limiter.clone(), &self.jobs, &self.http),
+        );
+        let server = HttpServer::start(bound, app, Duration::from_secs(5));
+        (addr, server)
+    }
+
+    /// The same app with the HTTP front's `http` settings (a metrics token…).
+    pub(crate) fn with_http(mut self, http: HttpSettings) -> Self {
+        self.client = router(&self.engine, self.limiter.clone(), &self.jobs, &http);
+        self.http = http;
+        self
     }
 
     /// A new key of `scope` (plaintext).

@@ -3,6 +3,7 @@
 //! property-based pass over the OpenAPI spec.
 
 mod auth;
+mod contract;
 mod exports;
 mod fuzz;
 // The GDPR test kit of the jobs crate: seeded users, the every-table scanner, the SMTP server.
@@ -13,5 +14,6 @@ mod metrics;
 mod payments;
 mod rate_limits;
 mod routes;
+mod schemathesis;
 mod tracks;
 mod users;

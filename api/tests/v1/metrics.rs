@@ -4,9 +4,19 @@ use api::auth::Scope;
 use engine::backend_tests;
 use engine::testing::TestDb;
 
-use crate::helpers::{TestApp, get};
+use std::time::Duration;
 
-backend_tests!(metrics_expose_jobs_queues_and_http_requests);
+use api::auth::rate_limit::Limiter;
+use api::metrics::GaugeCache;
+use api::state::HttpSettings;
+use engine::Clock;
+
+use crate::helpers::{GENEROUS, TestApp, get, send};
+
+backend_tests!(
+    metrics_expose_jobs_queues_and_http_requests,
+    gauges_are_read_from_the_database_at_most_once_per_window,
+);
 
 /// Checks the text exposition format line by line; returns (name, labels, value) samples.
 fn parse(text: &str) -> Vec<(String, String, f64)> {
@@ -81,5 +91,83 @@ async fn metrics_expose_jobs_queues_and_http_requests(db: TestDb) {
         ),
         "{}",
         answer.text
+    );
+}
+
+async fn gauges_are_read_from_the_database_at_most_once_per_window(db: TestDb) {
+    // Arrange: the engine's clock is ours.
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = TestApp::build(db, Limiter::memory(GENEROUS), clock.clone(), |_| {});
+    let cache = GaugeCache::new(Duration::from_secs(5));
+
+    // Act and assert: the first scrape reads; others within 5 s do not, however many.
+    assert!(cache.refresh(&app.engine).await.expect("read"));
+    for _ in 0..10 {
+        assert!(!cache.refresh(&app.engine).await.expect("cached"));
+    }
+    clock.advance(Duration::from_millis(4_999));
+    assert!(!cache.refresh(&app.engine).await.expect("cached"));
+    clock.advance(Duration::from_millis(1));
+    assert!(cache.refresh(&app.engine).await.expect("read again"));
+    assert!(!cache.refresh(&app.engine).await.expect("cached"));
+}
+
+#[tokio::test]
+async fn methods_outside_http_do_not_become_labels() {
+    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+        return;
+    };
+    let app = TestApp::new(db);
+    let long = "X".repeat(3_000);
+    let a = send(&app, &long, "/health", None, None).await;
+    assert_eq!(a.status, 405, "{}", a.text);
+    send(&app, "PROPFIND", "/health", None, None).await;
+
+    let text = get(&app, "/metrics", None).await.text;
+    assert!(!text.contains(&long[..100]), "the raw method is a label");
+    assert!(!text.contains("PROPFIND"), "the raw method is a label");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("veza_http_requests_total")
+                && l.contains("method=\"other\"")
+                && l.contains("route=\"/health\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_metrics_token_a_scrape_needs_it() {
+    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+        return;
+    };
+    let app = TestApp::new(db).with_http(HttpSettings {
+        metrics_token: Some("s3cret".to_owned()),
+        ..HttpSettings::default()
+    });
+    let scrape = |auth: Option<&'static str>| {
+        let mut req = app.client.get("/metrics");
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        req.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
+    ] {
+        let a = crate::helpers::Answer::of(scrape(auth).await).await;
+        a.assert_problem(401, "unauthorized");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{auth:?}");
+    }
+    let a = crate::helpers::Answer::of(scrape(Some("Bearer s3cret")).await).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.text.contains("veza_"), "{}", a.text);
+    // The spec says the token is optional.
+    let spec = get(&app, "/openapi.json", None).await.body;
+    assert_eq!(
+        spec["paths"]["/metrics"]["get"]["security"],
+        serde_json::json!([{}, {"MetricsToken": []}])
     );
 }

@@ -33,6 +33,8 @@ backend_tests!(
     a_redelivered_refund_racing_the_worker_reverses_once,
     an_admin_retries_a_permanently_failed_reversal,
     partial_refunds_and_findings_are_listed,
+    an_authentic_event_with_nul_characters_is_recorded_with_replacements,
+    an_event_of_the_other_mode_than_the_key_is_refused,
 );
 
 const OLD_SECRET: &str = "whsec_old";
@@ -575,4 +577,52 @@ async fn partial_refunds_and_findings_are_listed(db: TestDb) {
     .await;
     assert_eq!(rest.body["transfers"].as_array().map(Vec::len), Some(1));
     assert!(rest.body["next_cursor"].is_null(), "{}", rest.text);
+}
+
+async fn an_authentic_event_with_nul_characters_is_recorded_with_replacements(db: TestDb) {
+    // Arrange: free text of a real payment (its description) holds a NUL.
+    let w = world(db).await;
+    let (order, total) = w.order(&[(1, 1000)]).await;
+    let mut event: Value = serde_json::from_str(&w.paid("evt_nul", order, total)).unwrap();
+    event["data"]["object"]["description"] = json!("beat\u{0}pack");
+    let body = event.to_string();
+    assert!(body.contains("\\u0000"), "{body}");
+
+    // Act
+    let answer = w.deliver(&body).await;
+
+    // Assert: handled like any payment, stored without the NUL on both storages.
+    assert_eq!(
+        answer.body["outcome"], "transfers_created",
+        "{}",
+        answer.text
+    );
+    let payload: String =
+        sqlx::query_scalar("SELECT payload FROM webhook_events WHERE id = 'evt_nul'")
+            .fetch_one(w.app.engine.db())
+            .await
+            .unwrap();
+    let stored: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(stored["data"]["object"]["description"], "beat\u{FFFD}pack");
+    assert_eq!(w.transfer_ids(order).await.len(), 1);
+}
+
+async fn an_event_of_the_other_mode_than_the_key_is_refused(db: TestDb) {
+    // Arrange: the key is sk_test_…; a live-mode event arrives, correctly signed.
+    let w = world(db).await;
+    let (order, total) = w.order(&[(1, 1000)]).await;
+    let live = w
+        .paid("evt_live", order, total)
+        .replace("\"livemode\":false", "\"livemode\":true");
+    assert!(live.contains("\"livemode\":true"), "{live}");
+
+    // Act
+    let refused = w.deliver_with(&live, NEW_SECRET).await;
+
+    // Assert: refused, nothing recorded; a test-mode event is taken.
+    refused.assert_problem(400, "livemode_mismatch");
+    assert_eq!(w.count("SELECT COUNT(*) FROM webhook_events").await, 0);
+    assert_eq!(w.count("SELECT COUNT(*) FROM seller_transfers").await, 0);
+    w.deliver(&w.paid("evt_test", order, total)).await;
+    assert_eq!(w.count("SELECT COUNT(*) FROM webhook_events").await, 1);
 }

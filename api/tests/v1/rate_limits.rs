@@ -10,11 +10,16 @@ use engine::testing::TestDb;
 
 use crate::helpers::{TestApp, get, post};
 
-backend_tests!(reads_and_writes_have_separate_budgets_with_honest_headers);
+backend_tests!(
+    reads_and_writes_have_separate_budgets_with_honest_headers,
+    requests_without_a_valid_key_draw_on_their_address_s_budget,
+    with_redis_down_calls_are_503_at_once_and_ready_says_redis,
+);
 
 const SMALL: Limits = Limits {
     reads_per_hour: NonZeroU32::new(3).unwrap(),
     writes_per_hour: NonZeroU32::new(2).unwrap(),
+    anonymous_per_hour: NonZeroU32::new(2).unwrap(),
 };
 
 fn num(answer: &crate::helpers::Answer, header: &str) -> u64 {
@@ -62,10 +67,128 @@ async fn reads_and_writes_have_separate_budgets_with_honest_headers(db: TestDb) 
         (2, 1)
     );
     assert_eq!(get(&app, "/v1/jobs", Some(&other)).await.status, 200);
-    // Unauthenticated requests do not draw on any budget and carry no headers.
+    // Unauthenticated requests draw on no key's budget and carry no key headers.
     let anonymous = get(&app, "/v1/jobs", None).await;
     assert_eq!(anonymous.status, 401);
     assert!(anonymous.header("x-ratelimit-limit").is_none());
+}
+
+async fn requests_without_a_valid_key_draw_on_their_address_s_budget(db: TestDb) {
+    // Arrange: 2 requests per hour without a key, per address.
+    let app = TestApp::with_limiter(db, Limiter::memory(SMALL));
+    let key = app.key(Scope::Read).await;
+
+    // Act: no key, an unknown key, then a third try.
+    let none = get(&app, "/v1/jobs", None).await;
+    let unknown = get(&app, "/v1/jobs", Some("vz_0000")).await;
+    let third = get(&app, "/v1/jobs", None).await;
+    let download = get(&app, "/v1/exports/1/download?expires=1&token=00", None).await;
+
+    // Assert: 401 twice, then 429 with Retry-After before any work, for the export link
+    // too; a valid key still works from the same address.
+    none.assert_problem(401, "unauthorized");
+    unknown.assert_problem(401, "unauthorized");
+    for refused in [&third, &download] {
+        refused.assert_problem(429, "rate_limited");
+        let retry_after = num(refused, "retry-after");
+        assert!((1..=1800).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(get(&app, "/v1/jobs", Some(&key)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_webhooks_draw_on_their_address_s_budget() {
+    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+        return;
+    };
+    let app = TestApp::with_limiter(db, Limiter::memory(SMALL));
+    let forged = || {
+        app.client
+            .post("/v1/webhooks/stripe")
+            .header("content-type", "application/json")
+            .header("Stripe-Signature", "t=1,v1=00")
+            .body("{}")
+            .send()
+    };
+    crate::helpers::Answer::of(forged().await)
+        .await
+        .assert_problem(400, "invalid_signature");
+    crate::helpers::Answer::of(forged().await)
+        .await
+        .assert_problem(400, "invalid_signature");
+    crate::helpers::Answer::of(forged().await)
+        .await
+        .assert_problem(429, "rate_limited");
+}
+
+/// `host:port` of `TEST_REDIS_URL`.
+fn redis_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.strip_prefix("redis://").expect("a redis:// URL");
+    let host_port = rest.split('/').next().expect("host:port");
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .expect("resolve")
+        .next()
+        .expect("an address")
+}
+
+async fn with_redis_down_calls_are_503_at_once_and_ready_says_redis(db: TestDb) {
+    // Arrange: the limiter reaches Redis through a proxy we can cut.
+    let Some(url) = redis_url() else { return };
+    let proxy = engine::testing::TcpProxy::start(redis_addr(&url)).await;
+    let prefix = format!("veza:test:{}", hex::encode(rand::random::<[u8; 6]>()));
+    let limiter = RedisLimiter::connect(&format!("redis://{}", proxy.addr), &prefix, SMALL)
+        .await
+        .expect("connect through the proxy");
+    let app = TestApp::with_limiter(db, Limiter::from(limiter));
+    let key = app.key(Scope::Read).await;
+    assert_eq!(get(&app, "/v1/jobs", Some(&key)).await.status, 200);
+    let ready = get(&app, "/ready", None).await;
+    assert_eq!(ready.body["checks"]["redis"], "ok", "{}", ready.text);
+
+    // Act: Redis goes away.
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let with_key = get(&app, "/v1/jobs", Some(&key)).await;
+    let took = started.elapsed();
+    let without_key = get(&app, "/v1/jobs", None).await;
+    let ready = get(&app, "/ready", None).await;
+
+    // Assert: 503 problem documents well within a client's 5 s, and /ready names Redis.
+    with_key.assert_problem(503, "unavailable");
+    without_key.assert_problem(503, "unavailable");
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(
+        ready.body["failing"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|p| p == "redis")),
+        "{}",
+        ready.text
+    );
+    assert!(
+        ready.body["checks"]["redis"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("error: ")),
+        "{}",
+        ready.text
+    );
+
+    // Redis comes back: the client reconnects by itself.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = get(&app, "/v1/jobs", Some(&key)).await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {}: {}",
+            a.status,
+            a.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn redis_url() -> Option<String> {
@@ -135,6 +258,7 @@ async fn a_redis_budget_refilled_faster_than_a_millisecond_still_counts() {
     let huge = Limits {
         reads_per_hour: NonZeroU32::new(1_000_000_000).unwrap(),
         writes_per_hour: NonZeroU32::new(1_000_000_000).unwrap(),
+        anonymous_per_hour: NonZeroU32::new(1_000_000_000).unwrap(),
     };
     let limiter = Limiter::from(
         RedisLimiter::connect(&url, &prefix, huge)

@@ -299,7 +299,7 @@ async fn bad_input_is_refused(db: TestDb) {
     // No body at all: poem answers 415 (no Content-Type), as a problem document.
     post(&app, &path, Some(&write), None)
         .await
-        .assert_problem(415, "bad_request");
+        .assert_problem(415, "unsupported_media_type");
     assert_eq!(get(&app, &path, Some(&read)).await.body["status"], "active");
 
     // An unknown user, a non-numeric id.

@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use crate::admin::session::{self, Session};
 use crate::admin::{internal, redirect, view};
-use crate::auth::{Scope, keys};
+use crate::auth::{Scope, anonymous_gate, client_id, keys};
+use crate::problem::ApiError;
 use crate::state::ApiState;
 
 /// The sign-in page's query.
@@ -88,22 +89,49 @@ pub(crate) async fn sign_in(
     let db = state.engine.db();
     let now = state.engine.clock().now_ms();
     let next = safe_next(f.next.as_deref());
-    let caller = keys::authenticate(db, f.key.trim(), now)
-        .await
-        .map_err(|e| internal("authenticating a sign-in", &e))?;
     let refuse = |status: StatusCode, text: &str| {
         let mut resp = login_page(next, Some(("error", text))).into_response();
         resp.set_status(status);
         resp
     };
+    // Every attempt counts against the address's budget: guessing keys is throttled.
+    if let Err(e) = anonymous_gate(&state, req).await {
+        let text = match e {
+            ApiError::TooManyRequests(..) => {
+                "Too many sign-in attempts from this address. Wait a few minutes and try again."
+            }
+            _ => "Sign-in is unavailable for a moment. Try again shortly.",
+        };
+        let status = e.into_response().status();
+        return Ok(refuse(status, text));
+    }
+    let caller = keys::authenticate(db, f.key.trim(), now)
+        .await
+        .map_err(|e| internal("authenticating a sign-in", &e))?;
+    let client = || client_id(req, &state.http.client_ip);
     let caller = match caller {
         None => {
+            if let Some(suppressed) = crate::log_gate::admit("admin_sign_in_failed") {
+                tracing::warn!(
+                    client = client(),
+                    suppressed,
+                    "dashboard sign-in failed: unknown or revoked key"
+                );
+            }
             return Ok(refuse(
                 StatusCode::UNAUTHORIZED,
                 "This key is unknown or revoked.",
             ));
         }
         Some(c) if c.scope != Scope::Admin => {
+            if let Some(suppressed) = crate::log_gate::admit("admin_sign_in_failed") {
+                tracing::warn!(
+                    client = client(),
+                    key_id = c.key_id,
+                    suppressed,
+                    "dashboard sign-in refused: the key is not of scope admin"
+                );
+            }
             return Ok(refuse(
                 StatusCode::FORBIDDEN,
                 &format!(
@@ -114,6 +142,13 @@ pub(crate) async fn sign_in(
         }
         Some(c) => c,
     };
+    // A new session replaces the one this browser had (no session piles up per sign-in,
+    // and a session planted before the sign-in does not survive it).
+    if let Some(old) = session::token_of(req) {
+        session::delete_token(db, &old)
+            .await
+            .map_err(|e| internal("ending the previous admin session", &e))?;
+    }
     let token = session::create(db, caller.key_id, now)
         .await
         .map_err(|e| internal("opening an admin session", &e))?;
