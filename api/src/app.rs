@@ -91,6 +91,7 @@ impl App {
     /// configured budgets.
     pub async fn run(&self, http: bool, signal: Signal) -> anyhow::Result<ShutdownReport> {
         self.migrate().await?;
+        self.warn_disabled(http);
         // Bind before starting anything: an address in use stops the process cleanly.
         let bound = if http {
             let addr = self.config.http_addr;
@@ -160,6 +161,18 @@ impl App {
             )
             .await;
         Ok(report)
+    }
+
+    /// Says once, at the start of `serve` or `worker`, what this configuration switches off
+    /// (the list `/ready` shows under `disabled`). Only the processes that run jobs say it:
+    /// the other commands build the same registry and would repeat it on every call.
+    fn warn_disabled(&self, http: bool) {
+        for (part, why) in self.config.jobs.payments.disabled() {
+            // Without HTTP there is no webhook to switch off.
+            if http || part != "stripe_webhook" {
+                tracing::warn!(part, "{why}");
+            }
+        }
     }
 }
 

@@ -107,7 +107,8 @@ async fn schedules(app: &App, command: SchedulesCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                print!("{}", output::schedules(&list));
+                let left_out = jobs::payments::unscheduled(&app.config.jobs.payments);
+                print!("{}", output::schedules(&list, &left_out));
             }
         }
         SchedulesCommand::Run { name } => match scheduler.run_now(&name, &Actor::cli()).await? {

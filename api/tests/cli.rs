@@ -197,7 +197,11 @@ fn schedules_are_listed_and_run_on_demand() {
     for column in ["NAME", "KIND", "EVERY", "LAST RUN", "NEXT RUN"] {
         assert!(header.contains(column), "{table}");
     }
-    let names: Vec<&str> = lines.filter_map(|l| l.split_whitespace().next()).collect();
+    let names: Vec<&str> = lines
+        .by_ref()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     let config = jobs::JobsConfig::read(&mut Env::from_map(HashMap::new()));
     let every: Vec<&str> = jobs::schedules_for(&config)
         .iter()
@@ -207,6 +211,19 @@ fn schedules_are_listed_and_run_on_demand() {
     for name in ["orphan_sweep", "prune_jobs"] {
         assert!(names.contains(&name), "{name} missing: {table}");
     }
+    // The Stripe schedules are not hidden without saying why.
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(
+        rest,
+        [
+            "not scheduled in this process:",
+            &format!(
+                "  transfer_seller_check, reverse_transfer_check, reconcile_transfers: {}",
+                jobs::payments::config::NO_STRIPE
+            ),
+        ],
+        "{table}"
+    );
 
     let out = s.ok(&["schedules", "run", "prune_jobs"]);
     assert!(out.contains("enqueued job 1"), "{out}");
@@ -237,6 +254,97 @@ fn schedules_are_listed_and_run_on_demand() {
     let run = s.run(&["schedules", "run", "nope"]);
     assert_eq!(run.code(), 1, "{run}");
     assert!(run.stderr.contains("no schedule named \"nope\""), "{run}");
+}
+
+#[test]
+fn schedules_list_says_which_worker_is_switched_off() {
+    let s = Sandbox::sqlite();
+    s.migrate();
+    let stripe = [
+        ("STRIPE_SECRET_KEY", "sk_test_1"),
+        ("TRANSFER_RETRY_ENABLED", "false"),
+    ];
+    let run = s.run_with(&["schedules", "list"], &stripe);
+    assert_eq!(run.code(), 0, "{run}");
+    let listed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(listed.contains(&"reverse_transfer_check"), "{run}");
+    assert!(listed.contains(&"reconcile_transfers"), "{run}");
+    assert!(!listed.contains(&"transfer_seller_check"), "{run}");
+    assert!(
+        run.stdout.ends_with(&format!(
+            "not scheduled in this process:\n  transfer_seller_check: {}\n",
+            jobs::payments::config::NO_PAYOUTS
+        )),
+        "{run}"
+    );
+    // Everything on: no note.
+    let run = s.run_with(&["schedules", "list"], &stripe[..1]);
+    assert!(!run.stdout.contains("not scheduled"), "{run}");
+}
+
+/// How many log lines of `logs` warn that STRIPE_SECRET_KEY is unset.
+fn stripe_warnings(logs: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains("WARN") && l.contains("STRIPE_SECRET_KEY is unset"))
+        .count()
+}
+
+#[test]
+fn commands_that_run_no_jobs_do_not_warn_about_stripe() {
+    let s = Sandbox::sqlite();
+    for args in [
+        &["migrate"][..],
+        &["jobs", "list"],
+        &["schedules", "list"],
+        &["api-key", "list"],
+    ] {
+        let run = s.run(args);
+        assert_eq!(run.code(), 0, "{run}");
+        assert_eq!(stripe_warnings(&run.stderr), 0, "{run}");
+        assert!(!run.stderr.contains("WARN"), "{run}");
+    }
+}
+
+#[test]
+fn serve_and_worker_warn_about_stripe_once() {
+    let s = Sandbox::sqlite();
+    for (args, webhook) in [(&["serve"][..], true), (&["worker"], false)] {
+        let addr = free_addr();
+        let mut cmd = s.command(args);
+        cmd.env("HTTP_ADDR", addr.to_string());
+        let log = s.path().join(format!("{}.log", args[0]));
+        let mut process = Running::start(cmd, log);
+        let start = Instant::now();
+        while !process.logs().contains("veza-jobs running") {
+            process.assert_running();
+            assert!(start.elapsed() < Duration::from_secs(30), "{}", process.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if webhook {
+            let (status, body) = get(addr, "/ready").expect("/ready");
+            assert_eq!(status, 200, "{body}");
+            let disabled = &json_body(&body)["disabled"];
+            assert_eq!(
+                disabled["stripe_jobs"],
+                jobs::payments::config::NO_STRIPE,
+                "{body}"
+            );
+        }
+        let status = process.terminate(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0));
+        let logs = process.logs();
+        assert_eq!(stripe_warnings(&logs), 1, "{logs}");
+        // Without HTTP there is no webhook to speak of.
+        assert_eq!(
+            logs.contains("STRIPE_WEBHOOK_SECRET is unset"),
+            webhook,
+            "{logs}"
+        );
+    }
 }
 
 #[test]
