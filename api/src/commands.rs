@@ -20,6 +20,11 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             app.close().await;
             result
         }
+        Command::Demo => {
+            let demo = crate::demo::seed(config).await?;
+            print!("{}", demo.script());
+            Ok(())
+        }
         Command::Jobs(cmd) => {
             let app = App::connect(config).await?;
             let result = jobs(&app, cmd).await.map_err(with_hint);

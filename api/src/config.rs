@@ -77,6 +77,10 @@ pub struct Config {
     pub rate_limits: Limits,
     /// The admin dashboard's sessions.
     pub admin: crate::admin::Settings,
+    /// Whether `EXPORT_SIGNING_KEY` is set. Unset, export links are signed with a key of
+    /// this process only; `veza-jobs demo` then signs with a key of its own and prints it,
+    /// for the `serve` that answers its download link.
+    pub export_signing_key_set: bool,
 }
 
 impl Config {
@@ -96,12 +100,14 @@ impl Config {
             writes_per_hour: per_hour(&RATE_LIMIT_WRITES_PER_HOUR),
         };
         let admin = crate::admin::Settings::read(env);
+        let export_signing_key_set = env.raw(&jobs::gdpr::EXPORT_SIGNING_KEY).is_some();
         Self {
             engine,
             jobs,
             http_addr,
             rate_limits,
             admin,
+            export_signing_key_set,
         }
     }
 

@@ -321,7 +321,11 @@ fn serve_and_worker_warn_about_stripe_once() {
         let start = Instant::now();
         while !process.logs().contains("veza-jobs running") {
             process.assert_running();
-            assert!(start.elapsed() < Duration::from_secs(30), "{}", process.logs());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{}",
+                process.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         if webhook {
@@ -814,4 +818,214 @@ fn serve_on_an_address_in_use_exits_1_naming_it() {
         run.stderr.contains(&format!("cannot listen on {addr}")),
         "{run}"
     );
+}
+
+// ---- demo ------------------------------------------------------------------------------
+
+/// The `export NAME=value` lines of `veza-jobs demo`, unquoted.
+fn demo_exports(stdout: &str) -> HashMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .map(|l| {
+            let (name, rest) = l.split_once('=').expect("NAME=value");
+            let value = match rest.strip_prefix('\'') {
+                Some(quoted) => quoted.split_once('\'').expect("closing quote").0,
+                None => rest.split_whitespace().next().unwrap_or_default(),
+            };
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// `veza-jobs demo` on `s`: what it made is what it printed, made through the domain's
+/// functions (audit trail, state machines, real job runs); a second run is refused and
+/// changes nothing. With `signing_key`, `EXPORT_SIGNING_KEY` is set.
+fn demo_seeds_then_refuses(s: &Sandbox, signing_key: Option<&str>) {
+    let vars: Vec<(&str, &str)> = signing_key
+        .map(|k| ("EXPORT_SIGNING_KEY", k))
+        .into_iter()
+        .collect();
+    let run = s.run_with(&["demo"], &vars);
+    assert_eq!(run.code(), 0, "{run}");
+    let out = demo_exports(&run.stdout);
+    let id = |name: &str| -> i64 {
+        out.get(name)
+            .unwrap_or_else(|| panic!("{name} not printed: {run}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let key = |name: &str| out.get(name).unwrap_or_else(|| panic!("{name}: {run}"));
+
+    // The jobs ran for real: a thumbnail failed for good, a payout is retrying.
+    let failed = s.json(&["jobs", "show", &id("FAILED_JOB").to_string(), "--json"]);
+    assert_eq!(
+        (&failed["kind"], &failed["status"]),
+        (&Value::from("thumbnail"), &Value::from("failed")),
+        "{failed}"
+    );
+    assert!(
+        failed["attempts"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("truncated JPEG")),
+        "{failed}"
+    );
+    let retrying = s.json(&["jobs", "show", &id("RETRYING_JOB").to_string(), "--json"]);
+    assert_eq!(
+        (&retrying["kind"], &retrying["status"]),
+        (&Value::from("transfer_seller"), &Value::from("retrying")),
+        "{retrying}"
+    );
+    assert!(
+        retrying["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no Stripe connected account")),
+        "{retrying}"
+    );
+    // The thumbnails of one cover are on disk; the covers are real images.
+    let media = s.path().join("media");
+    let thumbs = media.join(format!("thumbnails/{}", id("THUMBED_TRACK_ID")));
+    assert!(thumbs.join("64.jpg").is_file() && thumbs.join("512.webp").is_file());
+    for cover in ["night-drive.jpg", "low-tide.png"] {
+        image::open(media.join("demo/covers").join(cover))
+            .unwrap_or_else(|e| panic!("{cover}: {e}"));
+    }
+
+    block_on(async {
+        let engine = s.engine().await;
+        let db = engine.db();
+        let mut conn = db.acquire().await.expect("conn");
+        // The given-up payout: created by the webhook's event, failed by its job, given up
+        // by the CLI, each step audited.
+        let transfer = jobs::transfers::state::load(&mut conn, id("TRANSFER_ID"))
+            .await
+            .expect("load")
+            .expect("the transfer");
+        assert_eq!(
+            transfer.status(),
+            jobs::transfers::TransferStatus::PermanentlyFailed
+        );
+        assert_eq!(transfer.seller_id, id("SELLER_ID"));
+        let trail = engine::state_machine::history(
+            &mut conn,
+            "seller_transfer",
+            &id("TRANSFER_ID").to_string(),
+        )
+        .await
+        .expect("history");
+        let steps: Vec<(&str, &str)> = trail
+            .iter()
+            .map(|t| {
+                (
+                    t.to_status.as_str(),
+                    t.actor.split(':').next().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("pending", "webhook"),
+                ("failed", "job"),
+                ("permanently_failed", "cli")
+            ],
+            "{trail:?}"
+        );
+        // Tracks became ready through their state machine.
+        let ready = engine::state_machine::history(&mut conn, "track", &out["TRACK_ID"])
+            .await
+            .expect("history");
+        assert_eq!(
+            (ready[0].from_status.as_str(), ready[0].to_status.as_str()),
+            ("processing", "ready")
+        );
+        // The partial refund is listed for an admin.
+        let refunds = jobs::payments::orders::list_partial_refunds(&mut conn, 0, 10)
+            .await
+            .expect("refunds");
+        assert_eq!(refunds.len(), 1, "{refunds:?}");
+        // Each key has its scope.
+        let now = engine.clock().now_ms();
+        for (name, scope) in [
+            ("KEY", api::auth::Scope::Admin),
+            ("READ_KEY", api::auth::Scope::Read),
+            ("WRITE_KEY", api::auth::Scope::Write),
+        ] {
+            let caller = api::auth::keys::authenticate(db, key(name), now)
+                .await
+                .expect("authenticate")
+                .unwrap_or_else(|| panic!("{name} is refused"));
+            assert_eq!(caller.scope, scope, "{name}");
+        }
+        // Eve's deletion is pending; Ada is active.
+        let eve = jobs::users::deletion_status(db, id("LEAVING_USER_ID"))
+            .await
+            .expect("status");
+        assert_eq!(eve.status, jobs::users::UserStatus::DeletionRequested);
+        drop(conn);
+        engine.db().close().await;
+    });
+
+    // The download link is signed with the configured key, or with the one printed.
+    let url = key("DOWNLOAD_URL");
+    let printed = out.get("EXPORT_SIGNING_KEY");
+    assert_eq!(printed.is_some(), signing_key.is_none(), "{run}");
+    let signer = signing_key.or(printed.map(String::as_str)).expect("a key");
+    let query = url.split_once('?').expect("a query").1;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {url}"))
+    };
+    let export_id: i64 = url
+        .split("/exports/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| id.parse().ok())
+        .expect("export id");
+    assert!(
+        jobs::exports::token_is_valid(
+            &jobs::exports::SigningKey::new(signer.as_bytes().to_vec()),
+            export_id,
+            param("expires").parse().expect("expires"),
+            param("token"),
+        ),
+        "{url}"
+    );
+
+    // Again: refused, naming what is there, and nothing is added.
+    let again = s.run_with(&["demo"], &vars);
+    assert_eq!(again.code(), 1, "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("the database is not empty (3 users, 3 tracks, 2 orders, 4 api_keys)"),
+        "{again}"
+    );
+    assert_eq!(again.stdout, "", "{again}");
+    let keys = s.json(&["api-key", "list", "--json"]);
+    assert_eq!(keys.as_array().map(Vec::len), Some(4), "{keys}");
+}
+
+#[test]
+fn demo_seeds_an_empty_database_and_refuses_a_second_run() {
+    let s = Sandbox::sqlite();
+    demo_seeds_then_refuses(&s, None);
+}
+
+#[test]
+fn demo_on_postgres_with_a_configured_signing_key() {
+    block_on(async {
+        let Some(db) = engine::testing::TestDb::new(Backend::Postgres).await else {
+            return;
+        };
+        let s = Sandbox::with_url(tempfile::tempdir().expect("temp dir"), db.url.clone());
+        tokio::task::spawn_blocking(move || {
+            demo_seeds_then_refuses(&s, Some("a-signing-key-of-at-least-32-characters"));
+        })
+        .await
+        .expect("demo test");
+        drop(db);
+    });
 }
