@@ -342,6 +342,11 @@ fn serve_and_worker_warn_about_stripe_once() {
         assert_eq!(status.code(), Some(0));
         let logs = process.logs();
         assert_eq!(stripe_warnings(&logs), 1, "{logs}");
+        let unsigned = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("EXPORT_SIGNING_KEY is unset"))
+            .count();
+        assert_eq!(unsigned, 1, "{logs}");
         // Without HTTP there is no webhook to speak of.
         assert_eq!(
             logs.contains("STRIPE_WEBHOOK_SECRET is unset"),
