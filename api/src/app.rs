@@ -92,6 +92,7 @@ impl App {
     /// configured budgets.
     pub async fn run(&self, http: bool, signal: Signal) -> anyhow::Result<ShutdownReport> {
         self.migrate().await?;
+        self.warn_disabled(http);
         // Bind before starting anything: an address in use stops the process cleanly.
         let bound = if http {
             let addr = self.config.http_addr;
@@ -161,6 +162,25 @@ impl App {
             )
             .await;
         Ok(report)
+    }
+
+    /// Says once, at the start of `serve` or `worker`, what this configuration switches off
+    /// (the list `/ready` shows under `disabled`), and that export links die with the
+    /// process without `EXPORT_SIGNING_KEY`. Only the processes that run jobs say it: the
+    /// other commands build the same registry and would repeat it on every call.
+    fn warn_disabled(&self, http: bool) {
+        for (part, why) in self.config.jobs.payments.disabled() {
+            // Without HTTP there is no webhook to switch off.
+            if http || part != "stripe_webhook" {
+                tracing::warn!(part, "{why}");
+            }
+        }
+        if !self.config.export_signing_key_set {
+            tracing::warn!(
+                "EXPORT_SIGNING_KEY is unset: export download links are signed with a random key \
+                 and work only until this process stops, and only here; set it, the same in every process"
+            );
+        }
     }
 }
 

@@ -35,6 +35,11 @@ pub enum Command {
     Worker,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Seed an empty database (and MEDIA_ROOT/demo/) with a small marketplace for the
+    /// README's examples: users, tracks with cover images, orders, API keys of each scope,
+    /// a failed and a retrying job. Prints the ids and keys as `export` lines a shell can
+    /// source. Refuses a database that has users, tracks, orders or API keys.
+    Demo,
     /// Inspect, retry and cancel jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),

@@ -20,6 +20,11 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             app.close().await;
             result
         }
+        Command::Demo => {
+            let demo = crate::demo::seed(config).await?;
+            print!("{}", demo.script());
+            Ok(())
+        }
         Command::Jobs(cmd) => {
             let app = App::connect(config).await?;
             let result = jobs(&app, cmd).await.map_err(with_hint);
@@ -107,7 +112,8 @@ async fn schedules(app: &App, command: SchedulesCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                print!("{}", output::schedules(&list));
+                let left_out = jobs::payments::unscheduled(&app.config.jobs.payments);
+                print!("{}", output::schedules(&list, &left_out));
             }
         }
         SchedulesCommand::Run { name } => match scheduler.run_now(&name, &Actor::cli()).await? {

@@ -102,6 +102,10 @@ pub struct Config {
     pub http: crate::state::HttpSettings,
     /// The admin dashboard's sessions.
     pub admin: crate::admin::Settings,
+    /// Whether `EXPORT_SIGNING_KEY` is set. Unset, export links are signed with a key of
+    /// this process only; `veza-jobs demo` then signs with a key of its own and prints it,
+    /// for the `serve` that answers its download link.
+    pub export_signing_key_set: bool,
 }
 
 impl Config {
@@ -139,6 +143,7 @@ impl Config {
             metrics_token,
         };
         let admin = crate::admin::Settings::read(env);
+        let export_signing_key_set = env.raw(&jobs::gdpr::EXPORT_SIGNING_KEY).is_some();
         Self {
             engine,
             jobs,
@@ -146,6 +151,7 @@ impl Config {
             rate_limits,
             http,
             admin,
+            export_signing_key_set,
         }
     }
 

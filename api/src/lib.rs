@@ -1,7 +1,8 @@
 //! veza-jobs' binary as a library: the command line ([`cli`]), the configuration
 //! ([`config`]), the engine and services built from it ([`app`]), the HTTP front
 //! ([`server`]: [`routes`] behind [`auth`], the [`admin`] dashboard, [`problem`], [`metrics`], [`request_id`],
-//! [`body_limit`], [`nul_bytes`], [`wire_errors`], the served document of [`spec`]) and the CLI commands ([`commands`], [`output`]).
+//! [`body_limit`], [`nul_bytes`], [`wire_errors`], the served document of [`spec`]), the CLI commands
+//! ([`commands`], [`output`]) and the demo data ([`demo`]).
 //!
 //! Exit codes: 0 done, 1 failed (the error is printed), 2 bad configuration or usage.
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod body_limit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod log_gate;
 pub mod metrics;
 pub mod nul_bytes;

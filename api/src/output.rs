@@ -219,8 +219,9 @@ pub fn job_detail(d: &JobDetail) -> String {
     out
 }
 
-/// `schedules list`.
-pub fn schedules(list: &[ScheduleInfo]) -> String {
+/// `schedules list`: the table, then the schedules this configuration leaves out and why
+/// (`unscheduled`: name and reason), grouped by reason.
+pub fn schedules(list: &[ScheduleInfo], unscheduled: &[(&str, &str)]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
@@ -239,10 +240,28 @@ pub fn schedules(list: &[ScheduleInfo]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &["NAME", "KIND", "EVERY", "LAST RUN", "NEXT RUN", "LAST JOB"],
         &rows,
-    )
+    );
+    let mut reasons: Vec<&str> = Vec::new();
+    for (_, why) in unscheduled {
+        if !reasons.contains(why) {
+            reasons.push(why);
+        }
+    }
+    if !reasons.is_empty() {
+        out.push_str("\nnot scheduled in this process:\n");
+    }
+    for why in reasons {
+        let names: Vec<&str> = unscheduled
+            .iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(name, _)| *name)
+            .collect();
+        let _ = writeln!(out, "  {}: {why}", names.join(", "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -272,6 +291,20 @@ mod tests {
         assert_eq!(one_line("ci\u{1b}[2Jx"), "ci\\u{1b}[2Jx");
         assert_eq!(one_line("a\u{7f}b\u{202e}c"), "a\\u{7f}b\\u{202e}c");
         assert_eq!(one_line("é ok"), "é ok");
+    }
+
+    #[test]
+    fn left_out_schedules_are_named_under_the_table_with_their_reason() {
+        let out = schedules(
+            &[],
+            &[("a_check", "no key"), ("b_check", "no key"), ("c", "off")],
+        );
+        assert_eq!(
+            out,
+            "NAME  KIND  EVERY  LAST RUN  NEXT RUN  LAST JOB\n\
+             \nnot scheduled in this process:\n  a_check, b_check: no key\n  c: off\n"
+        );
+        assert!(!schedules(&[], &[]).contains("not scheduled"));
     }
 
     #[test]

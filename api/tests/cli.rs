@@ -197,7 +197,11 @@ fn schedules_are_listed_and_run_on_demand() {
     for column in ["NAME", "KIND", "EVERY", "LAST RUN", "NEXT RUN"] {
         assert!(header.contains(column), "{table}");
     }
-    let names: Vec<&str> = lines.filter_map(|l| l.split_whitespace().next()).collect();
+    let names: Vec<&str> = lines
+        .by_ref()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     let config = jobs::JobsConfig::read(&mut Env::from_map(HashMap::new()));
     let every: Vec<&str> = jobs::schedules_for(&config)
         .iter()
@@ -207,6 +211,19 @@ fn schedules_are_listed_and_run_on_demand() {
     for name in ["orphan_sweep", "prune_jobs"] {
         assert!(names.contains(&name), "{name} missing: {table}");
     }
+    // The Stripe schedules are not hidden without saying why.
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(
+        rest,
+        [
+            "not scheduled in this process:",
+            &format!(
+                "  transfer_seller_check, reverse_transfer_check, reconcile_transfers: {}",
+                jobs::payments::config::NO_STRIPE
+            ),
+        ],
+        "{table}"
+    );
 
     let out = s.ok(&["schedules", "run", "prune_jobs"]);
     assert!(out.contains("enqueued job 1"), "{out}");
@@ -237,6 +254,106 @@ fn schedules_are_listed_and_run_on_demand() {
     let run = s.run(&["schedules", "run", "nope"]);
     assert_eq!(run.code(), 1, "{run}");
     assert!(run.stderr.contains("no schedule named \"nope\""), "{run}");
+}
+
+#[test]
+fn schedules_list_says_which_worker_is_switched_off() {
+    let s = Sandbox::sqlite();
+    s.migrate();
+    let stripe = [
+        ("STRIPE_SECRET_KEY", "sk_test_1"),
+        ("TRANSFER_RETRY_ENABLED", "false"),
+    ];
+    let run = s.run_with(&["schedules", "list"], &stripe);
+    assert_eq!(run.code(), 0, "{run}");
+    let listed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(listed.contains(&"reverse_transfer_check"), "{run}");
+    assert!(listed.contains(&"reconcile_transfers"), "{run}");
+    assert!(!listed.contains(&"transfer_seller_check"), "{run}");
+    assert!(
+        run.stdout.ends_with(&format!(
+            "not scheduled in this process:\n  transfer_seller_check: {}\n",
+            jobs::payments::config::NO_PAYOUTS
+        )),
+        "{run}"
+    );
+    // Everything on: no note.
+    let run = s.run_with(&["schedules", "list"], &stripe[..1]);
+    assert!(!run.stdout.contains("not scheduled"), "{run}");
+}
+
+/// How many log lines of `logs` warn that STRIPE_SECRET_KEY is unset.
+fn stripe_warnings(logs: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains("WARN") && l.contains("STRIPE_SECRET_KEY is unset"))
+        .count()
+}
+
+#[test]
+fn commands_that_run_no_jobs_do_not_warn_about_stripe() {
+    let s = Sandbox::sqlite();
+    for args in [
+        &["migrate"][..],
+        &["jobs", "list"],
+        &["schedules", "list"],
+        &["api-key", "list"],
+    ] {
+        let run = s.run(args);
+        assert_eq!(run.code(), 0, "{run}");
+        assert_eq!(stripe_warnings(&run.stderr), 0, "{run}");
+        assert!(!run.stderr.contains("WARN"), "{run}");
+    }
+}
+
+#[test]
+fn serve_and_worker_warn_about_stripe_once() {
+    let s = Sandbox::sqlite();
+    for (args, webhook) in [(&["serve"][..], true), (&["worker"], false)] {
+        let addr = free_addr();
+        let mut cmd = s.command(args);
+        cmd.env("HTTP_ADDR", addr.to_string());
+        let log = s.path().join(format!("{}.log", args[0]));
+        let mut process = Running::start(cmd, log);
+        let start = Instant::now();
+        while !process.logs().contains("veza-jobs running") {
+            process.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{}",
+                process.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if webhook {
+            let (status, body) = get(addr, "/ready").expect("/ready");
+            assert_eq!(status, 200, "{body}");
+            let disabled = &json_body(&body)["disabled"];
+            assert_eq!(
+                disabled["stripe_jobs"],
+                jobs::payments::config::NO_STRIPE,
+                "{body}"
+            );
+        }
+        let status = process.terminate(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0));
+        let logs = process.logs();
+        assert_eq!(stripe_warnings(&logs), 1, "{logs}");
+        let unsigned = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("EXPORT_SIGNING_KEY is unset"))
+            .count();
+        assert_eq!(unsigned, 1, "{logs}");
+        // Without HTTP there is no webhook to speak of.
+        assert_eq!(
+            logs.contains("STRIPE_WEBHOOK_SECRET is unset"),
+            webhook,
+            "{logs}"
+        );
+    }
 }
 
 #[test]
@@ -729,4 +846,214 @@ fn serve_on_an_address_in_use_exits_1_naming_it() {
         run.stderr.contains(&format!("cannot listen on {addr}")),
         "{run}"
     );
+}
+
+// ---- demo ------------------------------------------------------------------------------
+
+/// The `export NAME=value` lines of `veza-jobs demo`, unquoted.
+fn demo_exports(stdout: &str) -> HashMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .map(|l| {
+            let (name, rest) = l.split_once('=').expect("NAME=value");
+            let value = match rest.strip_prefix('\'') {
+                Some(quoted) => quoted.split_once('\'').expect("closing quote").0,
+                None => rest.split_whitespace().next().unwrap_or_default(),
+            };
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// `veza-jobs demo` on `s`: what it made is what it printed, made through the domain's
+/// functions (audit trail, state machines, real job runs); a second run is refused and
+/// changes nothing. With `signing_key`, `EXPORT_SIGNING_KEY` is set.
+fn demo_seeds_then_refuses(s: &Sandbox, signing_key: Option<&str>) {
+    let vars: Vec<(&str, &str)> = signing_key
+        .map(|k| ("EXPORT_SIGNING_KEY", k))
+        .into_iter()
+        .collect();
+    let run = s.run_with(&["demo"], &vars);
+    assert_eq!(run.code(), 0, "{run}");
+    let out = demo_exports(&run.stdout);
+    let id = |name: &str| -> i64 {
+        out.get(name)
+            .unwrap_or_else(|| panic!("{name} not printed: {run}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let key = |name: &str| out.get(name).unwrap_or_else(|| panic!("{name}: {run}"));
+
+    // The jobs ran for real: a thumbnail failed for good, a payout is retrying.
+    let failed = s.json(&["jobs", "show", &id("FAILED_JOB").to_string(), "--json"]);
+    assert_eq!(
+        (&failed["kind"], &failed["status"]),
+        (&Value::from("thumbnail"), &Value::from("failed")),
+        "{failed}"
+    );
+    assert!(
+        failed["attempts"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("truncated JPEG")),
+        "{failed}"
+    );
+    let retrying = s.json(&["jobs", "show", &id("RETRYING_JOB").to_string(), "--json"]);
+    assert_eq!(
+        (&retrying["kind"], &retrying["status"]),
+        (&Value::from("transfer_seller"), &Value::from("retrying")),
+        "{retrying}"
+    );
+    assert!(
+        retrying["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no Stripe connected account")),
+        "{retrying}"
+    );
+    // The thumbnails of one cover are on disk; the covers are real images.
+    let media = s.path().join("media");
+    let thumbs = media.join(format!("thumbnails/{}", id("THUMBED_TRACK_ID")));
+    assert!(thumbs.join("64.jpg").is_file() && thumbs.join("512.webp").is_file());
+    for cover in ["night-drive.jpg", "low-tide.png"] {
+        image::open(media.join("demo/covers").join(cover))
+            .unwrap_or_else(|e| panic!("{cover}: {e}"));
+    }
+
+    block_on(async {
+        let engine = s.engine().await;
+        let db = engine.db();
+        let mut conn = db.acquire().await.expect("conn");
+        // The given-up payout: created by the webhook's event, failed by its job, given up
+        // by the CLI, each step audited.
+        let transfer = jobs::transfers::state::load(&mut conn, id("TRANSFER_ID"))
+            .await
+            .expect("load")
+            .expect("the transfer");
+        assert_eq!(
+            transfer.status(),
+            jobs::transfers::TransferStatus::PermanentlyFailed
+        );
+        assert_eq!(transfer.seller_id, id("SELLER_ID"));
+        let trail = engine::state_machine::history(
+            &mut conn,
+            "seller_transfer",
+            &id("TRANSFER_ID").to_string(),
+        )
+        .await
+        .expect("history");
+        let steps: Vec<(&str, &str)> = trail
+            .iter()
+            .map(|t| {
+                (
+                    t.to_status.as_str(),
+                    t.actor.split(':').next().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("pending", "webhook"),
+                ("failed", "job"),
+                ("permanently_failed", "cli")
+            ],
+            "{trail:?}"
+        );
+        // Tracks became ready through their state machine.
+        let ready = engine::state_machine::history(&mut conn, "track", &out["TRACK_ID"])
+            .await
+            .expect("history");
+        assert_eq!(
+            (ready[0].from_status.as_str(), ready[0].to_status.as_str()),
+            ("processing", "ready")
+        );
+        // The partial refund is listed for an admin.
+        let refunds = jobs::payments::orders::list_partial_refunds(&mut conn, 0, 10)
+            .await
+            .expect("refunds");
+        assert_eq!(refunds.len(), 1, "{refunds:?}");
+        // Each key has its scope.
+        let now = engine.clock().now_ms();
+        for (name, scope) in [
+            ("KEY", api::auth::Scope::Admin),
+            ("READ_KEY", api::auth::Scope::Read),
+            ("WRITE_KEY", api::auth::Scope::Write),
+        ] {
+            let caller = api::auth::keys::authenticate(db, key(name), now)
+                .await
+                .expect("authenticate")
+                .unwrap_or_else(|| panic!("{name} is refused"));
+            assert_eq!(caller.scope, scope, "{name}");
+        }
+        // Eve's deletion is pending; Ada is active.
+        let eve = jobs::users::deletion_status(db, id("LEAVING_USER_ID"))
+            .await
+            .expect("status");
+        assert_eq!(eve.status, jobs::users::UserStatus::DeletionRequested);
+        drop(conn);
+        engine.db().close().await;
+    });
+
+    // The download link is signed with the configured key, or with the one printed.
+    let url = key("DOWNLOAD_URL");
+    let printed = out.get("EXPORT_SIGNING_KEY");
+    assert_eq!(printed.is_some(), signing_key.is_none(), "{run}");
+    let signer = signing_key.or(printed.map(String::as_str)).expect("a key");
+    let query = url.split_once('?').expect("a query").1;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {url}"))
+    };
+    let export_id: i64 = url
+        .split("/exports/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| id.parse().ok())
+        .expect("export id");
+    assert!(
+        jobs::exports::token_is_valid(
+            &jobs::exports::SigningKey::new(signer.as_bytes().to_vec()),
+            export_id,
+            param("expires").parse().expect("expires"),
+            param("token"),
+        ),
+        "{url}"
+    );
+
+    // Again: refused, naming what is there, and nothing is added.
+    let again = s.run_with(&["demo"], &vars);
+    assert_eq!(again.code(), 1, "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("the database is not empty (3 users, 3 tracks, 2 orders, 4 api_keys)"),
+        "{again}"
+    );
+    assert_eq!(again.stdout, "", "{again}");
+    let keys = s.json(&["api-key", "list", "--json"]);
+    assert_eq!(keys.as_array().map(Vec::len), Some(4), "{keys}");
+}
+
+#[test]
+fn demo_seeds_an_empty_database_and_refuses_a_second_run() {
+    let s = Sandbox::sqlite();
+    demo_seeds_then_refuses(&s, None);
+}
+
+#[test]
+fn demo_on_postgres_with_a_configured_signing_key() {
+    block_on(async {
+        let Some(db) = engine::testing::TestDb::new(Backend::Postgres).await else {
+            return;
+        };
+        let s = Sandbox::with_url(tempfile::tempdir().expect("temp dir"), db.url.clone());
+        tokio::task::spawn_blocking(move || {
+            demo_seeds_then_refuses(&s, Some("a-signing-key-of-at-least-32-characters"));
+        })
+        .await
+        .expect("demo test");
+        drop(db);
+    });
 }

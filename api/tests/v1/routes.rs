@@ -12,6 +12,7 @@ use crate::helpers::{Answer, TestApp, get, post, send};
 
 backend_tests!(
     jobs_are_listed_inspected_retried_and_cancelled,
+    transitions_of_a_row_that_does_not_exist_are_404_like_the_row,
     queues_count_by_state_and_throughput,
     schedules_are_listed_and_run_now_with_an_audited_actor,
     api_keys_are_created_listed_and_revoked,
@@ -144,11 +145,104 @@ async fn jobs_are_listed_inspected_retried_and_cancelled(db: TestDb) {
         "{}",
         trail.text
     );
-    let nothing = get(&app, "/v1/transitions?entity=track&id=1", Some(&admin)).await;
-    assert_eq!((nothing.status, &nothing.body), (200, &json!([])));
     get(&app, "/v1/transitions?entity=track", Some(&admin))
         .await
         .assert_problem(400, "bad_request");
+}
+
+async fn transitions_of_a_row_that_does_not_exist_are_404_like_the_row(db: TestDb) {
+    // Arrange: a job with no transitions, a track that changed once and was then deleted
+    // (as an erasure deletes tracks), and nothing else.
+    let app = TestApp::new(db);
+    let key = app.key(Scope::Read).await;
+    let quiet = app.enqueue(false).await;
+    let now = app.engine.clock().now_ms();
+    let mut tx = app.engine.db().begin().await.expect("begin");
+    let track: i64 = sqlx::query_scalar(
+        "INSERT INTO tracks (status, file_path, created_at, updated_at) \
+         VALUES ('processing', 'a.wav', $1, $1) RETURNING id",
+    )
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("track");
+    jobs::tracks::state::transition(
+        &mut tx,
+        track,
+        jobs::tracks::TrackStatus::Processing,
+        jobs::tracks::TrackStatus::Ready,
+        None,
+        &engine::Actor::cli(),
+        now,
+    )
+    .await
+    .expect("transition");
+    sqlx::query("DELETE FROM tracks WHERE id = $1")
+        .bind(track)
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    tx.commit().await.expect("commit");
+
+    // A job that does not exist: 404, as /v1/jobs/{id} answers.
+    get(&app, "/v1/jobs/999999", Some(&key))
+        .await
+        .assert_problem(404, "not_found");
+    let missing = get(&app, "/v1/transitions?entity=job&id=999999", Some(&key)).await;
+    missing.assert_problem(404, "not_found");
+    assert!(
+        missing.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no job \"999999\"")),
+        "{}",
+        missing.text
+    );
+    for absent in [
+        "entity=track&id=424242",
+        "entity=seller_transfer&id=1",
+        "entity=user&id=1",
+        "entity=data_export&id=1",
+        "entity=api_key&id=999",
+        "entity=schedule&id=nope",
+        "entity=job&id=not-a-number",
+    ] {
+        get(&app, &format!("/v1/transitions?{absent}"), Some(&key))
+            .await
+            .assert_problem(404, "not_found");
+    }
+    // An existing row that never changed: an empty trail.
+    let empty = get(
+        &app,
+        &format!("/v1/transitions?entity=job&id={quiet}"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(
+        (empty.status, &empty.body),
+        (200, &json!([])),
+        "{}",
+        empty.text
+    );
+    let schedule = get(
+        &app,
+        "/v1/transitions?entity=schedule&id=nightly_probe",
+        Some(&key),
+    )
+    .await;
+    assert_eq!(schedule.status, 200, "{}", schedule.text);
+    // A deleted row keeps its trail.
+    let deleted = get(
+        &app,
+        &format!("/v1/transitions?entity=track&id={track}"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert_eq!(deleted.body[0]["to_status"], "ready", "{}", deleted.text);
+    // An entity nothing is audited under: a bad request, naming the parameter.
+    let unknown = get(&app, "/v1/transitions?entity=invoice&id=1", Some(&key)).await;
+    unknown.assert_problem(400, "bad_request");
+    assert!(unknown.text.contains("entity"), "{}", unknown.text);
 }
 
 async fn queues_count_by_state_and_throughput(db: TestDb) {

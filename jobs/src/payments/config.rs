@@ -26,7 +26,7 @@ var!(
     STRIPE_SECRET_KEY,
     "STRIPE_SECRET_KEY",
     "",
-    "Stripe secret key (sk_… or rk_…). Unset: transfer_seller, reverse_transfer and reconcile_transfers are not registered in this process (a warning says so) and their jobs wait."
+    "Stripe secret key (sk_… or rk_…). Unset: transfer_seller, reverse_transfer and reconcile_transfers are not registered in this process and their jobs wait (serve and worker warn once at start, /ready lists it under disabled, schedules list says why their schedules are missing)."
 );
 var!(
     STRIPE_WEBHOOK_SECRET,
@@ -181,8 +181,8 @@ impl RetrySettings {
     }
 }
 
-/// Why the Stripe jobs do not run without `STRIPE_SECRET_KEY` (logged at start, shown by
-/// `/ready`).
+/// Why the Stripe jobs do not run without `STRIPE_SECRET_KEY` (logged once when `serve` or
+/// `worker` starts, shown by `/ready` and `schedules list`).
 pub const NO_STRIPE: &str = "STRIPE_SECRET_KEY is unset: transfer_seller, reverse_transfer and \
     reconcile_transfers are not registered in this process; their jobs wait for a process that has the key";
 /// Why no payout runs with `TRANSFER_RETRY_ENABLED=false`.

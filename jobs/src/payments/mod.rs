@@ -627,11 +627,12 @@ fn active(config: &PaymentsConfig) -> Active {
 }
 
 /// Registers the payments jobs this configuration runs: none without `STRIPE_SECRET_KEY`
-/// (with a warning; their jobs wait for a process that has one), and neither the payout nor
-/// the reversal worker (nor its safety net) when switched off.
+/// (their jobs wait for a process that has one), and neither the payout nor the reversal
+/// worker (nor its safety net) when switched off. Silent about what it leaves out: every
+/// command registers the kinds, and only `serve`/`worker` (which run them) say so, from
+/// [`PaymentsConfig::disabled`], as `/ready` does.
 pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
     let Some(settings) = &config.stripe else {
-        tracing::warn!("{}", config::NO_STRIPE);
         return;
     };
     let stripe = match StripeClient::new(settings) {
@@ -655,8 +656,6 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
         registry.register::<transfer_seller::check::TransferSellerCheck, _, _>(move |args, ctx| {
             transfer_seller::check::handle(args, ctx, Arc::clone(&retry))
         });
-    } else {
-        tracing::warn!("{}", config::NO_PAYOUTS);
     }
     if on.reversal {
         warn_if_timer_differs(
@@ -675,8 +674,6 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
         registry.register::<reverse_transfer::check::ReverseTransferCheck, _, _>(
             move |args, ctx| reverse_transfer::check::handle(args, ctx, Arc::clone(&retry)),
         );
-    } else {
-        tracing::warn!("{}", config::NO_REVERSALS);
     }
     if on.reconcile {
         let settings = Arc::new(ReconcileSettings {
@@ -722,6 +719,31 @@ pub fn schedules(config: &PaymentsConfig) -> Vec<Schedule> {
         out.push(reconcile_transfers::schedule(
             config.reconcile_every.clone(),
         ));
+    }
+    out
+}
+
+/// The payments schedules this configuration leaves out, each with why: what
+/// `schedules list` says under its table, so that a missing schedule is never a mystery.
+pub fn unscheduled(config: &PaymentsConfig) -> Vec<(&'static str, &'static str)> {
+    let on = active(config);
+    // A worker is off for want of the key, or because its variable switched it off.
+    let off = |switched_off| {
+        if config.stripe.is_none() {
+            config::NO_STRIPE
+        } else {
+            switched_off
+        }
+    };
+    let mut out = Vec::new();
+    if !on.payout {
+        out.push((transfer_seller::check::KIND, off(config::NO_PAYOUTS)));
+    }
+    if !on.reversal {
+        out.push((reverse_transfer::check::KIND, off(config::NO_REVERSALS)));
+    }
+    if !on.reconcile {
+        out.push((reconcile_transfers::KIND, config::NO_STRIPE));
     }
     out
 }
