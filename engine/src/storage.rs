@@ -527,45 +527,56 @@ pub async fn exchange(
         Backend::Sqlite => {
             let mut tx = conn.begin().await?;
             if !acks.is_empty() {
-                let rows = sqlx::query(AssertSqlSafe(format!(
+                // `+jobs.status`: without it SQLite 3.51 may drive the join from the
+                // jobs_running_lease index (its statistics often say it is nearly empty)
+                // and scan the JSON once per running job: 7× slower at 100 acks.
+                let update = format!(
                     "UPDATE jobs SET {ACK_SET} FROM ({}) AS a \
                      WHERE jobs.id = a.id AND jobs.attempt = a.attempt \
-                       AND jobs.status = 'running' AND jobs.locked_by = $3 \
-                     RETURNING id, attempt",
+                       AND +jobs.status = 'running' AND jobs.locked_by = $3",
                     sqlite_json_rows(
                         "$1",
                         &[
-                            "id",
-                            "attempt",
-                            "status",
-                            "outcome",
-                            "error",
-                            "history",
-                            "note",
-                            "run_at",
-                            "started_at",
-                            "bump",
-                            "released",
-                            "unclaim"
+                            "id", "attempt", "status", "error", "note", "run_at", "bump",
+                            "released", "unclaim"
                         ]
                     )
-                )))
-                .bind(acks_json.to_string())
-                .bind(now)
-                .bind(worker)
-                .fetch_all(&mut *tx)
-                .await?;
-                // SQLite's RETURNING sees only the updated row: an undone claim returns
-                // its attempt number less one.
-                for row in rows {
-                    let id: i64 = row.try_get(0)?;
-                    let now_attempt = attempt_of(row.try_get(1)?);
-                    if let Some(a) = acks.iter().find(|a| {
-                        a.id == id
-                            && a.attempt - u32::from(matches!(a.end, AttemptEnd::Unclaimed))
-                                == now_attempt
-                    }) {
-                        out.acked.push((a.id, a.attempt));
+                );
+                let json = acks_json.to_string();
+                // Usually every ack matches: then no row needs to come back (each one
+                // would cross the driver's thread). When some do not, undo and ask which.
+                let mut sp = tx.begin().await?;
+                let n = sqlx::query(AssertSqlSafe(update.clone()))
+                    .bind(&json)
+                    .bind(now)
+                    .bind(worker)
+                    .execute(&mut *sp)
+                    .await?
+                    .rows_affected();
+                if n == acks.len() as u64 {
+                    sp.commit().await?;
+                    out.acked = acks.iter().map(|a| (a.id, a.attempt)).collect();
+                } else {
+                    sp.rollback().await?;
+                    let rows =
+                        sqlx::query(AssertSqlSafe(format!("{update} RETURNING id, attempt")))
+                            .bind(&json)
+                            .bind(now)
+                            .bind(worker)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    // SQLite's RETURNING sees only the updated row: an undone claim
+                    // returns its attempt number less one.
+                    for row in rows {
+                        let id: i64 = row.try_get(0)?;
+                        let now_attempt = attempt_of(row.try_get(1)?);
+                        if let Some(a) = acks.iter().find(|a| {
+                            a.id == id
+                                && a.attempt - u32::from(matches!(a.end, AttemptEnd::Unclaimed))
+                                    == now_attempt
+                        }) {
+                            out.acked.push((a.id, a.attempt));
+                        }
                     }
                 }
                 let history: Vec<serde_json::Value> = acks
@@ -688,7 +699,7 @@ pub async fn renew_leases(
         ),
         Backend::Sqlite => format!(
             "UPDATE jobs SET lease_expires_at = {now_sql} + $3 FROM ({}) AS h \
-             WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.status = 'running' \
+             WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND +jobs.status = 'running' \
                AND jobs.locked_by = $4 \
              RETURNING jobs.id, jobs.attempt",
             sqlite_json_rows("$1", &["id", "attempt"])

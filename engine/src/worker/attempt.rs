@@ -2,7 +2,7 @@
 //! its `Data` layer), so it sees each attempt whole and decides how it ended, whatever the
 //! handler or the layers inside did:
 //!
-//! - the handler runs on its own tokio task, under the kind's timeout: a panic, a timeout
+//! - the handler runs under the kind's timeout, its panics caught: a panic, a timeout
 //!   or an error all end as a failed attempt under the job's retry policy; none leaves a
 //!   row `running` (apalis itself keeps a panicked task `Running`);
 //! - an [`Outcome`] or [`JobError`] the handler returns is read as such (snooze, retry at
@@ -14,12 +14,14 @@
 //!
 //! The decision goes to the kind's core, whose driver writes it (batched) to the database.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -73,6 +75,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxDynError> + Send + 'static,
     S::Response: Send + 'static,
+    Args: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxDynError;
@@ -86,17 +89,15 @@ where
         let core = Arc::clone(&self.core);
         let ctx = task.data().get::<JobContext>().cloned();
         let timeout = core.policy.timeout;
-        let inner = self.inner.call(task);
-        let handle = tokio::spawn(async move {
-            tokio::time::timeout(timeout, inner)
-                .await
-                .map(|r| r.map_err(Into::into))
-        });
+        // The handler is polled here, on the worker's task, as apalis polls it (the kinds
+        // with CPU-bound work hand it to the blocking pool): no task spawned per attempt.
+        let inner =
+            AssertUnwindSafe(tokio::time::timeout(timeout, self.inner.call(task))).catch_unwind();
         let Some(ctx) = ctx else {
             // Not a task of this backend (never happens: the backend builds every task).
             return Box::pin(async move {
-                match handle.await {
-                    Ok(Ok(r)) => r,
+                match inner.await {
+                    Ok(Ok(r)) => r.map_err(Into::into),
                     _ => Err("task without a job context".into()),
                 }
             });
@@ -105,29 +106,24 @@ where
             core,
             job_id: ctx.job_id,
             attempt: ctx.attempt,
-            abort: handle.abort_handle(),
             started: Instant::now(),
             done: false,
         };
         Box::pin(async move {
-            let mut handle = handle;
             let lost = guard.lost_token();
+            let cutoff = guard.core.cutoff.clone();
             let result = tokio::select! {
-                joined = &mut handle => match joined {
-                    Ok(Ok(result)) => result,
+                biased;
+                ran = inner => match ran {
+                    Ok(Ok(result)) => result.map_err(Into::into),
                     Ok(Err(_elapsed)) => Err(Box::new(Stopped::TimedOut(timeout)) as BoxDynError),
-                    Err(join) if join.is_panic() => Err(Box::new(Stopped::Panicked(
-                        panic_message(join.into_panic()),
-                    )) as BoxDynError),
-                    Err(_) => Err(Box::new(Stopped::Released) as BoxDynError),
+                    Err(panic) => Err(Box::new(Stopped::Panicked(panic_message(panic))) as BoxDynError),
                 },
                 _ = lost.cancelled() => {
-                    handle.abort();
                     guard.finish(None);
                     return Err(Box::new(Stopped::LeaseLost) as BoxDynError);
                 }
-                _ = guard.core.cutoff.cancelled() => {
-                    handle.abort();
+                _ = cutoff.cancelled() => {
                     let end = guard.core.release_end(guard.job_id, guard.attempt);
                     guard.finish(Some(end));
                     return Err(Box::new(Stopped::Released) as BoxDynError);
@@ -145,13 +141,12 @@ where
 }
 
 /// Ends the attempt exactly once: normally through [`AttemptGuard::finish`]; if the
-/// attempt's future is dropped first (its worker was dropped without shutting down), the
-/// handler is stopped and the attempt handed back.
+/// attempt's future is dropped first (its worker was dropped without shutting down, which
+/// drops the handler too), the attempt is handed back.
 struct AttemptGuard {
     core: Arc<Core>,
     job_id: i64,
     attempt: u32,
-    abort: tokio::task::AbortHandle,
     started: Instant,
     done: bool,
 }
@@ -210,7 +205,6 @@ impl AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.abort.abort();
             let end = self.core.release_end(self.job_id, self.attempt);
             self.finish(Some(end));
         }

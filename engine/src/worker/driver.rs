@@ -395,10 +395,12 @@ async fn drive(core: Arc<Core>) {
             continue;
         }
 
+        let began = Instant::now();
         match step(&core, &acks, want, lease_ms).await {
             Ok(ex) => {
                 failures = 0;
                 let claimed = ex.claimed.len();
+                tracing::trace!(kind = %core.kind, acks = acks.len(), want, claimed, took = ?began.elapsed(), "step");
                 core.counters
                     .claimed
                     .fetch_add(claimed as u64, Ordering::Relaxed);
