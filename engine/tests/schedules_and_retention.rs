@@ -26,6 +26,7 @@ fn hourly() -> Schedule {
 backend_tests!(
     two_processes_enqueue_exactly_one_job_per_tick,
     after_downtime_a_schedule_runs_once_not_once_per_missed_tick,
+    a_changed_schedule_moves_its_next_run_to_the_earlier_time,
     boot_schedule_runs_at_start_and_list_shows_last_and_next_run,
     run_now_enqueues_outside_the_timing_and_respects_the_unique_key,
     prune_deletes_old_finished_jobs_in_batches_and_keeps_the_rest,
@@ -70,6 +71,38 @@ async fn after_downtime_a_schedule_runs_once_not_once_per_missed_tick(t: TestDb)
         clock.now_ms() + 3_600_000,
         "next run is an interval from now"
     );
+}
+
+async fn a_changed_schedule_moves_its_next_run_to_the_earlier_time(t: TestDb) {
+    let runs = Runs::default();
+    let clock = Clock::manual(start());
+    let with = |every: Every| {
+        Scheduler::new(
+            t.engine(registry(&runs), clock.clone()),
+            vec![Schedule::new(
+                "probe_hourly",
+                every,
+                &Probe::new(Behaviour::Succeed),
+            )],
+        )
+    };
+    let next = |s: Scheduler| async move { s.list().await.unwrap()[0].next_run_at };
+    // Deployed with a cron that has no future occurrence (a year long past): parked.
+    let parked = with(Every::parse("0 0 0 1 1 * 2020").unwrap());
+    parked.register().await.unwrap();
+    assert_eq!(next(parked).await, i64::MAX);
+    // The next deploy fixes it: the new expression's next run wins, at once.
+    let hourly = with(Every::Interval(Duration::from_secs(3600)));
+    hourly.register().await.unwrap();
+    assert_eq!(next(hourly.clone()).await, clock.now_ms() + 3_600_000);
+    // Registering the same expression again changes nothing.
+    clock.advance(Duration::from_secs(600));
+    hourly.register().await.unwrap();
+    assert_eq!(next(hourly).await, clock.now_ms() + 3_000_000);
+    // A longer interval keeps the earlier run already planned.
+    let daily = with(Every::Interval(Duration::from_secs(86_400)));
+    daily.register().await.unwrap();
+    assert_eq!(next(daily).await, clock.now_ms() + 3_000_000);
 }
 
 async fn boot_schedule_runs_at_start_and_list_shows_last_and_next_run(t: TestDb) {

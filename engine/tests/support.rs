@@ -19,6 +19,12 @@ pub enum Behaviour {
     FailTimes(u32),
     Panic,
     Sleep(u64),
+    /// Snoozes this many ms on its first attempt, then succeeds.
+    SnoozeOnce(u64),
+    /// Fails asking to be retried this many ms from now (`JobError::RetryAt`).
+    RetryAtIn(i64),
+    /// Fails asking to be retried after this many ms (`JobError::RetryAfter`).
+    RetryAfter(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +92,17 @@ pub fn registry(runs: &Runs) -> Registry {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     Ok(Outcome::Succeeded)
                 }
+                Behaviour::SnoozeOnce(ms) if runs.get() == 1 => {
+                    Ok(Outcome::Snooze(Duration::from_millis(ms)))
+                }
+                Behaviour::SnoozeOnce(_) => Ok(Outcome::Succeeded),
+                Behaviour::RetryAtIn(ms) => {
+                    Err(JobError::retry_at(ctx.now_ms() + ms, "try at a given time"))
+                }
+                Behaviour::RetryAfter(ms) => Err(JobError::retry_after(
+                    Duration::from_millis(ms),
+                    "rate limited",
+                )),
             }
         }
     });

@@ -72,6 +72,9 @@ struct State {
     running: HashMap<i64, Running>,
     /// Finished, not yet written.
     finished: Vec<Ack>,
+    /// Finished, refused by the database even alone (a failing discard hook): tried
+    /// again on a backoff, their leases kept.
+    stuck: Vec<Ack>,
     /// The apalis worker waiting in `poll_next`.
     worker: Option<Waker>,
     /// `poll_close` waiting for the driver to flush.
@@ -334,13 +337,16 @@ async fn drive(core: Arc<Core>) {
     let mut next_heartbeat = Instant::now() + settings.heartbeat_interval;
     let mut next_poll = Instant::now();
     let mut round;
+    // Acks the database refused even alone: retried on their own backoff.
+    let mut stuck_failures = 0u32;
+    let mut stuck_until = Instant::now();
     loop {
         if Instant::now() >= next_heartbeat {
             heartbeat(&core, lease_ms).await;
             next_heartbeat = Instant::now() + settings.heartbeat_interval;
         }
         // Plan the next step.
-        let (acks, want) = {
+        let (acks, want, stuck_retry) = {
             let mut st = core.state();
             if st.closing {
                 let now = engine.clock().now_ms();
@@ -361,12 +367,21 @@ async fn drive(core: Arc<Core>) {
             }
             round = core.counters.probe.load(Ordering::SeqCst);
             let want = core.want(&st);
-            (std::mem::take(&mut st.finished), want)
+            let mut acks = std::mem::take(&mut st.finished);
+            let stuck_retry = !st.stuck.is_empty() && Instant::now() >= stuck_until;
+            if stuck_retry {
+                acks.append(&mut st.stuck);
+            }
+            (acks, want, stuck_retry)
         };
         if acks.is_empty() && want == 0 {
             {
                 let mut st = core.state();
-                if st.closing && st.running.is_empty() && st.finished.is_empty() {
+                if st.closing
+                    && st.running.is_empty()
+                    && st.finished.is_empty()
+                    && st.stuck.is_empty()
+                {
                     st.closed = true;
                     if let Some(w) = st.close.take() {
                         w.wake();
@@ -382,11 +397,16 @@ async fn drive(core: Arc<Core>) {
                 core.close(None);
                 continue;
             }
-            let until = next_heartbeat.min(if core.state().drained {
-                next_poll
-            } else {
-                next_heartbeat
-            });
+            let mut until = next_heartbeat;
+            {
+                let st = core.state();
+                if st.drained {
+                    until = until.min(next_poll);
+                }
+                if !st.stuck.is_empty() {
+                    until = until.min(stuck_until);
+                }
+            }
             tokio::select! {
                 _ = core.wake.notified() => {},
                 _ = wake.notified() => core.state().drained = false,
@@ -397,8 +417,15 @@ async fn drive(core: Arc<Core>) {
 
         let began = Instant::now();
         match step(&core, &acks, want, lease_ms).await {
-            Ok(ex) => {
+            Ok((ex, unwritten)) => {
                 failures = 0;
+                if !unwritten.is_empty() {
+                    stuck_failures += 1;
+                    stuck_until = Instant::now() + DB_RETRY.delay(stuck_failures);
+                    core.state().stuck.extend(unwritten);
+                } else if stuck_retry {
+                    stuck_failures = 0;
+                }
                 let claimed = ex.claimed.len();
                 tracing::trace!(kind = %core.kind, acks = acks.len(), want, claimed, took = ?began.elapsed(), "step");
                 core.counters
@@ -414,6 +441,7 @@ async fn drive(core: Arc<Core>) {
                             && st.running.is_empty()
                             && st.buffer.is_empty()
                             && st.finished.is_empty()
+                            && st.stuck.is_empty()
                         {
                             core.counters.probed.fetch_max(round, Ordering::SeqCst);
                         }
@@ -441,43 +469,55 @@ async fn drive(core: Arc<Core>) {
 }
 
 /// One step: write `acks` (running discard hooks for final failures, in the same
-/// transaction) and claim `want` jobs. A batch the database refuses is split, and an ack
-/// that fails alone is turned into a failure carrying the database's complaint, so that it
-/// cannot hold the others back; only an error that is not about the batch (the database is
-/// away) is returned.
+/// transaction) and claim `want` jobs. A batch the database refuses is split; an ack that
+/// fails alone is turned into a failure carrying the database's complaint, and if even that
+/// is refused (its discard hook fails), it is handed back as unwritten, to be tried again
+/// later while the others go on. Only an error that is not about the batch (the database
+/// is away) is returned.
 async fn step(
     core: &Arc<Core>,
     acks: &[Ack],
     want: usize,
     lease_ms: Millis,
-) -> crate::Result<Exchange> {
+) -> crate::Result<(Exchange, Vec<Ack>)> {
     match write(core, acks, want, lease_ms).await {
-        Ok(ex) => Ok(ex),
+        Ok(ex) => Ok((ex, Vec::new())),
         Err(e) if acks.len() > 1 && is_data_error(&e) => {
             let (a, b) = acks.split_at(acks.len() / 2);
-            let mut ex = Box::pin(step(core, a, 0, lease_ms)).await?;
-            let more = Box::pin(step(core, b, want, lease_ms)).await?;
+            let (mut ex, mut stuck) = Box::pin(step(core, a, 0, lease_ms)).await?;
+            let (more, more_stuck) = Box::pin(step(core, b, want, lease_ms)).await?;
             ex.acked.extend(more.acked);
             ex.lost.extend(more.lost);
             ex.claimed = more.claimed;
-            Ok(ex)
+            stuck.extend(more_stuck);
+            Ok((ex, stuck))
         }
         Err(e) if acks.len() == 1 && is_data_error(&e) => {
             let ack = &acks[0];
-            let error = format!(
-                "the outcome of this attempt could not be recorded ({}): {}",
-                crate::job::error_chain(&e),
-                match &ack.end {
-                    AttemptEnd::Retry { error, .. } | AttemptEnd::Fail { error } => error.as_str(),
-                    _ => "",
+            let complaint = crate::job::error_chain(&e);
+            if !matches!(ack.end, AttemptEnd::Fail { .. }) {
+                let error = format!(
+                    "the outcome of this attempt could not be recorded ({complaint}): {}",
+                    match &ack.end {
+                        AttemptEnd::Retry { error, .. } => error.as_str(),
+                        _ => "",
+                    }
+                );
+                tracing::error!(kind = %core.kind, job = ack.id, error = %error, "ack refused by the database; failing the job");
+                let fallback = Ack {
+                    end: AttemptEnd::Fail { error },
+                    ..ack.clone()
+                };
+                match write(core, std::slice::from_ref(&fallback), want, lease_ms).await {
+                    Ok(ex) => return Ok((ex, Vec::new())),
+                    Err(e) if is_data_error(&e) => {}
+                    Err(e) => return Err(e),
                 }
-            );
-            tracing::error!(kind = %core.kind, job = ack.id, error = %error, "ack refused by the database; failing the job");
-            let fallback = Ack {
-                end: AttemptEnd::Fail { error },
-                ..ack.clone()
-            };
-            write(core, std::slice::from_ref(&fallback), want, lease_ms).await
+            }
+            tracing::error!(kind = %core.kind, job = ack.id, error = %complaint,
+                            "the end of this job cannot be recorded (its discard hook fails?); keeping its lease and trying again later");
+            let ex = write(core, &[], want, lease_ms).await?;
+            Ok((ex, vec![ack.clone()]))
         }
         Err(e) => Err(e),
     }
@@ -563,6 +603,7 @@ async fn heartbeat(core: &Arc<Core>, lease_ms: Millis) {
             .map(|j| (j.id, j.attempt))
             .chain(st.running.iter().map(|(id, r)| (*id, r.attempt)))
             .chain(st.finished.iter().map(|a| (a.id, a.attempt)))
+            .chain(st.stuck.iter().map(|a| (a.id, a.attempt)))
             .collect()
     };
     let lease_now = engine.clock().lease_now(engine.backend());
@@ -582,6 +623,7 @@ async fn heartbeat(core: &Arc<Core>, lease_ms: Millis) {
             let mut st = core.state();
             st.buffer.retain(|j| !lost.contains(&(j.id, j.attempt)));
             st.finished.retain(|a| !lost.contains(&(a.id, a.attempt)));
+            st.stuck.retain(|a| !lost.contains(&(a.id, a.attempt)));
             for (id, attempt) in &lost {
                 if let Some(r) = st.running.get(id).filter(|r| r.attempt == *attempt) {
                     r.lost.cancel();
