@@ -64,6 +64,10 @@ pub trait Lifecycle: Copy + Eq + fmt::Debug + Send + Sync + 'static {
     fn as_str(self) -> &'static str;
     /// True when `self → to` is an allowed edge.
     fn can_transition_to(self, to: Self) -> bool;
+    /// True when the table has a `version` column, bumped by every transition: then a
+    /// self-transition (`failed → failed`, a retry bump) is guarded by the version the
+    /// caller read ([`transition_seen`]), which a status guard alone cannot do.
+    const VERSIONED: bool = false;
 }
 
 /// The `from_status` of the audit row written when a row is created (its first status is
@@ -128,6 +132,25 @@ pub async fn transition<S: Lifecycle>(
     note: Option<&str>,
     now: Millis,
 ) -> Result<(), TransitionError> {
+    transition_seen(conn, id, from, None, to, extra, actor, note, now).await
+}
+
+/// [`transition`] from the row as the caller read it, `from` at `version` (a
+/// [`Lifecycle::VERSIONED`] table's `version` column): any change since that read, a
+/// self-transition included, makes it [`TransitionError::Stale`]. Every transition of a
+/// versioned table bumps the version.
+#[allow(clippy::too_many_arguments)]
+pub async fn transition_seen<S: Lifecycle>(
+    conn: &mut DbConn,
+    id: i64,
+    from: S,
+    version: Option<i64>,
+    to: S,
+    extra: &[(&'static str, Value)],
+    actor: &Actor,
+    note: Option<&str>,
+    now: Millis,
+) -> Result<(), TransitionError> {
     if !from.can_transition_to(to) {
         return Err(TransitionError::NotAllowed {
             entity: S::ENTITY,
@@ -136,15 +159,25 @@ pub async fn transition<S: Lifecycle>(
         });
     }
     let mut sql = format!("UPDATE {} SET status = $1, updated_at = $2", S::TABLE);
+    let first_extra = if S::VERSIONED { 6 } else { 5 };
+    if S::VERSIONED {
+        sql.push_str(", version = version + 1");
+    }
     for (i, (column, _)) in extra.iter().enumerate() {
-        sql.push_str(&format!(", {column} = ${}", i + 5));
+        sql.push_str(&format!(", {column} = ${}", i + first_extra));
     }
     sql.push_str(" WHERE id = $3 AND status = $4");
+    if S::VERSIONED {
+        sql.push_str(" AND ($5 IS NULL OR version = $5)");
+    }
     let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(to.as_str())
         .bind(now)
         .bind(id)
         .bind(from.as_str());
+    if S::VERSIONED {
+        query = query.bind(version);
+    }
     for (_, value) in extra {
         query = match value {
             Value::Text(v) => query.bind(v.clone()),

@@ -144,22 +144,31 @@ async fn transient_payout_errors_are_mirrored_on_the_row_and_retried_with_the_sa
     w.stripe.fault(Route::CreateTransfer, Fault::RateLimited);
     w.stripe.fault(Route::CreateTransfer, Fault::Timeout);
 
+    // The row's next_retry_at and the job's next run are one number, drawn by the engine's
+    // one backoff formula on TRANSFER_RETRY_*: min(MAX, BASE·2^retry_count) ± 10 %.
+    let within = |at: i64, from: i64, delay: i64| {
+        (from + delay - delay / 10..=from + delay + delay / 10).contains(&at)
+    };
     let t0 = w.clock.now_ms();
     assert_eq!(w.drain().await.retried, 1);
     let row = w.transfer(id).await;
     assert_eq!(row.status(), TransferStatus::Failed);
     assert_eq!(row.retry_count, 1);
-    assert_eq!(row.next_retry_at, Some(t0 + 30_000));
+    let next = row.next_retry_at.unwrap();
+    assert!(within(next, t0, 30_000), "{next}");
     assert!(
         row.last_error.as_deref().unwrap().contains("503"),
         "{:?}",
         row.last_error
     );
-    let (_, state, run_at, _, _) = job_of(&w, "transfer_seller", id).await;
+    let (job_id, state, run_at, _, _) = job_of(&w, "transfer_seller", id).await;
     assert_eq!(state, "retrying");
-    assert!(
-        (t0 + 27_000..=t0 + 33_000).contains(&run_at),
-        "engine timer agrees: {run_at}"
+    assert_eq!(run_at, next, "the engine's timer is the row's");
+    let job = engine::admin::get_job(w.engine.db(), job_id).await.unwrap();
+    assert_eq!(
+        job.job.max_attempts,
+        w.config.payout.max_retries + 1,
+        "attempts from TRANSFER_RETRY_MAX_RETRIES"
     );
 
     w.clock.advance(Duration::from_secs(40));
@@ -167,7 +176,11 @@ async fn transient_payout_errors_are_mirrored_on_the_row_and_retried_with_the_sa
     assert_eq!(w.drain().await.retried, 1);
     let row = w.transfer(id).await;
     assert_eq!((row.status(), row.retry_count), (TransferStatus::Failed, 2));
-    assert_eq!(row.next_retry_at, Some(t1 + 60_000));
+    assert!(within(row.next_retry_at.unwrap(), t1, 60_000));
+    assert_eq!(
+        job_of(&w, "transfer_seller", id).await.2,
+        row.next_retry_at.unwrap()
+    );
     assert!(row.last_error.as_deref().unwrap().contains("rate_limit"));
 
     w.clock.advance(Duration::from_secs(70));
@@ -175,7 +188,7 @@ async fn transient_payout_errors_are_mirrored_on_the_row_and_retried_with_the_sa
     assert_eq!(w.drain().await.retried, 1);
     let row = w.transfer(id).await;
     assert_eq!(row.retry_count, 3);
-    assert_eq!(row.next_retry_at, Some(t2 + 120_000));
+    assert!(within(row.next_retry_at.unwrap(), t2, 120_000));
     assert!(row.last_error.as_deref().unwrap().contains("timeout"));
 
     w.clock.advance(Duration::from_secs(140)); // the engine's timer: 120 s ± 10 % jitter
@@ -394,13 +407,24 @@ async fn transient_reversal_errors_back_off_then_give_up(t: TestDb) {
         let err = perform_job(&w.engine, &ReverseTransfer { transfer_id: id })
             .await
             .unwrap_err();
-        assert!(matches!(err, JobError::Transient(_)), "{err:?}");
+        let JobError::RetryAt { at, .. } = err else {
+            panic!("{err:?}")
+        };
         let row = w.transfer(id).await;
         assert_eq!(row.status(), TransferStatus::ReversalPending);
         assert_eq!(row.retry_count, i as i64 + 1);
-        assert_eq!(row.next_retry_at, Some(now + delay), "min(MAX, BASE·2^{i})");
+        assert_eq!(
+            row.next_retry_at,
+            Some(at),
+            "the job retries when the row says"
+        );
+        assert!(
+            (now + delay - delay / 10..=now + delay + delay / 10).contains(&at),
+            "min(MAX, BASE·2^{i}) ± 10 %: {at}"
+        );
         assert!(row.last_error.is_some());
-        w.clock.advance(Duration::from_millis(*delay as u64));
+        w.clock
+            .advance(Duration::from_millis(*delay as u64 * 11 / 10));
     }
     let err = perform_job(&w.engine, &ReverseTransfer { transfer_id: id })
         .await
@@ -743,7 +767,11 @@ async fn registration_follows_the_key_and_the_switches() {
     let kinds = |config: &PaymentsConfig| {
         let mut registry = Registry::new();
         payments::register(&mut registry, config);
-        let mut k: Vec<&str> = registry.kinds().map(|e| e.kind).collect();
+        let mut k: Vec<&str> = registry
+            .kinds()
+            .filter(|e| e.runs_here())
+            .map(|e| e.kind)
+            .collect();
         k.sort();
         (
             k,
@@ -758,6 +786,21 @@ async fn registration_follows_the_key_and_the_switches() {
         kinds(&none),
         (vec![], vec![]),
         "no key: nothing registered, jobs wait"
+    );
+    // …but declared: the jobs this process enqueues (the webhook does) carry the retry
+    // policy of TRANSFER_RETRY_* and REVERSAL_*.
+    let mut registry = Registry::new();
+    let mut tuned = PaymentsConfig::without_stripe();
+    tuned.payout.max_retries = 29;
+    tuned.payout.base = Duration::from_secs(2);
+    payments::register(&mut registry, &tuned);
+    let payout = registry.get("transfer_seller").expect("declared");
+    assert!(!payout.runs_here());
+    assert_eq!(payout.policy.retry, tuned.payout.policy());
+    assert_eq!(payout.policy.retry.max_attempts, 30);
+    assert_eq!(
+        registry.get("reverse_transfer").unwrap().policy.retry,
+        tuned.reversal.policy()
     );
 
     let fake = FakeStripe::start(support::TIMEOUT).await;

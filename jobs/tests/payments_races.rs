@@ -13,6 +13,7 @@ use engine::{Actor, backend_tests};
 use jobs::payments::{self, EventOutcome};
 use jobs::transfer_seller::TransferSeller;
 use jobs::transfers::TransferStatus;
+use jobs::transfers::state::{self, Changes};
 use support::{Fault, Route, World, world_with};
 
 backend_tests!(
@@ -21,6 +22,7 @@ backend_tests!(
     refund_during_an_in_flight_payout_reverses_it,
     refund_after_a_payout_with_unknown_outcome_never_pays_twice,
     refund_after_a_payout_that_never_reached_stripe_cancels_it,
+    a_retry_bump_from_a_stale_read_is_refused,
 );
 
 async fn generous(t: &TestDb) -> World {
@@ -334,4 +336,65 @@ async fn refund_after_a_payout_that_never_reached_stripe_cancels_it(t: TestDb) {
         1,
         "only the attempt before the refund"
     );
+}
+
+/// Two workers read the same `failed` row; one records its retry (failed → failed); the
+/// other's retry, from the stale read, must not overwrite it. A status guard cannot see
+/// this: the status is `failed` before and after. The version can.
+async fn a_retry_bump_from_a_stale_read_is_refused(t: TestDb) {
+    let w = world_with(&t, |_| {}).await;
+    let (order, _) = w.order(&[(1, 500)]).await;
+    let EventOutcome::TransfersCreated { transfer_ids, .. } =
+        w.deliver(&w.paid("evt_pay", order).await).await
+    else {
+        panic!("payment not processed")
+    };
+    let id = transfer_ids[0];
+    let actor = Actor::cli();
+    let now = w.clock.now_ms();
+    let mut conn = w.engine.db().acquire().await.unwrap();
+    let pending = w.transfer(id).await;
+    state::transition(
+        &mut conn,
+        &pending,
+        TransferStatus::Failed,
+        Changes::retry(1, now, "a"),
+        &actor,
+        None,
+        now,
+    )
+    .await
+    .unwrap();
+    let first = w.transfer(id).await;
+    let second = first.clone();
+    state::transition(
+        &mut conn,
+        &first,
+        TransferStatus::Failed,
+        Changes::retry(2, now, "b"),
+        &actor,
+        None,
+        now,
+    )
+    .await
+    .unwrap();
+    let stale = state::transition(
+        &mut conn,
+        &second,
+        TransferStatus::Failed,
+        Changes::retry(2, now, "c"),
+        &actor,
+        None,
+        now,
+    )
+    .await;
+    assert!(
+        matches!(
+            stale,
+            Err(engine::state_machine::TransitionError::Stale { .. })
+        ),
+        "{stale:?}"
+    );
+    let row = w.transfer(id).await;
+    assert_eq!((row.retry_count, row.last_error.as_deref()), (2, Some("b")));
 }

@@ -4,10 +4,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use engine::Millis;
-use engine::clock::duration_ms;
 use engine::config::{Env, VarSpec};
 use engine::scheduler::Every;
+use engine::{Millis, RetryPolicy};
 
 use crate::transfers::stripe::{StripeClient, StripeSettings};
 
@@ -62,19 +61,19 @@ var!(
     TRANSFER_RETRY_MAX_RETRIES,
     "TRANSFER_RETRY_MAX_RETRIES",
     "10",
-    "Payout retries after the first attempt before a seller transfer becomes permanently_failed."
+    "Payout retries after the first attempt before a seller transfer becomes permanently_failed; also the transfer_seller job's attempts (this + 1)."
 );
 var!(
     TRANSFER_RETRY_BACKOFF_BASE,
     "TRANSFER_RETRY_BACKOFF_BASE",
     "30s",
-    "Delay after the first failed payout; it doubles after each further failure."
+    "Delay after the first failed payout; it doubles after each further failure (±10 % jitter). The engine retries the job at the very time it records on the row (next_retry_at)."
 );
 var!(
     TRANSFER_RETRY_BACKOFF_MAX,
     "TRANSFER_RETRY_BACKOFF_MAX",
     "1h",
-    "Longest delay between two payout attempts."
+    "Longest delay between two payout attempts (the job's backoff cap)."
 );
 var!(
     TRANSFER_CHECK_INTERVAL,
@@ -92,19 +91,19 @@ var!(
     REVERSAL_MAX_RETRIES,
     "REVERSAL_MAX_RETRIES",
     "10",
-    "Reversal retries after the first attempt before a transfer in reversal_pending becomes permanently_failed."
+    "Reversal retries after the first attempt before a transfer in reversal_pending becomes permanently_failed; also the reverse_transfer job's attempts (this + 1)."
 );
 var!(
     REVERSAL_BACKOFF_BASE,
     "REVERSAL_BACKOFF_BASE",
     "30s",
-    "Delay after the first failed reversal; it doubles after each further failure."
+    "Delay after the first failed reversal; it doubles after each further failure (±10 % jitter). The engine retries the job at the very time it records on the row (next_retry_at)."
 );
 var!(
     REVERSAL_BACKOFF_MAX,
     "REVERSAL_BACKOFF_MAX",
     "1h",
-    "Longest delay between two reversal attempts."
+    "Longest delay between two reversal attempts (the job's backoff cap)."
 );
 var!(
     REVERSAL_CHECK_INTERVAL,
@@ -160,18 +159,21 @@ pub struct RetrySettings {
 }
 
 impl RetrySettings {
-    /// The delay after a failure when `retry_count` failures came before it:
-    /// `min(max, base·2^retry_count)`.
-    pub fn delay(&self, retry_count: i64) -> Duration {
-        let exp = u32::try_from(retry_count.clamp(0, 62)).unwrap_or(62);
-        let base_ms = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(base_ms.saturating_mul(1u64 << exp)).min(self.max)
+    /// The retry policy of the worker's jobs (`max_retries` retries after the first attempt,
+    /// `base` doubling up to `max`), registered for the kind so that the engine's timer is
+    /// the variables' timer.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy::exponential(self.base, self.max, self.max_retries.saturating_add(1))
     }
 
     /// When the next attempt is due, after a failure at `now` that followed `retry_count`
-    /// earlier ones.
+    /// earlier ones: the engine's one backoff formula ([`RetryPolicy::next_run_at`],
+    /// `min(max, base·2^retry_count)` ± 10 %). The handler records it on the row
+    /// (`next_retry_at`) and returns it as [`engine::JobError::RetryAt`], so the row and
+    /// the job say the same time.
     pub fn next_retry_at(&self, now: Millis, retry_count: i64) -> Millis {
-        now.saturating_add(duration_ms(self.delay(retry_count)))
+        let attempt = u32::try_from(retry_count.clamp(0, 1_000) + 1).unwrap_or(u32::MAX);
+        self.policy().next_run_at(attempt, now, &mut rand::rng())
     }
 
     /// True when a row with `failures` failed attempts (this one included) has used up its
@@ -396,16 +398,19 @@ mod tests {
     }
 
     #[test]
-    fn delay_is_base_doubling_up_to_max() {
+    fn the_policy_and_the_row_use_the_engine_formula() {
         let r = RetrySettings {
             enabled: true,
             max_retries: 3,
             base: Duration::from_secs(10),
             max: Duration::from_secs(60),
         };
-        let delays: Vec<u64> = (0..5).map(|n| r.delay(n).as_secs()).collect();
+        let p = r.policy();
+        assert_eq!(p.max_attempts, 4, "the first attempt and 3 retries");
+        let delays: Vec<u64> = (1..=5).map(|n| p.delay(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
-        assert_eq!(r.next_retry_at(1_000, 1), 21_000);
+        let next = r.next_retry_at(1_000, 1);
+        assert!((1_000 + 18_000..=1_000 + 22_000).contains(&next), "{next}");
         assert!(!r.exhausted(3));
         assert!(r.exhausted(4));
     }

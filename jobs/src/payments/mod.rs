@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use engine::scheduler::Schedule;
 use engine::state_machine::{Actor, TransitionError};
-use engine::{DbConn, Engine, Job, Millis, NewJob, Registry};
+use engine::{DbConn, Engine, Job, JobPolicy, Millis, NewJob, Registry};
 use serde::Serialize;
 
 pub use config::PaymentsConfig;
@@ -628,54 +628,68 @@ fn active(config: &PaymentsConfig) -> Active {
 
 /// Registers the payments jobs this configuration runs: none without `STRIPE_SECRET_KEY`
 /// (their jobs wait for a process that has one), and neither the payout nor the reversal
-/// worker (nor its safety net) when switched off. Silent about what it leaves out: every
-/// command registers the kinds, and only `serve`/`worker` (which run them) say so, from
-/// [`PaymentsConfig::disabled`], as `/ready` does.
+/// worker (nor its safety net) when switched off. The kinds it does not run are declared,
+/// so that every process stores the configured retry policy on the jobs it enqueues (the
+/// webhook enqueues payouts in a process that may not run them). Silent about what it
+/// leaves out: every command registers the kinds, and only `serve`/`worker` (which run
+/// them) say so, from [`PaymentsConfig::disabled`], as `/ready` does.
 pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
-    let Some(settings) = &config.stripe else {
-        return;
-    };
-    let stripe = match StripeClient::new(settings) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "the Stripe client cannot be built: payments jobs are not registered");
-            return;
-        }
-    };
+    let stripe = config
+        .stripe
+        .as_ref()
+        .and_then(|settings| match StripeClient::new(settings) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::error!(error = %e, "the Stripe client cannot be built: payments jobs are not registered");
+                None
+            }
+        });
     let on = active(config);
-    if on.payout {
-        warn_if_timer_differs(TransferSeller::KIND, &config.payout, TransferSeller::POLICY);
-        let deps = Arc::new(PayoutDeps {
-            stripe: stripe.clone(),
-            retry: config.payout,
-        });
-        registry.register::<TransferSeller, _, _>(move |args, ctx| {
-            transfer_seller::handle(args, ctx, Arc::clone(&deps))
-        });
-        let retry = Arc::new(config.payout);
-        registry.register::<transfer_seller::check::TransferSellerCheck, _, _>(move |args, ctx| {
-            transfer_seller::check::handle(args, ctx, Arc::clone(&retry))
-        });
+    match &stripe {
+        Some(stripe) if on.payout => {
+            let deps = Arc::new(PayoutDeps {
+                stripe: stripe.clone(),
+                retry: config.payout,
+            });
+            registry
+                .register::<TransferSeller, _, _>(move |args, ctx| {
+                    transfer_seller::handle(args, ctx, Arc::clone(&deps))
+                })
+                .policy(payout_policy(config));
+            let retry = Arc::new(config.payout);
+            registry.register::<transfer_seller::check::TransferSellerCheck, _, _>(
+                move |args, ctx| transfer_seller::check::handle(args, ctx, Arc::clone(&retry)),
+            );
+        }
+        _ => {
+            registry
+                .declare::<TransferSeller>()
+                .policy(payout_policy(config));
+        }
     }
-    if on.reversal {
-        warn_if_timer_differs(
-            ReverseTransfer::KIND,
-            &config.reversal,
-            ReverseTransfer::POLICY,
-        );
-        let deps = Arc::new(ReversalDeps {
-            stripe: stripe.clone(),
-            retry: config.reversal,
-        });
-        registry.register::<ReverseTransfer, _, _>(move |args, ctx| {
-            reverse_transfer::handle(args, ctx, Arc::clone(&deps))
-        });
-        let retry = Arc::new(config.reversal);
-        registry.register::<reverse_transfer::check::ReverseTransferCheck, _, _>(
-            move |args, ctx| reverse_transfer::check::handle(args, ctx, Arc::clone(&retry)),
-        );
+    match &stripe {
+        Some(stripe) if on.reversal => {
+            let deps = Arc::new(ReversalDeps {
+                stripe: stripe.clone(),
+                retry: config.reversal,
+            });
+            registry
+                .register::<ReverseTransfer, _, _>(move |args, ctx| {
+                    reverse_transfer::handle(args, ctx, Arc::clone(&deps))
+                })
+                .policy(reversal_policy(config));
+            let retry = Arc::new(config.reversal);
+            registry.register::<reverse_transfer::check::ReverseTransferCheck, _, _>(
+                move |args, ctx| reverse_transfer::check::handle(args, ctx, Arc::clone(&retry)),
+            );
+        }
+        _ => {
+            registry
+                .declare::<ReverseTransfer>()
+                .policy(reversal_policy(config));
+        }
     }
-    if on.reconcile {
+    if let Some(stripe) = stripe.filter(|_| on.reconcile) {
         let settings = Arc::new(ReconcileSettings {
             stripe,
             lookback: config.reconcile_lookback,
@@ -686,18 +700,19 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
     }
 }
 
-/// The engine retries a job on its kind's compiled policy; the row's `next_retry_at` comes
-/// from the variables. Say so when they differ.
-fn warn_if_timer_differs(kind: &str, retry: &config::RetrySettings, policy: engine::JobPolicy) {
-    if retry.base != policy.retry.base || retry.max != policy.retry.cap {
-        tracing::warn!(
-            kind,
-            base = ?retry.base, max = ?retry.max,
-            engine_base = ?policy.retry.base, engine_cap = ?policy.retry.cap,
-            "the backoff variables differ from the engine's compiled retry timer of this kind: rows show \
-             next_retry_at from the variables, attempts run on the engine's timer; the row's retry_count \
-             still decides when to give up"
-        );
+/// `transfer_seller`'s policy: its compiled one, retried on `TRANSFER_RETRY_*`.
+pub fn payout_policy(config: &PaymentsConfig) -> JobPolicy {
+    JobPolicy {
+        retry: config.payout.policy(),
+        ..TransferSeller::POLICY
+    }
+}
+
+/// `reverse_transfer`'s policy: its compiled one, retried on `REVERSAL_*`.
+pub fn reversal_policy(config: &PaymentsConfig) -> JobPolicy {
+    JobPolicy {
+        retry: config.reversal.policy(),
+        ..ReverseTransfer::POLICY
     }
 }
 

@@ -254,10 +254,14 @@ impl Reversal<'_> {
             return Ok(stale(row));
         }
         tracing::warn!(transfer = row.id, error = %error, retry = failures, next_retry_at = next, "reversal failed; will retry");
-        Err(JobError::Transient(format!(
-            "reversal attempt failed, retry {failures}/{} due at {next}: {error}",
-            retry.max_retries
-        )))
+        // The row's next_retry_at and the job's next run are the same number.
+        Err(JobError::retry_at(
+            next,
+            format!(
+                "reversal attempt failed, retry {failures}/{} due at {next}: {error}",
+                retry.max_retries
+            ),
+        ))
     }
 
     async fn give_up(&self, row: &TransferRow, error: &str) -> Result<Outcome, JobError> {

@@ -391,6 +391,7 @@ impl Payout<'_> {
         let give_up = !transient || retry.exhausted(failures);
         let db = |e: sqlx::Error| JobError::database(&e);
         let mut tx = self.ctx.db().begin().await.map_err(db)?;
+        let mut next = now;
         let step = if give_up {
             let failed = if row.status() == TransferStatus::Failed {
                 Ok(row.clone())
@@ -421,7 +422,7 @@ impl Payout<'_> {
                 Err(e) => Err(e),
             }
         } else {
-            let next = retry.next_retry_at(now, row.retry_count);
+            next = retry.next_retry_at(now, row.retry_count);
             state::transition(
                 &mut tx,
                 row,
@@ -459,11 +460,14 @@ impl Payout<'_> {
             );
             Err(JobError::Permanent(why))
         } else {
-            Err(JobError::Transient(format!(
-                "payout attempt {failures} failed, retry {failures}/{} due at {}: {error}",
-                retry.max_retries,
-                retry.next_retry_at(now, row.retry_count)
-            )))
+            // The row's next_retry_at and the job's next run are the same number.
+            Err(JobError::retry_at(
+                next,
+                format!(
+                    "payout attempt {failures} failed, retry {failures}/{} due at {next}: {error}",
+                    retry.max_retries
+                ),
+            ))
         }
     }
 

@@ -138,6 +138,7 @@ impl Lifecycle for Stored {
     fn can_transition_to(self, to: Self) -> bool {
         self.0.can_transition_to(to.0)
     }
+    const VERSIONED: bool = true;
 }
 
 /// The audit trail's entity name for seller transfers.
@@ -177,6 +178,8 @@ pub struct TransferRow {
     pub created_at: Millis,
     /// Last changed.
     pub updated_at: Millis,
+    /// Bumped by every transition (see [`transition`]).
+    pub version: i64,
 }
 
 impl TransferRow {
@@ -216,7 +219,7 @@ fn key(prefix: &str, id: i64, generation: i64) -> String {
 
 const COLUMNS: &str = "id, order_id, order_item_id, seller_id, amount, currency, status, \
     stripe_transfer_id, stripe_reversal_id, retry_count, next_retry_at, last_error, \
-    payout_attempted_at, key_generation, created_at, updated_at";
+    payout_attempted_at, key_generation, created_at, updated_at, version";
 
 fn from_row(r: &AnyRow) -> Result<TransferRow, sqlx::Error> {
     let status: String = r.try_get("status")?;
@@ -240,6 +243,7 @@ fn from_row(r: &AnyRow) -> Result<TransferRow, sqlx::Error> {
         key_generation: r.try_get("key_generation")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
     })
 }
 
@@ -477,10 +481,13 @@ pub async fn transition(
     now: Millis,
 ) -> Result<TransferRow, TransitionError> {
     let extra = changes.columns();
-    state_machine::transition(
+    // Guarded by the version read: a retry bump (failed → failed) from a stale read is
+    // refused like any other stale transition.
+    state_machine::transition_seen(
         conn,
         row.id,
         Stored(row.status),
+        Some(row.version),
         Stored(to),
         &extra,
         actor,
@@ -491,6 +498,7 @@ pub async fn transition(
     let mut updated = row.clone();
     updated.status = to;
     updated.updated_at = now;
+    updated.version += 1;
     changes.apply(&mut updated);
     Ok(updated)
 }
