@@ -21,9 +21,10 @@
 //! is written and its e-mail put in the outbox; the payouts fail because the seller has no
 //! Stripe connected account yet, so they are retried with backoff (a payout is registered
 //! for this run even without `STRIPE_SECRET_KEY`: it fails before any call to Stripe, and
-//! its client points at a closed local port). One of them is then given up by hand
-//! (`permanently_failed`, audited as `cli`), for the admin retry example: reaching that
-//! through real attempts takes `TRANSFER_RETRY_MAX_RETRIES` backoffs.
+//! its client points at a closed local port). One payout job is then cancelled, which
+//! gives its transfer up (`permanently_failed`, audited as `cli`, by the payout kind's
+//! discard hook), for the admin retry example: reaching that through real attempts takes
+//! `TRANSFER_RETRY_MAX_RETRIES` backoffs.
 //!
 //! It refuses a database that has users, tracks, orders or API keys already: seeding
 //! next to real data would mix the two, and a second run would make a second set. Start
@@ -34,7 +35,6 @@ use std::fmt::Write as _;
 use std::io::Cursor;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -48,9 +48,9 @@ use jobs::payments::orders::{self, NewOrderItem};
 use jobs::payments::{self, EventOutcome, StripeEvent};
 use jobs::thumbnail::ThumbnailArgs;
 use jobs::tracks::TrackStatus;
-use jobs::transfer_seller::{self, PayoutDeps, TransferSeller};
-use jobs::transfers::state::{self as transfer_state, Changes};
-use jobs::transfers::stripe::{StripeClient, StripeSettings};
+use jobs::transfer_seller;
+use jobs::transfers::state as transfer_state;
+use jobs::transfers::stripe::StripeSettings;
 use jobs::transfers::{self, TransferStatus};
 use jobs::users;
 
@@ -240,23 +240,18 @@ pub async fn seed(mut config: Config) -> anyhow::Result<Demo> {
 /// this configuration has none (see the module documentation).
 fn demo_engine(app: &App) -> anyhow::Result<Engine> {
     let config = &app.config;
-    let mut registry = Registry::new();
-    jobs::register_all(&mut registry, &config.jobs);
-    if registry.get(transfer_seller::KIND).is_none() {
-        let unreachable = StripeSettings {
+    let mut jobs_config = config.jobs.clone();
+    if jobs_config.payments.stripe.is_none() {
+        // Payouts to sellers without a Stripe account retry; they fail before any call.
+        jobs_config.payments.stripe = Some(StripeSettings {
             secret_key: "sk_test_veza_demo".to_owned(),
             api_base: "http://127.0.0.1:9/".to_owned(),
             timeout: Duration::from_secs(2),
             max_rps: NonZeroU32::MIN,
-        };
-        let deps = Arc::new(PayoutDeps {
-            stripe: StripeClient::new(&unreachable).context("building the demo's Stripe client")?,
-            retry: config.jobs.payments.payout,
-        });
-        registry.register::<TransferSeller, _, _>(move |args, ctx| {
-            transfer_seller::handle(args, ctx, Arc::clone(&deps))
         });
     }
+    let mut registry = Registry::new();
+    jobs::register_all(&mut registry, &jobs_config);
     Ok(Engine::builder(
         app.engine.db().clone(),
         app.engine.backend(),
@@ -635,31 +630,20 @@ impl Seeder<'_> {
     /// Gives up the payout of `transfer` (`failed → permanently_failed`), as its job does
     /// after its last retry, and cancels that job.
     async fn give_up(&self, transfer: i64) -> anyhow::Result<()> {
+        // Cancelling the payout job gives its transfer up, in the same transaction (the
+        // payout kind's discard hook), as its last failed attempt would.
         let job = payout_job(self.engine, transfer).await?;
         self.engine.cancel(job, &Actor::cli()).await?;
-        let now = self.engine.clock().now_ms();
-        let mut tx = self.engine.db().begin().await?;
-        let row = transfer_state::load(&mut tx, transfer)
+        let mut conn = self.engine.db().acquire().await?;
+        let row = transfer_state::load(&mut conn, transfer)
             .await?
             .with_context(|| format!("seller transfer {transfer} is missing"))?;
-        if row.status() != TransferStatus::Failed {
+        if row.status() != TransferStatus::PermanentlyFailed {
             bail!(
-                "seller transfer {transfer} is {}, expected failed after its first payout attempt",
+                "seller transfer {transfer} is {} after its payout job was cancelled",
                 row.status()
             );
         }
-        let error = row.last_error.clone().unwrap_or_default();
-        transfer_state::transition(
-            &mut tx,
-            &row,
-            TransferStatus::PermanentlyFailed,
-            Changes::give_up(row.retry_count, &error),
-            &Actor::cli(),
-            Some("veza-jobs demo: given up by hand, as after the last retry"),
-            now,
-        )
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 

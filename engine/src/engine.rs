@@ -347,8 +347,16 @@ impl Engine {
         let mut tx = self.db().begin().await?;
         let job = storage::cancel(&mut tx, id, actor, self.clock().now_ms()).await?;
         if let Some(entry) = self.registry().get(&job.kind) {
+            let now = self.clock().now_ms();
             entry
-                .discard(&mut tx, job.id, &job.args, DiscardReason::Cancelled)
+                .discard(
+                    &mut tx,
+                    job.id,
+                    &job.args,
+                    DiscardReason::Cancelled,
+                    now,
+                    actor,
+                )
                 .await?;
         }
         tx.commit().await?;

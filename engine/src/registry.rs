@@ -61,15 +61,21 @@ pub struct Discarded<J> {
     pub args: J,
     /// Why it ended.
     pub reason: DiscardReason,
+    /// When (the engine's clock), for the domain row's transition.
+    pub now: crate::Millis,
+    /// Who ended it, for the audit trail: `job:{id}`, or the admin who cancelled it.
+    pub actor: crate::Actor,
 }
 
-/// A kind's discard hook, type-erased: `(conn, job id, args JSON, reason)`.
+/// A kind's discard hook, type-erased: `(conn, job id, args JSON, reason, now, actor)`.
 type DiscardFn = Arc<
     dyn for<'c> Fn(
             &'c mut DbConn,
             i64,
             &'c str,
             DiscardReason,
+            crate::Millis,
+            crate::Actor,
         ) -> BoxFuture<'c, Result<(), crate::Error>>
         + Send
         + Sync,
@@ -101,16 +107,18 @@ impl KindEntry {
     }
 
     /// Runs the kind's discard hook, if it has one, on `conn` (the transaction that ends
-    /// the job).
+    /// the job), at `now`, for `actor`.
     pub async fn discard(
         &self,
         conn: &mut DbConn,
         job_id: i64,
         args: &str,
         reason: DiscardReason,
+        now: crate::Millis,
+        actor: &crate::Actor,
     ) -> crate::Result<()> {
         match &self.discard {
-            Some(hook) => hook(conn, job_id, args, reason).await,
+            Some(hook) => hook(conn, job_id, args, reason, now, actor.clone()).await,
             None => Ok(()),
         }
     }
@@ -183,7 +191,7 @@ impl<J: Job> KindBuilder<'_, J> {
             + 'static,
     {
         let hook = Arc::new(hook);
-        self.entry.discard = Some(Arc::new(move |conn, job_id, args, reason| {
+        self.entry.discard = Some(Arc::new(move |conn, job_id, args, reason, now, actor| {
             let hook = Arc::clone(&hook);
             match serde_json::from_str::<J>(args) {
                 Ok(args) => hook(
@@ -192,6 +200,8 @@ impl<J: Job> KindBuilder<'_, J> {
                         job_id,
                         args,
                         reason,
+                        now,
+                        actor,
                     },
                 ),
                 Err(e) => {

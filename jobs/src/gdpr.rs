@@ -268,10 +268,12 @@ impl GdprSettings {
 pub fn register(registry: &mut Registry, settings: &GdprSettings) {
     let exports = Arc::new(settings.exports.clone());
     let e = Arc::clone(&exports);
-    registry.register::<DataExport, _, _>(move |args, ctx| {
-        let e = Arc::clone(&e);
-        async move { data_export::handle(args, ctx, &e).await }
-    });
+    registry
+        .register::<DataExport, _, _>(move |args, ctx| {
+            let e = Arc::clone(&e);
+            async move { data_export::handle(args, ctx, &e).await }
+        })
+        .on_discard(data_export::on_discard);
     let e = Arc::clone(&exports);
     registry.register::<ExportCleanup, _, _>(move |args, ctx| {
         let e = Arc::clone(&e);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use engine::testing::{TestDb, drain, enqueued, perform_job};
-use engine::{Actor, JobState, Outcome, backend_tests};
+use engine::{Actor, Job, JobState, Outcome, backend_tests};
 use gdpr_support::*;
 use jobs::data_export::{DataExport, FILES, SCHEMA_VERSION};
 use jobs::export_cleanup::ExportCleanup;
@@ -30,6 +30,7 @@ backend_tests!(
     cleanup_deletes_files_past_retention,
     a_full_disk_removes_the_partial_file_and_the_export_retries,
     an_erased_account_is_not_exported,
+    an_export_whose_job_ends_without_it_fails_with_the_reason,
 );
 
 /// Every entry of the ZIP at `path`, by name.
@@ -502,4 +503,76 @@ async fn an_erased_account_is_not_exported(t: TestDb) {
         exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(1)).await,
         Err(ExportRequestError::UserErased(_))
     ));
+}
+
+/// The engine ends the job without its handler ending the export: an admin cancels it, or
+/// its worker dies on the last attempt while the export is `running`. The export fails with
+/// the reason in the same transaction, instead of staying `pending` or `running` forever.
+async fn an_export_whose_job_ends_without_it_fails_with_the_reason(t: TestDb) {
+    let w = world(&t, |_| {});
+    let user = Person::new("kim");
+    insert_user(&w, &user).await;
+    let actor = Actor::api_key(5);
+    let status = |id: i64| {
+        let db = w.db().clone();
+        async move {
+            let rows: (String, Option<String>) =
+                sqlx::query_as("SELECT status, error FROM data_exports WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            rows
+        }
+    };
+
+    let cancelled = exports::request_export(&w.engine, &w.settings.exports, user.id, &actor)
+        .await
+        .unwrap();
+    w.engine
+        .cancel(cancelled.job_id, &Actor::api_key(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(cancelled.export_id).await,
+        ("failed".into(), Some("export cancelled by an admin".into()))
+    );
+
+    let lost = exports::request_export(&w.engine, &w.settings.exports, user.id, &actor)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET max_attempts = 1 WHERE id = $1")
+        .bind(lost.job_id)
+        .execute(w.db())
+        .await
+        .unwrap();
+    // A worker claims it, starts the export, and dies.
+    let now = w.clock.now_ms();
+    let mut conn = w.db().acquire().await.unwrap();
+    engine::storage::exchange(
+        &mut conn,
+        "w-dead",
+        DataExport::KIND,
+        &[],
+        1,
+        now,
+        engine::storage::LeaseNow::At(now),
+        1_000,
+    )
+    .await
+    .unwrap();
+    jobs::exports::state::start(&mut conn, lost.export_id, 10, &Actor::job(lost.job_id), now)
+        .await
+        .unwrap();
+    drop(conn);
+    w.clock.advance(Duration::from_secs(5));
+    assert_eq!(engine::worker::rescue_expired(&w.engine).await.unwrap(), 1);
+    let (state, error) = status(lost.export_id).await;
+    assert_eq!(state, "failed");
+    assert!(
+        error.unwrap().contains("lease expired: worker w-dead"),
+        "the reason is the job's"
+    );
+    let job = engine::admin::get_job(w.db(), lost.job_id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Failed);
 }

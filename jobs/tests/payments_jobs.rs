@@ -36,6 +36,7 @@ backend_tests!(
     safety_nets_requeue_transfers_whose_job_is_gone_never_twice,
     reconcile_records_each_disagreement_with_stripe,
     admin_retry_gives_fresh_attempts_and_keys,
+    a_payout_job_ended_without_its_handler_gives_the_transfer_up,
     listing_by_seller_reads_the_seller_index,
 );
 
@@ -537,14 +538,25 @@ async fn lost_reversal_answer_gets_the_same_reversal_back(t: TestDb) {
 
 async fn safety_nets_requeue_transfers_whose_job_is_gone_never_twice(t: TestDb) {
     let w = world(&t).await;
-    // A reversal whose job an admin cancelled, and a payout whose job was cancelled.
+    // A reversal and a payout whose job rows are gone (deleted by hand, lost in a restore;
+    // a cancelled or failed job gives its transfer up instead, see
+    // a_payout_job_ended_without_its_handler_gives_the_transfer_up).
     let (_, reversing) = refunded_order(&w, "a", &[(1, 500)]).await;
     let (_, paying) = paid_order(&w, "evt_pay_b", &[(2, 300)]).await;
-    let admin = Actor::cli();
     let (rev_job, ..) = job_of(&w, "reverse_transfer", reversing[0]).await;
     let (pay_job, ..) = job_of(&w, "transfer_seller", paying[0]).await;
-    w.engine.cancel(rev_job, &admin).await.unwrap();
-    w.engine.cancel(pay_job, &admin).await.unwrap();
+    let forget = |job: i64| {
+        let db = w.engine.db().clone();
+        async move {
+            sqlx::query("DELETE FROM jobs WHERE id = $1")
+                .bind(job)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    forget(rev_job).await;
+    forget(pay_job).await;
 
     let scheduler = Scheduler::new(w.engine.clone(), payments::schedules(&w.config));
     scheduler.register().await.unwrap();
@@ -613,7 +625,7 @@ async fn safety_nets_requeue_transfers_whose_job_is_gone_never_twice(t: TestDb) 
     .unwrap_err();
     let row = w.transfer(more[0]).await;
     let (job, ..) = job_of(&w, "reverse_transfer", more[0]).await;
-    w.engine.cancel(job, &admin).await.unwrap();
+    forget(job).await;
     perform_job(&w.engine, &ReverseTransferCheck {})
         .await
         .unwrap();
@@ -949,4 +961,42 @@ async fn listing_by_seller_reads_the_seller_index(t: TestDb) {
         !lower.contains("seq scan") && !lower.contains("temp b-tree") && !lower.contains("sort"),
         "no scan or sort:\n{plan}"
     );
+}
+
+/// An admin cancels a payout job (or its last attempt dies with its worker): the transfer
+/// does not stay `pending` waiting for a job that will never run; it is given up in the
+/// same transaction, for an admin retry to take over.
+async fn a_payout_job_ended_without_its_handler_gives_the_transfer_up(t: TestDb) {
+    let w = world(&t).await;
+    let (_, ids) = paid_order(&w, "evt_pay", &[(1, 500)]).await;
+    let (job_id, state, _, _, _) = job_of(&w, "transfer_seller", ids[0]).await;
+    assert_eq!(state, "pending");
+    w.engine.cancel(job_id, &Actor::api_key(1)).await.unwrap();
+    let row = w.transfer(ids[0]).await;
+    assert_eq!(row.status(), TransferStatus::PermanentlyFailed);
+    assert_eq!(row.last_error.as_deref(), Some("job cancelled by an admin"));
+    let audit: Vec<(String, String, String)> = w
+        .audit(ids[0])
+        .await
+        .into_iter()
+        .map(|a| (a.0, a.1, a.2))
+        .collect();
+    assert_eq!(
+        audit[1..],
+        [
+            ("pending".into(), "failed".into(), "api_key:1".into()),
+            (
+                "failed".into(),
+                "permanently_failed".into(),
+                "api_key:1".into()
+            )
+        ]
+    );
+    assert!(w.stripe.transfers().is_empty(), "nothing was paid");
+    // The admin retry pays it.
+    transfers::admin_retry(&w.engine, ids[0], &Actor::api_key(1))
+        .await
+        .unwrap();
+    w.drain().await;
+    assert_eq!(w.transfer(ids[0]).await.status(), TransferStatus::Completed);
 }

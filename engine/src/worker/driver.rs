@@ -561,7 +561,14 @@ async fn write(
                     .fetch_one(&mut *tx)
                     .await?;
                 entry
-                    .discard(&mut tx, ack.id, &args, DiscardReason::Failed(error.clone()))
+                    .discard(
+                        &mut tx,
+                        ack.id,
+                        &args,
+                        DiscardReason::Failed(error.clone()),
+                        now,
+                        &crate::Actor::job(ack.id),
+                    )
                     .await?;
             }
         }

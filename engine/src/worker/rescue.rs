@@ -43,7 +43,14 @@ pub async fn rescue_expired(
                         lease.attempt, lease.retry.max_attempts, lease.locked_by
                     ));
                     entry
-                        .discard(&mut tx, lease.id, &lease.args, reason)
+                        .discard(
+                            &mut tx,
+                            lease.id,
+                            &lease.args,
+                            reason,
+                            now,
+                            &crate::Actor::job(lease.id),
+                        )
                         .await?;
                 }
                 None => tracing::warn!(job = lease.id, kind = %lease.kind,

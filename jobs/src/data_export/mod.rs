@@ -132,6 +132,36 @@ impl Counts {
     }
 }
 
+/// When the engine ends a `data_export` job whose handler did not end its export (the last
+/// attempt timed out, panicked or lost its worker; an admin cancelled it), the export
+/// fails with the reason, in the same transaction: never left `pending` or `running`.
+/// Registered as the kind's discard hook (`engine::registry::KindBuilder::on_discard`).
+pub fn on_discard<'c>(
+    conn: &'c mut engine::DbConn,
+    job: engine::Discarded<DataExport>,
+) -> futures::future::BoxFuture<'c, engine::Result<()>> {
+    Box::pin(async move {
+        let id = job.args.export_id;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM data_exports WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(from) = status.as_deref().and_then(ExportStatus::parse) else {
+            return Ok(());
+        };
+        if !matches!(from, ExportStatus::Pending | ExportStatus::Running) {
+            return Ok(()); // the handler ended it already
+        }
+        let why = match &job.reason {
+            engine::DiscardReason::Failed(e) => format!("export failed: {e}"),
+            engine::DiscardReason::Cancelled => "export cancelled by an admin".to_owned(),
+        };
+        state::fail(conn, id, from, &why, &job.actor, job.now).await?;
+        Ok(())
+    })
+}
+
 /// Runs one export.
 pub async fn handle(
     args: DataExport,

@@ -655,7 +655,8 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
                 .register::<TransferSeller, _, _>(move |args, ctx| {
                     transfer_seller::handle(args, ctx, Arc::clone(&deps))
                 })
-                .policy(payout_policy(config));
+                .policy(payout_policy(config))
+                .on_discard(transfer_seller::on_discard);
             let retry = Arc::new(config.payout);
             registry.register::<transfer_seller::check::TransferSellerCheck, _, _>(
                 move |args, ctx| transfer_seller::check::handle(args, ctx, Arc::clone(&retry)),
@@ -664,7 +665,8 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
         _ => {
             registry
                 .declare::<TransferSeller>()
-                .policy(payout_policy(config));
+                .policy(payout_policy(config))
+                .on_discard(transfer_seller::on_discard);
         }
     }
     match &stripe {
@@ -677,7 +679,8 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
                 .register::<ReverseTransfer, _, _>(move |args, ctx| {
                     reverse_transfer::handle(args, ctx, Arc::clone(&deps))
                 })
-                .policy(reversal_policy(config));
+                .policy(reversal_policy(config))
+                .on_discard(reverse_transfer::on_discard);
             let retry = Arc::new(config.reversal);
             registry.register::<reverse_transfer::check::ReverseTransferCheck, _, _>(
                 move |args, ctx| reverse_transfer::check::handle(args, ctx, Arc::clone(&retry)),
@@ -686,7 +689,8 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
         _ => {
             registry
                 .declare::<ReverseTransfer>()
-                .policy(reversal_policy(config));
+                .policy(reversal_policy(config))
+                .on_discard(reverse_transfer::on_discard);
         }
     }
     if let Some(stripe) = stripe.filter(|_| on.reconcile) {

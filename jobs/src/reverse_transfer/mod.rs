@@ -96,6 +96,24 @@ pub struct ReversalDeps {
     pub retry: RetrySettings,
 }
 
+/// The reversal's discard hook: see [`crate::transfers::give_up_after_job`].
+pub fn on_discard<'c>(
+    conn: &'c mut engine::DbConn,
+    job: engine::Discarded<ReverseTransfer>,
+) -> futures::future::BoxFuture<'c, engine::Result<()>> {
+    Box::pin(async move {
+        crate::transfers::give_up_after_job(
+            conn,
+            job.args.transfer_id,
+            &[TransferStatus::ReversalPending],
+            &job.reason,
+            &job.actor,
+            job.now,
+        )
+        .await
+    })
+}
+
 /// Runs one reversal attempt.
 pub async fn handle(
     args: ReverseTransfer,

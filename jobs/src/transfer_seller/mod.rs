@@ -98,6 +98,24 @@ pub fn transfer_group(order_id: i64) -> String {
     format!("order:{order_id}")
 }
 
+/// The payout's discard hook: see [`crate::transfers::give_up_after_job`].
+pub fn on_discard<'c>(
+    conn: &'c mut engine::DbConn,
+    job: engine::Discarded<TransferSeller>,
+) -> futures::future::BoxFuture<'c, engine::Result<()>> {
+    Box::pin(async move {
+        crate::transfers::give_up_after_job(
+            conn,
+            job.args.transfer_id,
+            &[TransferStatus::Pending, TransferStatus::Failed],
+            &job.reason,
+            &job.actor,
+            job.now,
+        )
+        .await
+    })
+}
+
 /// Runs one payout attempt.
 pub async fn handle(
     args: TransferSeller,

@@ -45,6 +45,58 @@ pub enum AdminError {
     Engine(#[from] engine::Error),
 }
 
+/// The end of a payout or reversal job that its handler did not reach (the last attempt
+/// timed out, panicked or lost its worker; an admin cancelled the job): the transfer, if
+/// still in one of `in_progress`, becomes `permanently_failed` with the reason, in the
+/// engine's transaction, so no row waits for a job that will never run again. An admin
+/// retry (`POST /v1/transfers/{id}/retry`) takes it from there. The payout and reversal
+/// kinds register it as their discard hook; the safety nets stay for rows whose job row
+/// was lost altogether.
+pub async fn give_up_after_job(
+    conn: &mut engine::DbConn,
+    transfer_id: i64,
+    in_progress: &[TransferStatus],
+    reason: &engine::DiscardReason,
+    actor: &Actor,
+    now: Millis,
+) -> Result<(), engine::Error> {
+    let Some(mut row) = state::load(conn, transfer_id).await? else {
+        return Ok(());
+    };
+    if !in_progress.contains(&row.status()) {
+        return Ok(()); // the handler ended it
+    }
+    let why = match reason {
+        engine::DiscardReason::Failed(e) => format!("job failed for good: {e}"),
+        engine::DiscardReason::Cancelled => "job cancelled by an admin".to_owned(),
+    };
+    let retry_count = row.retry_count;
+    let changes = || state::Changes::give_up(retry_count, &why);
+    if row.status() == TransferStatus::Pending {
+        row = state::transition(
+            conn,
+            &row,
+            TransferStatus::Failed,
+            changes(),
+            actor,
+            Some(&why),
+            now,
+        )
+        .await?;
+    }
+    state::transition(
+        conn,
+        &row,
+        TransferStatus::PermanentlyFailed,
+        changes(),
+        actor,
+        Some(&why),
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
 /// Transfer `id`, if it exists.
 pub async fn get(engine: &Engine, id: i64) -> Result<Option<TransferRow>, sqlx::Error> {
     let mut conn = engine.db().acquire().await?;
