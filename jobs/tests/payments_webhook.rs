@@ -168,7 +168,7 @@ async fn full_refund_reverses_paid_transfers_and_cancels_unpaid_ones(t: TestDb) 
     .await
     .unwrap_err();
     assert!(
-        matches!(err, JobError::Transient(ref m) if m.contains("no Stripe connected account")),
+        matches!(err, JobError::RetryAt { ref error, .. } if error.contains("no Stripe connected account")),
         "{err}"
     );
     assert_eq!(w.transfer(paid).await.status(), TransferStatus::Completed);
