@@ -64,3 +64,11 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for crate::job::JobError {
+    /// An engine error inside a handler (an enqueue, a commit) is transient, with its
+    /// cause chain.
+    fn from(e: Error) -> Self {
+        Self::Transient(crate::job::error_chain(&e))
+    }
+}

@@ -37,6 +37,7 @@ backend_tests!(
     reconcile_records_each_disagreement_with_stripe,
     admin_retry_gives_fresh_attempts_and_keys,
     a_payout_job_ended_without_its_handler_gives_the_transfer_up,
+    a_payout_that_lost_its_job_during_the_stripe_call_records_nothing,
     listing_by_seller_reads_the_seller_index,
 );
 
@@ -999,4 +1000,65 @@ async fn a_payout_job_ended_without_its_handler_gives_the_transfer_up(t: TestDb)
         .unwrap();
     w.drain().await;
     assert_eq!(w.transfer(ids[0]).await.status(), TransferStatus::Completed);
+}
+
+/// A worker whose job was taken over while it waited for Stripe (it was cut off from the
+/// database past its lease, say) must not record the payout: the attempt that replaced it
+/// owns the row now, and finds the transfer on Stripe under the same idempotency key. The
+/// fence in the handler's transaction refuses the write.
+async fn a_payout_that_lost_its_job_during_the_stripe_call_records_nothing(t: TestDb) {
+    let w = world_with(&t, |c| {
+        // Stripe answers slowly but within the client's timeout: the payout succeeds.
+        c.stripe.as_mut().expect("stripe").timeout = Duration::from_secs(5);
+    })
+    .await;
+    let (_, ids) = paid_order(&w, "evt_pay", &[(1, 500)]).await;
+    let (job_id, ..) = job_of(&w, "transfer_seller", ids[0]).await;
+    // Renewals far apart: only the fence can notice.
+    let engine = engine::Engine::builder(
+        w.engine.db().clone(),
+        w.engine.backend(),
+        w.engine.database_url(),
+    )
+    .registry(w.engine.registry().clone())
+    .clock(w.clock.clone())
+    .workers(engine::WorkerSettings {
+        lease_ttl: Duration::from_secs(30),
+        heartbeat_interval: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(50),
+        ..engine::WorkerSettings::default()
+    })
+    .build();
+    w.stripe.fault(
+        Route::CreateTransfer,
+        Fault::Delay(Duration::from_millis(800)),
+    );
+    let pool = engine::worker::WorkerPool::start(&engine);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.stripe.requests("POST", "/v1/transfers").is_empty() {
+        assert!(Instant::now() < deadline, "the payout never called Stripe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stolen = sqlx::query(
+        "UPDATE jobs SET locked_by = 'thief', attempt = attempt + 1, \
+         lease_expires_at = lease_expires_at + 600000 WHERE id = $1 AND status = 'running'",
+    )
+    .bind(job_id)
+    .execute(engine.db())
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(stolen, 1);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(w.stripe.transfers().len(), 1, "Stripe made the transfer");
+    let row = w.transfer(ids[0]).await;
+    assert_eq!(
+        row.status(),
+        TransferStatus::Pending,
+        "but this attempt wrote nothing"
+    );
+    assert_eq!(row.stripe_transfer_id, None);
+    assert_eq!((row.retry_count, row.last_error), (0, None));
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await;
 }

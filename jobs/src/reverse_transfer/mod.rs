@@ -330,6 +330,9 @@ impl Reversal<'_> {
             Err(TransitionError::Stale { .. }) => return Ok(false),
             Err(e) => return Err(JobError::transient(engine::job::error_chain(&e))),
         }
+        // Only while this attempt still holds the job: a worker cut off past its lease
+        // must not write over the attempt that replaced it.
+        self.ctx.fence(&mut tx).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)
     }

@@ -250,7 +250,7 @@ impl Payout<'_> {
     ) -> Result<Outcome, JobError> {
         let now = self.ctx.now_ms();
         let db = |e: sqlx::Error| JobError::database(&e);
-        let mut tx = self.ctx.db().begin().await.map_err(db)?;
+        let mut tx = self.ctx.engine.begin().await?;
         let changes = Changes {
             stripe_transfer_id: Some(transfer.id.clone()),
             next_retry_at: Some(None),
@@ -282,17 +282,15 @@ impl Payout<'_> {
         if refunded {
             self.request_reversal(&mut tx, &done, now).await?;
         }
-        tx.commit().await.map_err(db)?;
-        if refunded {
-            self.ctx.engine.wake(crate::reverse_transfer::KIND);
-        }
+        self.ctx.fence(&mut tx).await?;
+        tx.commit().await?;
         tracing::info!(transfer = row.id, stripe_transfer = %transfer.id, reversal = refunded, "seller paid out");
         Ok(Outcome::Succeeded)
     }
 
     async fn request_reversal(
         &self,
-        tx: &mut engine::DbConn,
+        tx: &mut engine::JobTx,
         row: &TransferRow,
         now: i64,
     ) -> Result<(), JobError> {
@@ -307,16 +305,10 @@ impl Payout<'_> {
         )
         .await
         .map_err(transition_error)?;
-        self.ctx
-            .engine
-            .enqueue_tx(
-                tx,
-                NewJob::new(ReverseTransfer {
-                    transfer_id: row.id,
-                }),
-            )
-            .await
-            .map_err(|e| JobError::transient(engine::job::error_chain(&e)))?;
+        tx.enqueue(NewJob::new(ReverseTransfer {
+            transfer_id: row.id,
+        }))
+        .await?;
         Ok(())
     }
 
@@ -328,8 +320,7 @@ impl Payout<'_> {
         existing: Option<StripeTransfer>,
     ) -> Result<Outcome, JobError> {
         let now = self.ctx.now_ms();
-        let db = |e: sqlx::Error| JobError::database(&e);
-        let mut tx = self.ctx.db().begin().await.map_err(db)?;
+        let mut tx = self.ctx.engine.begin().await?;
         let step = match &existing {
             Some(transfer) => {
                 let changes = Changes {
@@ -380,10 +371,10 @@ impl Payout<'_> {
             }
             Err(e) => return Err(transition_error(e)),
         }
-        tx.commit().await.map_err(db)?;
+        self.ctx.fence(&mut tx).await?;
+        tx.commit().await?;
         match existing {
             Some(t) => {
-                self.ctx.engine.wake(crate::reverse_transfer::KIND);
                 tracing::warn!(transfer = row.id, stripe_transfer = %t.id, "payout found after the refund: reversing it");
             }
             None => tracing::info!(
@@ -407,8 +398,7 @@ impl Payout<'_> {
         let retry = &self.deps.retry;
         let failures = row.retry_count + 1;
         let give_up = !transient || retry.exhausted(failures);
-        let db = |e: sqlx::Error| JobError::database(&e);
-        let mut tx = self.ctx.db().begin().await.map_err(db)?;
+        let mut tx = self.ctx.engine.begin().await?;
         let mut next = now;
         let step = if give_up {
             let failed = if row.status() == TransferStatus::Failed {
@@ -461,7 +451,8 @@ impl Payout<'_> {
             }
             Err(e) => return Err(transition_error(e)),
         }
-        tx.commit().await.map_err(db)?;
+        self.ctx.fence(&mut tx).await?;
+        tx.commit().await?;
         if give_up {
             let why = if transient {
                 format!(
