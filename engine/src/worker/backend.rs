@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::attempt::AttemptLayer;
-use super::driver::Core;
+use super::driver::{Attachment, Core};
 use crate::context::JobContext;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -101,6 +101,9 @@ pub struct JobStorage<A> {
     unsent: Vec<Task<String>>,
     /// The write of a flush under way (in a mutex only to keep the storage `Sync`).
     flushing: std::sync::Mutex<Option<BoxFuture<'static, Result<()>>>>,
+    /// Set on the instance a worker polls (never cloned): while it lives the core claims
+    /// for that worker.
+    attached: Option<Attachment>,
     _args: PhantomData<fn() -> A>,
 }
 
@@ -112,6 +115,7 @@ impl<A> Clone for JobStorage<A> {
             codec: JsonCodec::default(),
             unsent: Vec::new(),
             flushing: std::sync::Mutex::new(None),
+            attached: None,
             _args: PhantomData,
         }
     }
@@ -144,6 +148,7 @@ impl<A> JobStorage<A> {
             codec: JsonCodec::default(),
             unsent: Vec::new(),
             flushing: std::sync::Mutex::new(None),
+            attached: None,
             _args: PhantomData,
         }
     }
@@ -165,6 +170,14 @@ impl<A> JobStorage<A> {
 
     pub(crate) fn core(&self) -> Arc<Core> {
         Arc::clone(&self.core)
+    }
+
+    /// Called by every poll of the worker: starts the driver and attaches this instance.
+    fn attach(&mut self) {
+        if self.attached.is_none() {
+            self.attached = Some(self.core.attach());
+        }
+        self.core.ensure_started();
     }
 
     fn job_task(
@@ -210,7 +223,7 @@ where
     type Error = Error;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>, _w: &WorkerContext) -> Poll<Result<()>> {
-        self.core.ensure_started();
+        self.attach();
         Poll::Ready(Ok(()))
     }
 
@@ -219,7 +232,7 @@ where
         cx: &mut Context<'_>,
         _w: &WorkerContext,
     ) -> Poll<Option<Result<Task<A>>>> {
-        self.core.ensure_started();
+        self.attach();
         loop {
             let Some((job, lost)) = self.core.next_job(cx.waker()) else {
                 return Poll::Pending;

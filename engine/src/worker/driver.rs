@@ -81,6 +81,10 @@ struct State {
     close: Option<Waker>,
     closing: bool,
     closed: bool,
+    /// Workers polling this core now ([`Attachment`]s alive). With none, nothing is
+    /// claimed and the buffer is handed back: a dropped worker whose storage has live
+    /// clones (a producer's) must not keep jobs leased that nobody will start.
+    attached: usize,
     /// The last claim came back short: claim again on a wake-up or after the poll interval.
     drained: bool,
     /// Moving average of attempt run time, in seconds (None until the first one ends).
@@ -139,6 +143,13 @@ impl Core {
         if !self.started.swap(true, Ordering::SeqCst) {
             tokio::spawn(drive(Arc::clone(self)));
         }
+    }
+
+    /// Registers a worker polling this core, until the returned attachment is dropped.
+    pub(crate) fn attach(self: &Arc<Self>) -> Attachment {
+        self.state().attached += 1;
+        self.wake.notify_one();
+        Attachment(Arc::clone(self))
     }
 
     /// True until the driver has flushed everything and stopped (or was never started).
@@ -313,7 +324,7 @@ impl Core {
 
     /// How many jobs the next step should claim.
     fn want(&self, st: &State) -> usize {
-        if st.closing || st.drained {
+        if st.closing || st.drained || st.attached == 0 {
             return 0;
         }
         let prefetch = self.prefetch(st);
@@ -323,6 +334,20 @@ impl Core {
             return 0;
         }
         target - held
+    }
+}
+
+/// A worker's hold on its core: held by the storage instance the apalis worker polls, so
+/// it ends when that worker (and its backend) is dropped, whatever clones live on.
+pub(crate) struct Attachment(Arc<Core>);
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let core = &self.0;
+        let mut st = core.state();
+        st.attached = st.attached.saturating_sub(1);
+        drop(st);
+        core.wake.notify_one();
     }
 }
 
@@ -348,7 +373,7 @@ async fn drive(core: Arc<Core>) {
         // Plan the next step.
         let (acks, want, stuck_retry) = {
             let mut st = core.state();
-            if st.closing {
+            if st.closing || st.attached == 0 {
                 let now = engine.clock().now_ms();
                 let unclaimed: Vec<Ack> = st
                     .buffer
