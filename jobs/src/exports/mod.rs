@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use engine::clock::duration_ms;
 use engine::state_machine::{self, Actor, Lifecycle};
-use engine::{Db, Engine, Job, Millis};
+use engine::{Db, Engine, Millis};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -198,7 +198,7 @@ pub async fn request_export(
     actor: &Actor,
 ) -> Result<ExportRequested, ExportRequestError> {
     let now = engine.clock().now_ms();
-    let mut tx = engine.db().begin().await?;
+    let mut tx = engine.begin().await?;
     // Lock the user's row for the rest of the transaction (see above).
     let locked = sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
         .bind(user_id)
@@ -251,10 +251,7 @@ pub async fn request_export(
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
-    let job_id = engine
-        .enqueue_tx(&mut tx, DataExport { export_id })
-        .await?
-        .id();
+    let job_id = tx.enqueue(DataExport { export_id }).await?.id();
     sqlx::query("UPDATE data_exports SET job_id = $1 WHERE id = $2")
         .bind(job_id)
         .bind(export_id)
@@ -272,7 +269,6 @@ pub async fn request_export(
     )
     .await?;
     tx.commit().await?;
-    engine.wake(DataExport::KIND);
     tracing::info!(user_id, export_id, job_id, "data export requested");
     Ok(ExportRequested {
         export_id,

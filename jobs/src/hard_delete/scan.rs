@@ -61,19 +61,14 @@ pub async fn handle(_args: HardDeleteScan, ctx: JobContext) -> Result<Outcome, J
                 .map_err(|e| JobError::database(&e))?;
             let Some(last) = ids.last() else { break };
             after = *last;
-            let mut tx = ctx.db().begin().await.map_err(|e| JobError::database(&e))?;
+            let mut tx = ctx.engine.begin().await?;
             for user_id in &ids {
-                ctx.engine
-                    .enqueue_tx(&mut tx, NewJob::new(HardDelete { user_id: *user_id }))
-                    .await
-                    .map_err(JobError::transient)?;
+                tx.enqueue(NewJob::new(HardDelete { user_id: *user_id }))
+                    .await?;
             }
-            tx.commit().await.map_err(|e| JobError::database(&e))?;
+            tx.commit().await?;
             enqueued += ids.len();
         }
-    }
-    if enqueued > 0 {
-        ctx.engine.wake(HardDelete::KIND);
     }
     tracing::info!(users = enqueued, "hard delete pass: erasures enqueued");
     Ok(Outcome::Succeeded)

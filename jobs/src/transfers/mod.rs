@@ -145,7 +145,7 @@ pub async fn admin_retry(
     actor: &Actor,
 ) -> Result<TransferStatus, AdminError> {
     let now = engine.clock().now_ms();
-    let mut tx = engine.db().begin().await?;
+    let mut tx = engine.begin().await?;
     // Write first: on SQLite this takes the write lock before the read.
     touch(&mut tx, id, now).await?;
     let row = state::load(&mut tx, id)
@@ -161,7 +161,7 @@ pub async fn admin_retry(
         key_generation: Some(row.key_generation + 1),
         ..state::Changes::reset_retries()
     };
-    let (to, kind) = if row.paid_transfer_id().is_some() {
+    let to = if row.paid_transfer_id().is_some() {
         let row = state::transition(
             &mut tx,
             &row,
@@ -172,18 +172,11 @@ pub async fn admin_retry(
             now,
         )
         .await?;
-        engine
-            .enqueue_tx(
-                &mut tx,
-                NewJob::new(ReverseTransfer {
-                    transfer_id: row.id,
-                }),
-            )
-            .await?;
-        (
-            TransferStatus::ReversalPending,
-            crate::reverse_transfer::KIND,
-        )
+        tx.enqueue(NewJob::new(ReverseTransfer {
+            transfer_id: row.id,
+        }))
+        .await?;
+        TransferStatus::ReversalPending
     } else {
         let row = state::transition(
             &mut tx,
@@ -195,18 +188,13 @@ pub async fn admin_retry(
             now,
         )
         .await?;
-        engine
-            .enqueue_tx(
-                &mut tx,
-                NewJob::new(TransferSeller {
-                    transfer_id: row.id,
-                }),
-            )
-            .await?;
-        (TransferStatus::Failed, crate::transfer_seller::KIND)
+        tx.enqueue(NewJob::new(TransferSeller {
+            transfer_id: row.id,
+        }))
+        .await?;
+        TransferStatus::Failed
     };
     tx.commit().await?;
-    engine.wake(kind);
     Ok(to)
 }
 
@@ -291,10 +279,10 @@ pub async fn requeue_orphans<J: engine::Job>(
     if orphans.is_empty() {
         return Ok(0);
     }
-    let mut tx = engine.db().begin().await?;
+    let mut tx = engine.begin().await?;
     let mut inserted = 0;
     for orphan in &orphans {
-        if let engine::Enqueued::Inserted(job_id) = engine.enqueue_tx(&mut tx, job(orphan)).await? {
+        if let engine::Enqueued::Inserted(job_id) = tx.enqueue(job(orphan)).await? {
             inserted += 1;
             tracing::warn!(
                 transfer = orphan.id,
@@ -306,6 +294,5 @@ pub async fn requeue_orphans<J: engine::Job>(
         }
     }
     tx.commit().await?;
-    engine.wake(J::KIND);
     Ok(inserted)
 }
