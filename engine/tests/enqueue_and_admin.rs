@@ -32,8 +32,12 @@ async fn rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs(t: TestDb)
     let pool = WorkerPool::start(&engine);
 
     // A business write and its job, rolled back together.
+    sqlx::query("CREATE TABLE uploads (name TEXT NOT NULL)")
+        .execute(engine.db())
+        .await
+        .unwrap();
     let mut tx = engine.db().begin().await.unwrap();
-    sqlx::query("INSERT INTO tracks (status, file_path, created_at, updated_at) VALUES ('processing', 'a.mp3', 0, 0)")
+    sqlx::query("INSERT INTO uploads (name) VALUES ('a.mp3')")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -46,11 +50,11 @@ async fn rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs(t: TestDb)
         .fetch_one(engine.db())
         .await
         .unwrap();
-    let tracks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tracks")
+    let uploads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
         .fetch_one(engine.db())
         .await
         .unwrap();
-    assert_eq!((jobs, tracks), (0, 0));
+    assert_eq!((jobs, uploads), (0, 0));
 
     // Committed: the job runs. On Postgres the NOTIFY sent at commit wakes the worker, so
     // do not call engine.wake(); on SQLite the worker's poll finds it.
@@ -79,10 +83,14 @@ async fn unique_key_held_by_an_unfinished_job_returns_that_job(t: TestDb) {
     assert!(matches!(first, Enqueued::Inserted(_)));
 
     // Inside a transaction that goes on afterwards: no error, nothing inserted, tx usable.
+    sqlx::query("CREATE TABLE uploads (name TEXT NOT NULL)")
+        .execute(engine.db())
+        .await
+        .unwrap();
     let mut tx = engine.db().begin().await.unwrap();
     let second = engine.enqueue_tx(&mut tx, job()).await.unwrap();
     assert_eq!(second, Enqueued::Existing(first.id()));
-    sqlx::query("INSERT INTO tracks (status, file_path, created_at, updated_at) VALUES ('processing', 'b.mp3', 0, 0)")
+    sqlx::query("INSERT INTO uploads (name) VALUES ('b.mp3')")
         .execute(&mut *tx)
         .await
         .unwrap();

@@ -224,7 +224,8 @@ async fn prune_deletes_old_finished_jobs_in_batches_and_keeps_the_rest(t: TestDb
     assert_eq!(orphans, 0, "attempts go with their job");
 }
 
-/// A lifecycle for the helper's tests, on the `tracks` table.
+/// A lifecycle for the helper's tests, on a table of their own (the engine knows no
+/// domain table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Track {
     Processing,
@@ -234,7 +235,7 @@ enum Track {
 
 impl Lifecycle for Track {
     const ENTITY: &'static str = "track";
-    const TABLE: &'static str = "tracks";
+    const TABLE: &'static str = "test_tracks";
     fn as_str(self) -> &'static str {
         match self {
             Track::Processing => "processing",
@@ -251,8 +252,16 @@ impl Lifecycle for Track {
 }
 
 async fn new_track(db: &engine::Db) -> i64 {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS test_tracks (id BIGINT PRIMARY KEY, status TEXT NOT NULL, \
+         status_message TEXT, updated_at BIGINT NOT NULL)",
+    )
+    .execute(db)
+    .await
+    .unwrap();
     sqlx::query_scalar(
-        "INSERT INTO tracks (status, file_path, created_at, updated_at) VALUES ('processing', 'x.mp3', 0, 0) RETURNING id",
+        "INSERT INTO test_tracks (id, status, updated_at) \
+         SELECT COALESCE(MAX(id), 0) + 1, 'processing', 0 FROM test_tracks RETURNING id",
     )
     .fetch_one(db)
     .await
@@ -297,7 +306,7 @@ async fn concurrent_transitions_from_one_state_have_exactly_one_winner(t: TestDb
                 .unwrap();
         assert_eq!(audit.len(), 1, "one audit row, the winner's");
         let (status, message): (String, String) =
-            sqlx::query_as("SELECT status, status_message FROM tracks WHERE id = $1")
+            sqlx::query_as("SELECT status, status_message FROM test_tracks WHERE id = $1")
                 .bind(id)
                 .fetch_one(&t.db)
                 .await
