@@ -11,63 +11,52 @@ use jobs::JobsConfig;
 use crate::auth::ClientIp;
 use crate::auth::rate_limit::Limits;
 
-macro_rules! var {
-    ($ident:ident, $name:literal, $default:literal, $help:literal) => {
-        #[doc = $help]
-        pub const $ident: VarSpec = VarSpec {
-            name: $name,
-            default: $default,
-            help: $help,
-        };
-    };
-}
-
-var!(
+engine::config_var!(
     HTTP_ADDR,
     "HTTP_ADDR",
     "127.0.0.1:8080",
     "Address the HTTP server of `veza-jobs serve` listens on, as IP:PORT (0.0.0.0:8080 for every interface)."
 );
 
-var!(
+engine::config_var!(
     RATE_LIMIT_READS_PER_HOUR,
     "RATE_LIMIT_READS_PER_HOUR",
     "1000",
     "GET requests each API key may make per hour (a burst of this many, refilled evenly over the hour). Shared by every API process when REDIS_URL is set, else per process."
 );
-var!(
+engine::config_var!(
     RATE_LIMIT_WRITES_PER_HOUR,
     "RATE_LIMIT_WRITES_PER_HOUR",
     "200",
     "POST/PUT/DELETE requests each API key may make per hour, counted apart from reads. Shared through REDIS_URL like the read budget."
 );
 
-var!(
+engine::config_var!(
     RATE_LIMIT_ANONYMOUS_PER_HOUR,
     "RATE_LIMIT_ANONYMOUS_PER_HOUR",
     "600",
     "Requests without a valid API key each client address may make per hour: /v1 calls with no or an unknown key, export download links, dashboard sign-ins and Stripe webhooks whose signature fails (Stripe's own deliveries never count). An IPv6 client is counted by its /64. Over it: 429 with Retry-After. Shared through REDIS_URL like the key budgets."
 );
-var!(
+engine::config_var!(
     CLIENT_IP_HEADER,
     "CLIENT_IP_HEADER",
     "",
     "Header holding the client's address, set by the reverse proxy in front (X-Real-IP, or X-Forwarded-For, whose last address is taken). Empty: the TCP peer's address. Set it only behind a proxy that overwrites the header, or clients choose their own address."
 );
-var!(
+engine::config_var!(
     METRICS_TOKEN,
     "METRICS_TOKEN",
     "",
     "Bearer token /metrics asks for (Authorization: Bearer <token>); empty: /metrics is open to anyone who reaches the port."
 );
 
-var!(
+engine::config_var!(
     ADMIN_SESSION_TTL,
     "ADMIN_SESSION_TTL",
     "8h",
     "How long a session of the admin dashboard (/admin, signed in with an admin API key) lasts; then the admin signs in again. Revoking the key ends its sessions at once."
 );
-var!(
+engine::config_var!(
     ADMIN_COOKIE_SECURE,
     "ADMIN_COOKIE_SECURE",
     "always",

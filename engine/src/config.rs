@@ -143,10 +143,15 @@ impl Env {
     }
 }
 
-macro_rules! var {
+/// Declares a configuration variable: `config_var!(IDENT, "NAME", "default", "help")`
+/// makes `pub const IDENT: VarSpec`, documented by its help text. Every crate declares its
+/// variables with it, beside the code that reads them; the env template is generated
+/// from the `VarSpec`s.
+#[macro_export]
+macro_rules! config_var {
     ($ident:ident, $name:literal, $default:literal, $help:literal) => {
         #[doc = $help]
-        pub const $ident: VarSpec = VarSpec {
+        pub const $ident: $crate::config::VarSpec = $crate::config::VarSpec {
             name: $name,
             default: $default,
             help: $help,
@@ -154,85 +159,85 @@ macro_rules! var {
     };
 }
 
-var!(
+crate::config_var!(
     DATABASE_URL,
     "DATABASE_URL",
     "",
     "Job database: unset for the SQLite file ./veza-jobs.db, or postgres://user@host/db to share one database among many workers."
 );
-var!(
+crate::config_var!(
     DATABASE_MAX_CONNECTIONS,
     "DATABASE_MAX_CONNECTIONS",
     "10",
     "Connections in the pool of each process."
 );
-var!(
+crate::config_var!(
     JOB_LEASE_TTL,
     "JOB_LEASE_TTL",
     "30s",
     "How long a claimed job stays leased without a renewal; a worker that dies loses its jobs to another worker after this."
 );
-var!(
+crate::config_var!(
     JOB_HEARTBEAT_INTERVAL,
     "JOB_HEARTBEAT_INTERVAL",
     "10s",
     "How often a worker renews its leases and rescues expired ones; at most a third of JOB_LEASE_TTL."
 );
-var!(
+crate::config_var!(
     JOB_POLL_INTERVAL,
     "JOB_POLL_INTERVAL",
     "500ms",
     "How often an idle worker looks for due jobs when no wake-up arrives (retries, scheduled jobs, SQLite enqueues from another process)."
 );
-var!(
+crate::config_var!(
     JOB_FETCH_BATCH,
     "JOB_FETCH_BATCH",
     "100",
     "Most jobs a kind keeps claimed ahead of its running ones, in the worker's memory (leases renewed); never more than its workers can start within a second, and none for long jobs."
 );
-var!(
+crate::config_var!(
     WORKER_ID,
     "WORKER_ID",
     "",
     "This process's worker id in leases and attempt history; default host-pid-random."
 );
-var!(
+crate::config_var!(
     RETENTION_SUCCEEDED,
     "RETENTION_SUCCEEDED",
     "7d",
     "Succeeded jobs older than this are deleted by the hourly prune_jobs job."
 );
-var!(
+crate::config_var!(
     RETENTION_FAILED,
     "RETENTION_FAILED",
     "30d",
     "Failed and cancelled jobs older than this are deleted by prune_jobs."
 );
-var!(
+crate::config_var!(
     PRUNE_BATCH,
     "PRUNE_BATCH",
     "1000",
     "Jobs deleted per prune transaction."
 );
-var!(
+crate::config_var!(
     SHUTDOWN_SERVICE_TIMEOUT,
     "SHUTDOWN_SERVICE_TIMEOUT",
     "10s",
     "On SIGTERM/SIGINT, how long each service (HTTP, workers, scheduler) may take to stop; running jobs not done by then are released to other workers."
 );
-var!(
+crate::config_var!(
     SHUTDOWN_TIMEOUT,
     "SHUTDOWN_TIMEOUT",
     "30s",
     "On SIGTERM/SIGINT, how long the whole shutdown may take."
 );
-var!(
+crate::config_var!(
     LOG_FORMAT,
     "LOG_FORMAT",
     "text",
     "Log format: text (human-readable) or json."
 );
-var!(
+crate::config_var!(
     LOG_LEVEL,
     "LOG_LEVEL",
     "info",

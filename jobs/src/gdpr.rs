@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::config::{Env, VarSpec};
+use engine::config::Env;
 use engine::scheduler::Schedule;
 use engine::{Job, Registry};
 
@@ -20,102 +20,91 @@ use crate::hard_delete::{self, Erasure, ErasureSettings, HardDelete};
 use crate::send_email::{self, MailContext, MailSettings, Mailer, SendEmail};
 use crate::users::AccountSettings;
 
-macro_rules! var {
-    ($ident:ident, $name:literal, $default:literal, $help:literal) => {
-        #[doc = $help]
-        pub const $ident: VarSpec = VarSpec {
-            name: $name,
-            default: $default,
-            help: $help,
-        };
-    };
-}
-
-var!(
+engine::config_var!(
     EXPORT_DIR,
     "EXPORT_DIR",
     "./exports",
     "Directory where data export ZIPs are written (as .{id}.zip.part, renamed to {id}.zip when complete)."
 );
-var!(
+engine::config_var!(
     EXPORT_DAILY_LIMIT,
     "EXPORT_DAILY_LIMIT",
     "3",
     "Data exports one user may request per rolling 24 hours; more are refused with a retry-after."
 );
-var!(
+engine::config_var!(
     EXPORT_SIGNING_KEY,
     "EXPORT_SIGNING_KEY",
     "",
     "Secret (32+ characters) signing export download links (HMAC-SHA256); the same in every process. Unset: a random key, links work only in the process that made them."
 );
-var!(
+engine::config_var!(
     EXPORT_LINK_TTL,
     "EXPORT_LINK_TTL",
     "7d",
     "How long an export's download link works after the export is ready."
 );
-var!(
+engine::config_var!(
     EXPORT_RETENTION,
     "EXPORT_RETENTION",
     "7d",
     "How long an export's ZIP is kept after it is ready; the hourly export_cleanup job then deletes it and marks the export expired."
 );
-var!(
+engine::config_var!(
     EXPORT_LINK_BASE_URL,
     "EXPORT_LINK_BASE_URL",
     "http://127.0.0.1:8080/v1/exports",
     "Public base URL of export downloads; e-mailed links are {base}/{id}/download?expires={ms}&token={hex}."
 );
-var!(
+engine::config_var!(
     SMTP_URL,
     "SMTP_URL",
     "",
     "SMTP server for notification e-mail, e.g. smtps://user:pass@smtp.example.com or smtp://host:587?tls=required. Unset: e-mails are written as .eml files to MAIL_OUTBOX_DIR."
 );
-var!(
+engine::config_var!(
     MAIL_FROM,
     "MAIL_FROM",
     "Veza <no-reply@veza.local>",
     "Sender of notification e-mail: Name <address> or address."
 );
-var!(
+engine::config_var!(
     MAIL_OUTBOX_DIR,
     "MAIL_OUTBOX_DIR",
     "./mail-outbox",
     "Where e-mails are written as .eml files (one user-{id} directory per recipient, erased with the account) when SMTP_URL is unset."
 );
-var!(
+engine::config_var!(
     ACCOUNT_RECOVERY_DAYS,
     "ACCOUNT_RECOVERY_DAYS",
     "30",
     "Days after a deletion request during which the account can be restored; the daily hard_delete pass erases it after."
 );
-var!(
+engine::config_var!(
     REDIS_URL,
     "REDIS_URL",
     "",
     "Redis holding per-user keys user:{id}:*, erased by hard_delete (redis://host:6379/0). Unset: that step is skipped and the receipt says so."
 );
-var!(
+engine::config_var!(
     OPENSEARCH_URL,
     "OPENSEARCH_URL",
     "",
     "OpenSearch node whose user, track and playlist documents hard_delete removes (http://host:9200; credentials in the URL). Unset: that step is skipped and the receipt says so."
 );
-var!(
+engine::config_var!(
     OPENSEARCH_USERS_INDEX,
     "OPENSEARCH_USERS_INDEX",
     "users",
     "OpenSearch index of user documents (_id = user id)."
 );
-var!(
+engine::config_var!(
     OPENSEARCH_TRACKS_INDEX,
     "OPENSEARCH_TRACKS_INDEX",
     "tracks",
     "OpenSearch index of track documents (_id = track id; fields artist_name and owner_id)."
 );
-var!(
+engine::config_var!(
     OPENSEARCH_PLAYLISTS_INDEX,
     "OPENSEARCH_PLAYLISTS_INDEX",
     "playlists",

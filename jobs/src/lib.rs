@@ -40,55 +40,44 @@ pub mod transfer_seller;
 pub mod transfers;
 pub mod users;
 
-macro_rules! var {
-    ($ident:ident, $name:literal, $default:literal, $help:literal) => {
-        #[doc = $help]
-        pub const $ident: VarSpec = VarSpec {
-            name: $name,
-            default: $default,
-            help: $help,
-        };
-    };
-}
-
-var!(
+engine::config_var!(
     MEDIA_ROOT,
     "MEDIA_ROOT",
     "./media",
     "Directory holding uploaded media; tracks' file_path is relative to it."
 );
-var!(
+engine::config_var!(
     ORPHAN_TRACK_AGE,
     "ORPHAN_TRACK_AGE",
     "1h",
     "A track still processing after this long with no file on disk is failed by orphan_sweep."
 );
 
-var!(
+engine::config_var!(
     THUMBNAIL_SIZES,
     "THUMBNAIL_SIZES",
     "64,256,512",
     "Square thumbnail sizes in pixels the thumbnail job makes of a cover image, comma-separated (1 to 4096 each)."
 );
-var!(
+engine::config_var!(
     THUMBNAIL_QUALITY,
     "THUMBNAIL_QUALITY",
     "85",
     "Quality of thumbnails, JPEG and (lossy) WebP, 1 to 100."
 );
-var!(
+engine::config_var!(
     THUMBNAIL_MAX_DIMENSION,
     "THUMBNAIL_MAX_DIMENSION",
     "16384",
     "Widest or tallest source image accepted, in pixels; larger ones fail from their header, before decoding."
 );
-var!(
+engine::config_var!(
     THUMBNAIL_MAX_PIXELS,
     "THUMBNAIL_MAX_PIXELS",
     "50000000",
     "Most pixels a source image may have (width x height); decoding memory is capped at 8 bytes per such pixel."
 );
-var!(
+engine::config_var!(
     THUMBNAIL_CONCURRENCY,
     "THUMBNAIL_CONCURRENCY",
     "",

@@ -10,114 +10,103 @@ use engine::{Millis, RetryPolicy};
 
 use crate::transfers::stripe::{StripeClient, StripeSettings};
 
-macro_rules! var {
-    ($ident:ident, $name:literal, $default:literal, $help:literal) => {
-        #[doc = $help]
-        pub const $ident: VarSpec = VarSpec {
-            name: $name,
-            default: $default,
-            help: $help,
-        };
-    };
-}
-
-var!(
+engine::config_var!(
     STRIPE_SECRET_KEY,
     "STRIPE_SECRET_KEY",
     "",
     "Stripe secret key (sk_… or rk_…). Unset: transfer_seller, reverse_transfer and reconcile_transfers are not registered in this process and their jobs wait (serve and worker warn once at start, /ready lists it under disabled, schedules list says why their schedules are missing)."
 );
-var!(
+engine::config_var!(
     STRIPE_WEBHOOK_SECRET,
     "STRIPE_WEBHOOK_SECRET",
     "",
     "Signing secret(s) of the Stripe webhook endpoint (whsec_…), comma-separated during a rotation (a signature by any of them is accepted). Unset: POST /v1/webhooks/stripe refuses every event with 503, so Stripe keeps them and delivers again once it is set."
 );
-var!(
+engine::config_var!(
     STRIPE_API_BASE,
     "STRIPE_API_BASE",
     "https://api.stripe.com/",
     "Base URL of the Stripe API; point it at a local fake in tests (a trailing / is added if missing)."
 );
-var!(
+engine::config_var!(
     STRIPE_TIMEOUT,
     "STRIPE_TIMEOUT",
     "20s",
     "Longest a single Stripe request may take; a timeout counts as a transient error."
 );
-var!(
+engine::config_var!(
     STRIPE_MAX_RPS,
     "STRIPE_MAX_RPS",
     "25",
     "Stripe requests per second this process sends at most, all payments jobs together."
 );
-var!(
+engine::config_var!(
     TRANSFER_RETRY_ENABLED,
     "TRANSFER_RETRY_ENABLED",
     "true",
     "true or false: whether this process runs the payout worker (transfer_seller) and its safety net; when false, payouts wait for another process."
 );
-var!(
+engine::config_var!(
     TRANSFER_RETRY_MAX_RETRIES,
     "TRANSFER_RETRY_MAX_RETRIES",
     "10",
     "Payout retries after the first attempt before a seller transfer becomes permanently_failed; also the transfer_seller job's attempts (this + 1)."
 );
-var!(
+engine::config_var!(
     TRANSFER_RETRY_BACKOFF_BASE,
     "TRANSFER_RETRY_BACKOFF_BASE",
     "30s",
     "Delay after the first failed payout; it doubles after each further failure (±10 % jitter). The engine retries the job at the very time it records on the row (next_retry_at)."
 );
-var!(
+engine::config_var!(
     TRANSFER_RETRY_BACKOFF_MAX,
     "TRANSFER_RETRY_BACKOFF_MAX",
     "1h",
     "Longest delay between two payout attempts (the job's backoff cap)."
 );
-var!(
+engine::config_var!(
     TRANSFER_CHECK_INTERVAL,
     "TRANSFER_CHECK_INTERVAL",
     "1m",
     "How often the transfer_seller_check schedule re-enqueues the payout job of pending or failed transfers that have none."
 );
-var!(
+engine::config_var!(
     REVERSAL_WORKER_ENABLED,
     "REVERSAL_WORKER_ENABLED",
     "true",
     "true or false: whether this process runs the reversal worker (reverse_transfer) and its safety net; when false, reversals wait for another process."
 );
-var!(
+engine::config_var!(
     REVERSAL_MAX_RETRIES,
     "REVERSAL_MAX_RETRIES",
     "10",
     "Reversal retries after the first attempt before a transfer in reversal_pending becomes permanently_failed; also the reverse_transfer job's attempts (this + 1)."
 );
-var!(
+engine::config_var!(
     REVERSAL_BACKOFF_BASE,
     "REVERSAL_BACKOFF_BASE",
     "30s",
     "Delay after the first failed reversal; it doubles after each further failure (±10 % jitter). The engine retries the job at the very time it records on the row (next_retry_at)."
 );
-var!(
+engine::config_var!(
     REVERSAL_BACKOFF_MAX,
     "REVERSAL_BACKOFF_MAX",
     "1h",
     "Longest delay between two reversal attempts (the job's backoff cap)."
 );
-var!(
+engine::config_var!(
     REVERSAL_CHECK_INTERVAL,
     "REVERSAL_CHECK_INTERVAL",
     "1m",
     "How often the reverse_transfer_check schedule re-enqueues the reversal job of reversal_pending transfers that have none."
 );
-var!(
+engine::config_var!(
     RECONCILE_TRANSFERS_SCHEDULE,
     "RECONCILE_TRANSFERS_SCHEDULE",
     "0 30 3 * * *",
     "When reconcile_transfers compares completed and reversed transfers with Stripe: a cron expression with seconds (UTC) or an interval such as 24h."
 );
-var!(
+engine::config_var!(
     RECONCILE_TRANSFERS_LOOKBACK,
     "RECONCILE_TRANSFERS_LOOKBACK",
     "30d",
