@@ -85,17 +85,12 @@ async fn clean(ctx: &JobContext, settings: &ExportSettings) -> Result<Cleaned, J
         .bind(after)
         .bind(PAGE)
         .fetch_all(ctx.db())
-        .await
-        .map_err(|e| JobError::database(&e))?;
+        .await?;
         let Some(last) = ids.last() else { break };
         after = *last;
         for id in ids {
             remove(&file_path_in(&settings.dir, id)).await?;
-            let mut conn = ctx
-                .db()
-                .acquire()
-                .await
-                .map_err(|e| JobError::database(&e))?;
+            let mut conn = ctx.db().acquire().await?;
             match state::expire(&mut conn, id, &actor, now).await {
                 Ok(()) => cleaned.expired += 1,
                 Err(TransitionError::Stale { .. }) => {}
@@ -161,8 +156,7 @@ async fn remove_strays(ctx: &JobContext, settings: &ExportSettings) -> Result<u6
             sqlx::query_scalar("SELECT status FROM data_exports WHERE id = $1")
                 .bind(id)
                 .fetch_optional(ctx.db())
-                .await
-                .map_err(|e| JobError::database(&e))?;
+                .await?;
         let owned = !partial
             && status.as_deref().and_then(ExportStatus::parse) == Some(ExportStatus::Ready);
         if !owned && remove(&entry.path()).await? {

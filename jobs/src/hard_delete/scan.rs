@@ -57,8 +57,7 @@ pub async fn handle(_args: HardDeleteScan, ctx: JobContext) -> Result<Outcome, J
                 .bind(after)
                 .bind(PAGE)
                 .fetch_all(ctx.db())
-                .await
-                .map_err(|e| JobError::database(&e))?;
+                .await?;
             let Some(last) = ids.last() else { break };
             after = *last;
             let mut tx = ctx.engine.begin().await?;

@@ -76,8 +76,7 @@ pub async fn handle(
         .bind(after_id)
         .bind(PAGE)
         .fetch_all(ctx.db())
-        .await
-        .map_err(|e| JobError::database(&e))?;
+        .await?;
         let Some((last, _)) = page.last() else { break };
         after_id = *last;
         for (id, file_path) in &page {
@@ -85,11 +84,7 @@ pub async fn handle(
             if file_exists(&settings.media_root, file_path).await {
                 continue;
             }
-            let mut conn = ctx
-                .db()
-                .acquire()
-                .await
-                .map_err(|e| JobError::database(&e))?;
+            let mut conn = ctx.db().acquire().await?;
             match state::transition(
                 &mut conn,
                 *id,

@@ -200,7 +200,6 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let now = ctx.now_ms();
     let since = now - duration_ms(settings.lookback);
-    let db = |e: sqlx::Error| JobError::database(&e);
     let (mut after, mut checked, mut found, mut unreachable) = (0i64, 0u64, 0u64, 0u64);
     let mut last_error = None;
     loop {
@@ -213,8 +212,7 @@ pub async fn handle(
         .bind(after)
         .bind(PAGE)
         .fetch_all(ctx.db())
-        .await
-        .map_err(db)?;
+        .await?;
         let Some(last) = page.last() else { break };
         after = last.0;
         for (id, status, amount, stripe_id) in page {
@@ -258,8 +256,7 @@ pub async fn handle(
                 &findings,
                 now,
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
     }
     tracing::info!(

@@ -122,14 +122,8 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let id = args.transfer_id;
     let row = {
-        let mut conn = ctx
-            .db()
-            .acquire()
-            .await
-            .map_err(|e| JobError::database(&e))?;
-        state::load(&mut conn, id)
-            .await
-            .map_err(|e| JobError::database(&e))?
+        let mut conn = ctx.db().acquire().await?;
+        state::load(&mut conn, id).await?
     };
     let Some(row) = row else {
         return Err(JobError::Permanent(format!(
@@ -323,8 +317,7 @@ impl Reversal<'_> {
         note: Option<&str>,
     ) -> Result<bool, JobError> {
         let now = self.ctx.now_ms();
-        let db = |e: sqlx::Error| JobError::database(&e);
-        let mut tx = self.ctx.db().begin().await.map_err(db)?;
+        let mut tx = self.ctx.db().begin().await?;
         match state::transition(&mut tx, row, to, changes, &self.actor, note, now).await {
             Ok(_) => {}
             Err(TransitionError::Stale { .. }) => return Ok(false),
@@ -333,7 +326,7 @@ impl Reversal<'_> {
         // Only while this attempt still holds the job: a worker cut off past its lease
         // must not write over the attempt that replaced it.
         self.ctx.fence(&mut tx).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok(true)
     }
 }

@@ -180,16 +180,15 @@ pub async fn handle(
     let row = sqlx::query("SELECT email, display_name, status FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(ctx.db())
-        .await
-        .map_err(|e| JobError::database(&e))?;
+        .await?;
     let Some(row) = row else {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} does not exist"),
         });
     };
-    let email: Option<String> = row.try_get(0).map_err(|e| JobError::database(&e))?;
-    let name: Option<String> = row.try_get(1).map_err(|e| JobError::database(&e))?;
-    let status: String = row.try_get(2).map_err(|e| JobError::database(&e))?;
+    let email: Option<String> = row.try_get(0)?;
+    let name: Option<String> = row.try_get(1)?;
+    let status: String = row.try_get(2)?;
     if UserStatus::parse(&status) == Some(UserStatus::Erased) {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} is erased"),
@@ -260,8 +259,7 @@ async fn erased_since(ctx: &JobContext, user_id: i64) -> Result<bool, JobError> 
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(ctx.db())
-        .await
-        .map_err(|e| JobError::database(&e))?;
+        .await?;
     Ok(status.is_none_or(|s| UserStatus::parse(&s) == Some(UserStatus::Erased)))
 }
 
@@ -289,14 +287,13 @@ async fn render(
             )
             .bind(export_id)
             .fetch_optional(ctx.db())
-            .await
-            .map_err(|e| JobError::database(&e))?;
+            .await?;
             let Some(row) = row else {
                 return Ok(Err(format!("export {export_id} no longer exists")));
             };
-            let status: String = row.try_get(0).map_err(|e| JobError::database(&e))?;
-            let expires: Option<i64> = row.try_get(1).map_err(|e| JobError::database(&e))?;
-            let size: Option<i64> = row.try_get(2).map_err(|e| JobError::database(&e))?;
+            let status: String = row.try_get(0)?;
+            let expires: Option<i64> = row.try_get(1)?;
+            let size: Option<i64> = row.try_get(2)?;
             let (Some(ExportStatus::Ready), Some(expires)) =
                 (ExportStatus::parse(&status), expires)
             else {

@@ -123,14 +123,13 @@ pub async fn handle(
     deps: Arc<PayoutDeps>,
 ) -> Result<Outcome, JobError> {
     let id = args.transfer_id;
-    let db = |e: sqlx::Error| JobError::database(&e);
     let payout = Payout {
         ctx: &ctx,
         deps: &deps,
         actor: Actor::job(ctx.job_id),
     };
-    let mut conn = ctx.db().acquire().await.map_err(db)?;
-    let Some(row) = state::load(&mut conn, id).await.map_err(db)? else {
+    let mut conn = ctx.db().acquire().await?;
+    let Some(row) = state::load(&mut conn, id).await? else {
         return Err(JobError::Permanent(format!(
             "seller transfer {id} does not exist"
         )));
@@ -147,12 +146,9 @@ pub async fn handle(
         });
     }
     let order = orders::load(&mut conn, row.order_id)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or_else(|| JobError::Permanent(format!("order {} does not exist", row.order_id)))?;
-    let account = orders::seller_account(&mut conn, row.seller_id)
-        .await
-        .map_err(db)?;
+    let account = orders::seller_account(&mut conn, row.seller_id).await?;
     let previously_attempted = row.payout_attempted_at.is_some();
     if account.is_none() && !previously_attempted {
         // Nothing can reach Stripe, so the row is not marked: a refund may still cancel it.
@@ -160,18 +156,14 @@ pub async fn handle(
         let error = format!("seller {} has no Stripe connected account", row.seller_id);
         return payout.failed(&row, &error, true).await;
     }
-    if !state::begin_payout_attempt(&mut conn, id, ctx.now_ms())
-        .await
-        .map_err(db)?
-    {
+    if !state::begin_payout_attempt(&mut conn, id, ctx.now_ms()).await? {
         return Ok(Outcome::Skipped {
             reason: format!("seller transfer {id} changed before its payout started"),
         });
     }
     // Read after marking: a refund committed from now on leaves the row to this job.
     let refunded = orders::refunded_at(&mut conn, row.order_id)
-        .await
-        .map_err(db)?
+        .await?
         .is_some();
     drop(conn);
 
@@ -249,7 +241,6 @@ impl Payout<'_> {
         note: Option<&str>,
     ) -> Result<Outcome, JobError> {
         let now = self.ctx.now_ms();
-        let db = |e: sqlx::Error| JobError::database(&e);
         let mut tx = self.ctx.engine.begin().await?;
         let changes = Changes {
             stripe_transfer_id: Some(transfer.id.clone()),
@@ -275,10 +266,7 @@ impl Payout<'_> {
             Err(e) => return Err(transition_error(e)),
         };
         // After the write: a refund committed while the payout was in flight is seen here.
-        let refunded = orders::refunded_at(&mut tx, row.order_id)
-            .await
-            .map_err(db)?
-            .is_some();
+        let refunded = orders::refunded_at(&mut tx, row.order_id).await?.is_some();
         if refunded {
             self.request_reversal(&mut tx, &done, now).await?;
         }
@@ -483,15 +471,8 @@ impl Payout<'_> {
     /// The row moved while we worked (a concurrent run of this job, an admin). Nothing was
     /// written; report what it is now.
     async fn after_stale(&self, id: i64, paid_as: Option<&str>) -> Result<Outcome, JobError> {
-        let mut conn = self
-            .ctx
-            .db()
-            .acquire()
-            .await
-            .map_err(|e| JobError::database(&e))?;
-        let now = state::load(&mut conn, id)
-            .await
-            .map_err(|e| JobError::database(&e))?;
+        let mut conn = self.ctx.db().acquire().await?;
+        let now = state::load(&mut conn, id).await?;
         let Some(now) = now else {
             return Err(JobError::Permanent(format!(
                 "seller transfer {id} disappeared"
