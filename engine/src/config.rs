@@ -175,7 +175,7 @@ crate::config_var!(
     JOB_LEASE_TTL,
     "JOB_LEASE_TTL",
     "30s",
-    "How long a claimed job stays leased without a renewal; a worker that dies loses its jobs to another worker after this."
+    "How long a claimed job stays leased without a renewal; a worker that dies loses its jobs to another worker after this, and a worker whose renewal finds its lease gone stops that attempt. On Postgres lease times are read from the database's clock (hosts' clocks may differ); on SQLite every worker is on one host."
 );
 crate::config_var!(
     JOB_HEARTBEAT_INTERVAL,
