@@ -5,17 +5,21 @@
 
 mod gdpr_support;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
+use std::time::Duration;
 
-use engine::testing::{TestDb, drain};
-use engine::{Actor, backend_tests};
+use engine::testing::{TestDb, drain, perform_job};
+use engine::{Actor, Outcome, backend_tests};
 use gdpr_support::*;
 use jobs::exports::{self, ExportStatus};
+use jobs::hard_delete::HardDelete;
+use jobs::users;
 
 backend_tests!(
     a_missing_export_dir_is_created_0700_and_the_zip_is_0600,
     an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed,
+    the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_root,
 );
 
 fn mode(path: &Path) -> u32 {
@@ -80,4 +84,105 @@ async fn an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed(t: Test
     let zip = exports::export_file_path(&w.settings.exports, id);
     assert_eq!(mode(&zip), 0o600);
     assert!(!part.exists());
+}
+
+/// A private track of `owner` with audio at `file` (relative to MEDIA_ROOT); returns its id.
+async fn private_track(w: &World, owner: i64, file: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO tracks (status, file_path, created_at, updated_at, owner_id, is_public) \
+         VALUES ('ready', $1, $2, $2, $3, 0) RETURNING id",
+    )
+    .bind(file)
+    .bind(w.now())
+    .bind(owner)
+    .fetch_one(w.db())
+    .await
+    .unwrap()
+}
+
+async fn the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_root(t: TestDb) {
+    // Arrange: a user whose media rows lead outside MEDIA_ROOT through symbolic links: the
+    // audio's directory, the thumbnail directory and the avatar itself are links to files
+    // that are not theirs. One plain file is theirs.
+    let w = world(&t, |_| {});
+    let user = Person::new("kai");
+    insert_user(&w, &user).await;
+    let u = user.id;
+    let media = w.media().to_owned();
+    let outside = tempfile::tempdir().unwrap();
+    let put = |dir: &Path, rel: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"not yours").unwrap();
+        p
+    };
+    let not_theirs = [
+        put(outside.path(), "music/song.mp3"),
+        put(outside.path(), "thumbs/64.jpg"),
+        put(outside.path(), "thumbs/64.webp"),
+        put(outside.path(), "thumbs/keep.txt"),
+        put(outside.path(), "precious.png"),
+    ];
+    std::fs::create_dir_all(media.join("uploads")).unwrap();
+    symlink(outside.path().join("music"), media.join(format!("uploads/{u}"))).unwrap();
+    let linked = private_track(&w, u, &format!("uploads/{u}/song.mp3")).await;
+    std::fs::create_dir_all(media.join("thumbnails")).unwrap();
+    symlink(
+        outside.path().join("thumbs"),
+        media.join(format!("thumbnails/{linked}")),
+    )
+    .unwrap();
+    sqlx::query("UPDATE tracks SET thumbnails = $1 WHERE id = $2")
+        .bind(format!(
+            r#"[{{"size":64,"jpg":"thumbnails/{linked}/64.jpg","webp":"thumbnails/{linked}/64.webp"}}]"#
+        ))
+        .bind(linked)
+        .execute(w.db())
+        .await
+        .unwrap();
+    let avatar = format!("avatars/{u}.png");
+    std::fs::create_dir_all(media.join("avatars")).unwrap();
+    symlink(outside.path().join("precious.png"), media.join(&avatar)).unwrap();
+    sqlx::query("INSERT INTO user_profiles (user_id, avatar_path, updated_at) VALUES ($1, $2, $3)")
+        .bind(u)
+        .bind(&avatar)
+        .bind(w.now())
+        .execute(w.db())
+        .await
+        .unwrap();
+    let own = put(&media, &format!("plain/{u}.mp3"));
+    private_track(&w, u, &format!("plain/{u}.mp3")).await;
+    users::request_deletion(&w.engine, &w.settings.accounts, u, Some(false), &Actor::cli())
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(31 * 24 * 3600));
+
+    // Act
+    let out = perform_job(&w.engine, &HardDelete { user_id: u }).await.unwrap();
+
+    // Assert: nothing outside MEDIA_ROOT is gone; the links and the user's file are.
+    assert_eq!(out, Outcome::Succeeded);
+    for f in &not_theirs {
+        assert!(f.exists(), "{} was deleted", f.display());
+    }
+    assert!(!own.exists());
+    for link in [media.join(&avatar), media.join(format!("thumbnails/{linked}"))] {
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "{} is left",
+            link.display()
+        );
+    }
+    let receipt = users::deletion_status(w.db(), u)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    let d = &receipt.report.database;
+    assert_eq!(d.media_files_deleted, 1, "the user's own file");
+    assert_eq!(d.media_links_removed, 2, "the avatar and the thumbnail directory");
+    assert_eq!(
+        d.media_paths_refused, 3,
+        "the audio and the two thumbnails, through links leading out"
+    );
 }
