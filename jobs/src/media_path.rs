@@ -124,6 +124,21 @@ pub fn resolve_media_path(root: &Path, relative: &str) -> Result<PathBuf, PathEr
     Ok(resolved)
 }
 
+/// `relative` in canonical form: [`resolve_media_path`]'s result, relative to the canonical
+/// root (`./covers//a.png` and a link inside the root to `covers/a.png` both give
+/// `covers/a.png`). What is stored and compared, so that two spellings of one file are one.
+pub fn canonical_relative(root: &Path, relative: &str) -> Result<String, PathError> {
+    let resolved = resolve_media_path(root, relative)?;
+    let root = canonical_root(root)?;
+    let inside = resolved
+        .strip_prefix(&root)
+        .map_err(|_| PathError::EscapesRoot(relative.to_owned()))?;
+    if inside.as_os_str().is_empty() {
+        return Err(PathError::Empty);
+    }
+    Ok(inside.to_string_lossy().into_owned())
+}
+
 /// The canonical path of directory `relative` under `root`, creating the missing levels one
 /// at a time; each existing level is resolved first, so a symbolic link leading out of the
 /// root is refused before anything is created through it.
@@ -321,6 +336,12 @@ mod tests {
         }
         let alias = resolve_media_path(root.path(), "alias.png").unwrap();
         assert!(alias.ends_with("covers/a.png"));
+        for spelling in ["covers/a.png", "./covers//a.png", "alias.png"] {
+            assert_eq!(
+                canonical_relative(root.path(), spelling).unwrap(),
+                "covers/a.png"
+            );
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub(crate) async fn remove_files(
     let mut media = MediaTally::default();
     for chunk in collected.delete_track_ids.chunks(IN_CHUNK) {
         let sql = format!(
-            "SELECT id, file_path, thumbnails, thumbnail_source FROM tracks WHERE id IN ({})",
+            "SELECT id, file_path, thumbnails, cover_path FROM tracks WHERE id IN ({})",
             placeholders(1, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -224,7 +224,7 @@ pub(crate) async fn remove_files(
             let id: i64 = r.try_get(0).map_err(db)?;
             let file_path: String = r.try_get(1).map_err(db)?;
             let thumbnails: Option<String> = r.try_get(2).map_err(db)?;
-            let source: Option<String> = r.try_get(3).map_err(db)?;
+            let cover: Option<String> = r.try_get(3).map_err(db)?;
             remove_media_file(root, &file_path, &mut media).await?;
             if let Some(list) =
                 thumbnails.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -238,13 +238,16 @@ pub(crate) async fn remove_files(
                 }
             }
             remove_media_dir(root, &crate::thumbnail::thumbnail_dir(id), &mut media).await?;
-            if let Some(source) = source {
+            // The track's own cover (`cover_path`, recorded by the web backend for the owner's
+            // upload), never `thumbnail_source`: that column says what the thumbnails were
+            // made from, and rows of older releases may name someone else's file there.
+            if let Some(cover) = cover {
                 // A cover another remaining track still uses stays.
                 let users: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM tracks WHERE thumbnail_source = $1 AND id <> $2 \
+                    "SELECT COUNT(*) FROM tracks WHERE cover_path = $1 AND id <> $2 \
                      AND (owner_id IS NULL OR owner_id <> $3 OR (is_public = 1 AND $4 = 1))",
                 )
-                .bind(&source)
+                .bind(&cover)
                 .bind(id)
                 .bind(user_id)
                 .bind(i64::from(collected.keep_public_tracks))
@@ -252,7 +255,7 @@ pub(crate) async fn remove_files(
                 .await
                 .map_err(db)?;
                 if users == 0 {
-                    remove_media_file(root, &source, &mut media).await?;
+                    remove_media_file(root, &cover, &mut media).await?;
                 }
             }
         }
