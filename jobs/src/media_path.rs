@@ -214,12 +214,15 @@ pub fn locate_for_removal(root: &Path, relative: &str) -> Result<Removable, Path
         .components()
         .filter_map(|c| match c {
             Component::Normal(name) => Some(name),
-            Component::CurDir | Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                None
-            }
+            Component::CurDir
+            | Component::ParentDir
+            | Component::RootDir
+            | Component::Prefix(_) => None,
         })
         .collect();
-    let name = names.pop().expect("check_relative leaves at least one name");
+    let name = names
+        .pop()
+        .expect("check_relative leaves at least one name");
     let parent = if names.is_empty() {
         canonical_root(root)?
     } else {

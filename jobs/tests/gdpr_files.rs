@@ -20,6 +20,7 @@ backend_tests!(
     a_missing_export_dir_is_created_0700_and_the_zip_is_0600,
     an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed,
     the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_root,
+    the_erasure_deletes_the_tracks_cover_never_a_thumbnail_source_of_someone_else,
 );
 
 fn mode(path: &Path) -> u32 {
@@ -66,11 +67,10 @@ async fn an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed(t: Test
     let dir = w.settings.exports.dir.clone();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let next_id: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM data_exports")
-            .fetch_one(w.db())
-            .await
-            .unwrap();
+    let next_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM data_exports")
+        .fetch_one(w.db())
+        .await
+        .unwrap();
     let part = exports::part_path_in(&dir, next_id);
     std::fs::write(&part, b"an old attempt's bytes").unwrap();
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -124,7 +124,11 @@ async fn the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_r
         put(outside.path(), "precious.png"),
     ];
     std::fs::create_dir_all(media.join("uploads")).unwrap();
-    symlink(outside.path().join("music"), media.join(format!("uploads/{u}"))).unwrap();
+    symlink(
+        outside.path().join("music"),
+        media.join(format!("uploads/{u}")),
+    )
+    .unwrap();
     let linked = private_track(&w, u, &format!("uploads/{u}/song.mp3")).await;
     std::fs::create_dir_all(media.join("thumbnails")).unwrap();
     symlink(
@@ -152,13 +156,21 @@ async fn the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_r
         .unwrap();
     let own = put(&media, &format!("plain/{u}.mp3"));
     private_track(&w, u, &format!("plain/{u}.mp3")).await;
-    users::request_deletion(&w.engine, &w.settings.accounts, u, Some(false), &Actor::cli())
-        .await
-        .unwrap();
+    users::request_deletion(
+        &w.engine,
+        &w.settings.accounts,
+        u,
+        Some(false),
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
     w.clock.advance(Duration::from_secs(31 * 24 * 3600));
 
     // Act
-    let out = perform_job(&w.engine, &HardDelete { user_id: u }).await.unwrap();
+    let out = perform_job(&w.engine, &HardDelete { user_id: u })
+        .await
+        .unwrap();
 
     // Assert: nothing outside MEDIA_ROOT is gone; the links and the user's file are.
     assert_eq!(out, Outcome::Succeeded);
@@ -166,7 +178,10 @@ async fn the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_r
         assert!(f.exists(), "{} was deleted", f.display());
     }
     assert!(!own.exists());
-    for link in [media.join(&avatar), media.join(format!("thumbnails/{linked}"))] {
+    for link in [
+        media.join(&avatar),
+        media.join(format!("thumbnails/{linked}")),
+    ] {
         assert!(
             std::fs::symlink_metadata(&link).is_err(),
             "{} is left",
@@ -180,9 +195,61 @@ async fn the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_r
         .unwrap();
     let d = &receipt.report.database;
     assert_eq!(d.media_files_deleted, 1, "the user's own file");
-    assert_eq!(d.media_links_removed, 2, "the avatar and the thumbnail directory");
+    assert_eq!(
+        d.media_links_removed, 2,
+        "the avatar and the thumbnail directory"
+    );
     assert_eq!(
         d.media_paths_refused, 3,
         "the audio and the two thumbnails, through links leading out"
+    );
+}
+
+async fn the_erasure_deletes_the_tracks_cover_never_a_thumbnail_source_of_someone_else(t: TestDb) {
+    // Arrange: the user's track has its own cover, but its thumbnails were made (by an
+    // older release, which took any path) from another user's private cover.
+    let w = world(&t, |_| {});
+    let (user, other) = (Person::new("lea"), Person::new("max"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    let media = w.media().to_owned();
+    let put = |rel: &str| {
+        let p = media.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"PNG").unwrap();
+        p
+    };
+    let own_cover = put(&format!("covers/{}.png", user.id));
+    let theirs = put(&format!("private/{}.png", other.id));
+    let track = private_track(&w, user.id, &format!("uploads/{}.mp3", user.id)).await;
+    sqlx::query("UPDATE tracks SET cover_path = $1, thumbnail_source = $2 WHERE id = $3")
+        .bind(format!("covers/{}.png", user.id))
+        .bind(format!("private/{}.png", other.id))
+        .bind(track)
+        .execute(w.db())
+        .await
+        .unwrap();
+    users::request_deletion(
+        &w.engine,
+        &w.settings.accounts,
+        user.id,
+        Some(false),
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    w.clock.advance(Duration::from_secs(31 * 24 * 3600));
+
+    // Act
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(out, Outcome::Succeeded);
+    assert!(!own_cover.exists(), "the user's cover is erased");
+    assert!(
+        theirs.exists(),
+        "the other user's cover is not theirs to erase"
     );
 }

@@ -842,7 +842,10 @@ async fn pipes_and_oversized_sources_fail_permanently_unread(t: TestDb) {
     assert!(pipe.contains("not a regular file"), "{pipe}");
     assert!(dir.contains("is a directory"), "{dir}");
     assert!(
-        oversized.contains(&format!("{} bytes, over THUMBNAIL_MAX_SOURCE_BYTES (1000 bytes)", big.len())),
+        oversized.contains(&format!(
+            "{} bytes, over THUMBNAIL_MAX_SOURCE_BYTES (1000 bytes)",
+            big.len()
+        )),
         "{oversized}"
     );
     assert!(w.recorded(track).await.thumbnails.is_empty());

@@ -148,7 +148,8 @@ pub(crate) async fn remove_media_dir(
 /// Removes the files and links in `dir` (a real directory: the caller resolved it; never
 /// its subdirectories), then `dir` if it is empty; returns (files, links) removed.
 async fn remove_entries(dir: &Path) -> Result<(u64, u64), JobError> {
-    let cannot_read = |e: std::io::Error| JobError::transient(format!("cannot read {}: {e}", dir.display()));
+    let cannot_read =
+        |e: std::io::Error| JobError::transient(format!("cannot read {}: {e}", dir.display()));
     let mut entries = match tokio::fs::read_dir(dir).await {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),

@@ -275,7 +275,11 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let ThumbnailArgs { track_id, source } = &args;
     let track_id = *track_id;
-    let mut conn = ctx.db().acquire().await.map_err(|e| JobError::database(&e))?;
+    let mut conn = ctx
+        .db()
+        .acquire()
+        .await
+        .map_err(|e| JobError::database(&e))?;
     let cover = track_cover(&mut conn, track_id)
         .await
         .map_err(|e| JobError::database(&e))?;
@@ -326,7 +330,11 @@ pub async fn handle(
     .rows_affected();
     if updated == 0 {
         drop(tx);
-        let mut conn = ctx.db().acquire().await.map_err(|e| JobError::database(&e))?;
+        let mut conn = ctx
+            .db()
+            .acquire()
+            .await
+            .map_err(|e| JobError::database(&e))?;
         let cover = track_cover(&mut conn, track_id)
             .await
             .map_err(|e| JobError::database(&e))?;
@@ -470,7 +478,11 @@ fn open_source(
     };
     check(&std::fs::metadata(&path).map_err(not_found)?)?;
     let file = std::fs::File::open(&path).map_err(not_found)?;
-    check(&file.metadata().map_err(|e| WorkError::Render(RenderError::Io(e)))?)?;
+    check(
+        &file
+            .metadata()
+            .map_err(|e| WorkError::Render(RenderError::Io(e)))?,
+    )?;
     Ok((file, canonical))
 }
 

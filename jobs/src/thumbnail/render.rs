@@ -174,9 +174,7 @@ pub fn read_source(file: impl Read, max_bytes: u64) -> Result<Vec<u8>, RenderErr
 pub fn source_too_big(size: Option<u64>, max_bytes: u64) -> RenderError {
     let size = size.map_or_else(|| "more".to_owned(), |s| format!("{s} bytes"));
     RenderError::TooLarge {
-        detail: format!(
-            "the file is {size}, over THUMBNAIL_MAX_SOURCE_BYTES ({max_bytes} bytes)"
-        ),
+        detail: format!("the file is {size}, over THUMBNAIL_MAX_SOURCE_BYTES ({max_bytes} bytes)"),
     }
 }
 
