@@ -296,6 +296,8 @@ struct TrackSeed {
     slug: &'static str,
     title: &'static str,
     public: bool,
+    /// Its cover, under `MEDIA_ROOT` (`tracks.cover_path`).
+    cover: &'static str,
 }
 
 impl Seeder<'_> {
@@ -313,6 +315,7 @@ impl Seeder<'_> {
                     slug: "night-drive",
                     title: "Night Drive",
                     public: true,
+                    cover: "demo/covers/night-drive.jpg",
                 },
             )
             .await?;
@@ -323,6 +326,7 @@ impl Seeder<'_> {
                     slug: "low-tide",
                     title: "Low Tide",
                     public: true,
+                    cover: UNTHUMBED_COVER,
                 },
             )
             .await?;
@@ -333,6 +337,7 @@ impl Seeder<'_> {
                     slug: "first-take",
                     title: "First Take",
                     public: false,
+                    cover: "demo/covers/first-take.jpg",
                 },
             )
             .await?;
@@ -459,13 +464,15 @@ impl Seeder<'_> {
         let mut tx = self.engine.db().begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO tracks (status, file_path, created_at, updated_at, owner_id, is_public, \
-             title, artist_name) VALUES ('processing', $1, $2, $2, $3, $4, $5, 'Bram') RETURNING id",
+             title, artist_name, cover_path) \
+             VALUES ('processing', $1, $2, $2, $3, $4, $5, 'Bram', $6) RETURNING id",
         )
         .bind(format!("demo/audio/{}.wav", seed.slug))
         .bind(self.now)
         .bind(owner)
         .bind(i32::from(seed.public))
         .bind(seed.title)
+        .bind(seed.cover)
         .fetch_one(&mut *tx)
         .await?;
         jobs::tracks::state::transition(

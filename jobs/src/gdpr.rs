@@ -24,7 +24,7 @@ engine::config_var!(
     EXPORT_DIR,
     "EXPORT_DIR",
     "./exports",
-    "Directory where data export ZIPs are written (as .{id}.zip.part, renamed to {id}.zip when complete)."
+    "Directory where data export ZIPs are written (as .{id}.zip.part, renamed to {id}.zip when complete): created with mode 0700 if missing, tightened to 0700 if it exists with more; each ZIP is created 0600."
 );
 engine::config_var!(
     EXPORT_DAILY_LIMIT,

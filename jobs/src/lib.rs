@@ -78,6 +78,12 @@ engine::config_var!(
     "Most pixels a source image may have (width x height); decoding memory is capped at 8 bytes per such pixel."
 );
 engine::config_var!(
+    THUMBNAIL_MAX_SOURCE_BYTES,
+    "THUMBNAIL_MAX_SOURCE_BYTES",
+    "52428800",
+    "Largest source image file the thumbnail job reads, in bytes (default 50 MiB); a bigger file fails its job for good, from its size, without being read."
+);
+engine::config_var!(
     THUMBNAIL_CONCURRENCY,
     "THUMBNAIL_CONCURRENCY",
     "",
@@ -92,6 +98,7 @@ pub const VARS: &[VarSpec] = &[
     THUMBNAIL_QUALITY,
     THUMBNAIL_MAX_DIMENSION,
     THUMBNAIL_MAX_PIXELS,
+    THUMBNAIL_MAX_SOURCE_BYTES,
     THUMBNAIL_CONCURRENCY,
     payments::config::STRIPE_SECRET_KEY,
     payments::config::STRIPE_WEBHOOK_SECRET,

@@ -4,6 +4,9 @@
 //!
 //! [`resolve_media_path`] is what both the jobs (reading a source, writing thumbnails) and
 //! the HTTP routes (answering 400 for a path that escapes, 404 for one that is missing) use.
+//! [`locate_for_removal`] is what the erasure uses before deleting anything: the directories
+//! on the way are resolved (a link leading out is refused), the last component is not
+//! followed (a link is removed as a link, never its target).
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -121,6 +124,21 @@ pub fn resolve_media_path(root: &Path, relative: &str) -> Result<PathBuf, PathEr
     Ok(resolved)
 }
 
+/// `relative` in canonical form: [`resolve_media_path`]'s result, relative to the canonical
+/// root (`./covers//a.png` and a link inside the root to `covers/a.png` both give
+/// `covers/a.png`). What is stored and compared, so that two spellings of one file are one.
+pub fn canonical_relative(root: &Path, relative: &str) -> Result<String, PathError> {
+    let resolved = resolve_media_path(root, relative)?;
+    let root = canonical_root(root)?;
+    let inside = resolved
+        .strip_prefix(&root)
+        .map_err(|_| PathError::EscapesRoot(relative.to_owned()))?;
+    if inside.as_os_str().is_empty() {
+        return Err(PathError::Empty);
+    }
+    Ok(inside.to_string_lossy().into_owned())
+}
+
 /// The canonical path of directory `relative` under `root`, creating the missing levels one
 /// at a time; each existing level is resolved first, so a symbolic link leading out of the
 /// root is refused before anything is created through it.
@@ -156,6 +174,87 @@ pub fn ensure_media_dir(root: &Path, relative: &str) -> Result<PathBuf, PathErro
         }
     }
     Ok(dir)
+}
+
+/// What lies at a path the erasure is about to delete, found by [`locate_for_removal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removable {
+    /// Nothing is there (nor, possibly, its directory).
+    Missing,
+    /// A file (anything but a directory or a symbolic link), at this canonical path inside
+    /// the root.
+    File(PathBuf),
+    /// A symbolic link inside the root: remove the link only. Its target is not looked at:
+    /// it may lie outside the root, or be a file of someone else's.
+    Link(PathBuf),
+    /// A directory, at this canonical path inside the root.
+    Dir(PathBuf),
+}
+
+/// Where `relative` under `root` is, for deleting it: its directory is resolved with every
+/// symbolic link followed and refused ([`PathError::EscapesRoot`]) unless it stays inside
+/// `root`; its last component is looked at without following it. So deleting what this
+/// returns never touches anything outside `root`.
+///
+/// ```
+/// # use std::os::unix::fs::symlink;
+/// # use jobs::media_path::{locate_for_removal, Removable};
+/// let root = tempfile::tempdir().unwrap();
+/// let outside = tempfile::tempdir().unwrap();
+/// std::fs::write(outside.path().join("theirs.png"), b"x").unwrap();
+/// symlink(outside.path().join("theirs.png"), root.path().join("cover.png")).unwrap();
+/// symlink(outside.path(), root.path().join("covers")).unwrap();
+/// assert!(matches!(locate_for_removal(root.path(), "cover.png"), Ok(Removable::Link(_))));
+/// assert!(locate_for_removal(root.path(), "covers/theirs.png").unwrap_err().is_refused());
+/// assert_eq!(locate_for_removal(root.path(), "gone/x.png").unwrap(), Removable::Missing);
+/// ```
+pub fn locate_for_removal(root: &Path, relative: &str) -> Result<Removable, PathError> {
+    let path = check_relative(relative)?;
+    let mut names: Vec<_> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            Component::CurDir
+            | Component::ParentDir
+            | Component::RootDir
+            | Component::Prefix(_) => None,
+        })
+        .collect();
+    let name = names
+        .pop()
+        .expect("check_relative leaves at least one name");
+    let parent = if names.is_empty() {
+        canonical_root(root)?
+    } else {
+        let parent: PathBuf = names.iter().collect();
+        match resolve_media_path(root, &parent.to_string_lossy()) {
+            Ok(p) => p,
+            Err(PathError::NotFound(_)) => return Ok(Removable::Missing),
+            Err(PathError::EscapesRoot(_)) => {
+                return Err(PathError::EscapesRoot(relative.to_owned()));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let at = parent.join(name);
+    match std::fs::symlink_metadata(&at) {
+        Ok(meta) if meta.file_type().is_symlink() => Ok(Removable::Link(at)),
+        Ok(meta) if meta.is_dir() => Ok(Removable::Dir(at)),
+        Ok(_) => Ok(Removable::File(at)),
+        // The "directory" is a file: nothing can be below it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(Removable::Missing)
+        }
+        Err(source) => Err(PathError::Io {
+            path: relative.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn canonical_root(root: &Path) -> Result<PathBuf, PathError> {
@@ -240,6 +339,12 @@ mod tests {
         }
         let alias = resolve_media_path(root.path(), "alias.png").unwrap();
         assert!(alias.ends_with("covers/a.png"));
+        for spelling in ["covers/a.png", "./covers//a.png", "alias.png"] {
+            assert_eq!(
+                canonical_relative(root.path(), spelling).unwrap(),
+                "covers/a.png"
+            );
+        }
     }
 
     #[test]
@@ -253,6 +358,54 @@ mod tests {
         }
         let e = resolve_media_path(Path::new("/nonexistent/veza/media"), "a.png").unwrap_err();
         assert!(matches!(e, PathError::Root { .. }), "{e}");
+    }
+
+    #[test]
+    fn removal_never_follows_a_link_out_and_never_the_last_link() {
+        let (root, outside) = media();
+        symlink(outside.path(), root.path().join("out")).unwrap();
+        symlink(
+            outside.path().join("secret.txt"),
+            root.path().join("covers/evil.png"),
+        )
+        .unwrap();
+        symlink(
+            root.path().join("covers/a.png"),
+            root.path().join("alias.png"),
+        )
+        .unwrap();
+        let canonical = root.path().canonicalize().unwrap();
+        let e = locate_for_removal(root.path(), "out/secret.txt").unwrap_err();
+        assert!(matches!(e, PathError::EscapesRoot(_)), "{e}");
+        assert_eq!(
+            locate_for_removal(root.path(), "covers/evil.png").unwrap(),
+            Removable::Link(canonical.join("covers/evil.png"))
+        );
+        assert_eq!(
+            locate_for_removal(root.path(), "alias.png").unwrap(),
+            Removable::Link(canonical.join("alias.png")),
+            "a link inside the root is removed as a link too"
+        );
+        assert_eq!(
+            locate_for_removal(root.path(), "./covers/a.png").unwrap(),
+            Removable::File(canonical.join("covers/a.png"))
+        );
+        assert_eq!(
+            locate_for_removal(root.path(), "covers").unwrap(),
+            Removable::Dir(canonical.join("covers"))
+        );
+        for missing in ["covers/b.png", "nope/b.png", "covers/a.png/b"] {
+            assert_eq!(
+                locate_for_removal(root.path(), missing).unwrap(),
+                Removable::Missing,
+                "{missing}"
+            );
+        }
+        assert!(
+            locate_for_removal(root.path(), "../x")
+                .unwrap_err()
+                .is_refused()
+        );
     }
 
     #[test]

@@ -41,10 +41,14 @@ fn config(media: &Path, extra: &[(&str, &str)]) -> JobsConfig {
 }
 
 fn world(t: &TestDb) -> World {
+    world_with(t, &[])
+}
+
+fn world_with(t: &TestDb, extra: &[(&str, &str)]) -> World {
     let media = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let mut registry = Registry::new();
-    register_all(&mut registry, &config(media.path(), &[]));
+    register_all(&mut registry, &config(media.path(), extra));
     let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap());
     World {
         engine: t.engine(registry, clock.clone()),
@@ -72,7 +76,19 @@ impl World {
         std::fs::write(path, bytes).unwrap();
     }
 
+    /// Records `source` as the track's cover, as the web backend does on upload.
+    async fn set_cover(&self, track_id: i64, source: &str) {
+        sqlx::query("UPDATE tracks SET cover_path = $1 WHERE id = $2")
+            .bind(source)
+            .bind(track_id)
+            .execute(self.engine.db())
+            .await
+            .unwrap();
+    }
+
+    /// Records `source` as the cover and runs the job for it.
     async fn run(&self, track_id: i64, source: &str) -> Result<Outcome, JobError> {
+        self.set_cover(track_id, source).await;
         perform_job(
             &self.engine,
             &ThumbnailArgs {
@@ -105,6 +121,7 @@ impl World {
 
     /// Enqueues a job and runs everything due; returns (status, attempts, last_error).
     async fn through_engine(&self, track_id: i64, source: &str) -> (String, i64, String) {
+        self.set_cover(track_id, source).await;
         let id = self
             .engine
             .enqueue(ThumbnailArgs {
@@ -221,6 +238,8 @@ fn permanent(result: Result<Outcome, JobError>) -> String {
 }
 
 backend_tests!(
+    a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_last,
+    pipes_and_oversized_sources_fail_permanently_unread,
     each_format_is_made_into_every_size_and_recorded,
     an_exif_rotated_jpeg_comes_out_upright,
     thumbnails_are_centred_square_crops,
@@ -574,7 +593,13 @@ async fn one_unfinished_job_per_track(t: TestDb) {
         .fetch_one(w.engine.db())
         .await
         .unwrap();
-    assert_eq!(key, Some(format!("thumbnail:track:{a}")));
+    assert_eq!(
+        key,
+        Some(jobs::thumbnail::unique_key(a, "covers/a.png")),
+        "{key:?}"
+    );
+    w.set_cover(a, "covers/a.png").await;
+    w.set_cover(b, "covers/a.png").await;
     assert!(matches!(
         w.engine.enqueue(args(b)).await.unwrap(),
         Enqueued::Inserted(_)
@@ -610,63 +635,6 @@ impl Job for Noop {
     };
 }
 
-/// A named pipe at `path` that a thread feeds with `bytes` once `gate` opens (or after
-/// [`GATE_TIMEOUT`], so that a broken handler cannot hang the test): a source whose reading
-/// blocks for as long as the test wants.
-fn gated_source(path: &Path, bytes: Arc<Vec<u8>>, gate: Arc<Gate>) {
-    let made = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success(), "mkfifo {}", path.display());
-    let path = path.to_owned();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        // Blocks until the job opens the pipe to read it.
-        let mut pipe = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        gate.wait();
-        let _ = pipe.write_all(&bytes);
-    });
-}
-
-const GATE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Opened by the test, or by itself after [`GATE_TIMEOUT`].
-struct Gate {
-    open: std::sync::Mutex<Option<&'static str>>,
-    changed: std::sync::Condvar,
-}
-
-impl Gate {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            open: std::sync::Mutex::new(None),
-            changed: std::sync::Condvar::new(),
-        })
-    }
-
-    fn open(&self, by: &'static str) {
-        let mut open = self.open.lock().unwrap();
-        open.get_or_insert(by);
-        self.changed.notify_all();
-    }
-
-    fn wait(&self) {
-        let open = self.open.lock().unwrap();
-        let (mut open, timeout) = self
-            .changed
-            .wait_timeout_while(open, GATE_TIMEOUT, |o| o.is_none())
-            .unwrap();
-        if timeout.timed_out() {
-            open.get_or_insert("timeout");
-        }
-    }
-
-    fn opened_by(&self) -> Option<&'static str> {
-        *self.open.lock().unwrap()
-    }
-}
-
 async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
     const BURST: usize = 50;
     let media = tempfile::tempdir().unwrap();
@@ -681,9 +649,9 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
     // burst would hold every worker and nothing else would run.
     let engine = t.engine(registry, Clock::system());
 
-    // A moderately large photo-like JPEG (1000x700, noisy so it does not compress away),
-    // fed to each job through a pipe that the test holds shut: every thumbnail job blocks
-    // in its read until the test opens the gate.
+    // A moderately large photo-like JPEG (1000x700, noisy so it does not compress away):
+    // each job takes far longer to decode, resize and encode it than a no-op takes to run.
+    // (Sources must be regular files: a pipe, which could hold the jobs shut, is refused.)
     let img = RgbImage::from_fn(1000, 700, |x, y| {
         let n = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 24;
         Rgb([
@@ -693,7 +661,6 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
         ])
     });
     let jpeg = Arc::new(encode(&img, ImageFormat::Jpeg));
-    let gate = Gate::new();
     std::fs::create_dir_all(media.path().join("covers")).unwrap();
     let mut tracks = Vec::with_capacity(BURST);
     for _ in 0..BURST {
@@ -705,11 +672,13 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
         .await
         .unwrap();
         let source = format!("covers/{id}.jpg");
-        gated_source(
-            &media.path().join(&source),
-            Arc::clone(&jpeg),
-            Arc::clone(&gate),
-        );
+        std::fs::write(media.path().join(&source), jpeg.as_slice()).unwrap();
+        sqlx::query("UPDATE tracks SET cover_path = $1 WHERE id = $2")
+            .bind(&source)
+            .bind(id)
+            .execute(engine.db())
+            .await
+            .unwrap();
         tracks.push((id, source));
     }
     for (track_id, source) in &tracks {
@@ -735,7 +704,7 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
     };
 
     let pool = WorkerPool::start(&engine);
-    // The burst is under way: both slots hold a thumbnail job, blocked in its read.
+    // The burst is under way: both slots hold a thumbnail job.
     while count("running").await < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -754,13 +723,11 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
     }
     let noop_latency = enqueued.elapsed();
     let unfinished = BURST as i64 - count("succeeded").await - count("failed").await;
-    let held_by = gate.opened_by();
-    gate.open("test");
-    assert_eq!(
-        held_by, None,
-        "the no-op job only ran after the thumbnail jobs were let go: they blocked the async workers"
+    assert!(
+        unfinished > BURST as i64 / 2,
+        "the no-op job only ran after {} of {BURST} thumbnail jobs: they blocked the async workers",
+        BURST as i64 - unfinished
     );
-    assert_eq!(unfinished, BURST as i64, "no thumbnail could finish yet");
 
     // Then the burst itself, for real: every thumbnail made.
     let released = Instant::now();
@@ -788,4 +755,98 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
         let dir = media.path().join(format!("thumbnails/{track_id}"));
         assert!(dir.join("512.webp").exists() && dir.join("64.jpg").exists());
     }
+}
+
+async fn a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_last(t: TestDb) {
+    // Arrange: cover A is posted; its job waits. The owner uploads cover B.
+    let w = world(&t);
+    let track = w.track().await;
+    let solid = |c: [u8; 3]| encode(&RgbImage::from_pixel(300, 300, Rgb(c)), ImageFormat::Png);
+    w.put("covers/a.png", &solid(RED));
+    w.put("covers/b.png", &solid(BLUE));
+    let args = |source: &str| ThumbnailArgs {
+        track_id: track,
+        source: source.into(),
+    };
+    w.set_cover(track, "covers/a.png").await;
+    let job_a = w.engine.enqueue(args("covers/a.png")).await.unwrap();
+    w.set_cover(track, "covers/b.png").await;
+
+    // Act: B is posted while A's job is pending, B's job runs, then A's.
+    let job_b = w.engine.enqueue(args("covers/b.png")).await.unwrap();
+    let b = perform_job(&w.engine, &args("covers/b.png")).await.unwrap();
+    let a = perform_job(&w.engine, &args("covers/a.png")).await.unwrap();
+
+    // Assert: B got its own job; A's, running last, changed nothing.
+    assert!(matches!(job_a, Enqueued::Inserted(_)));
+    assert!(
+        matches!(job_b, Enqueued::Inserted(id) if id != job_a.id()),
+        "{job_b:?}"
+    );
+    assert_eq!(b, Outcome::Succeeded);
+    assert!(
+        matches!(&a, Outcome::Skipped { reason } if reason.contains("no longer track")),
+        "{a:?}"
+    );
+    let shows_b = |w: &World| {
+        for name in ["64.jpg", "512.webp"] {
+            let img = w.load(&format!("thumbnails/{track}/{name}"));
+            assert!(close(at(&img, 10, 10), BLUE), "{name} is not from cover B");
+        }
+    };
+    shows_b(&w);
+    assert_eq!(
+        w.recorded(track).await.source.as_deref(),
+        Some("covers/b.png")
+    );
+    // The queued jobs, in order (A's first): the same end.
+    let report = drain(&w.engine).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    shows_b(&w);
+    assert_eq!(
+        w.recorded(track).await.source.as_deref(),
+        Some("covers/b.png")
+    );
+    assert_eq!(w.thumbnail_files(track).len(), 6, "no temporary files left");
+}
+
+async fn pipes_and_oversized_sources_fail_permanently_unread(t: TestDb) {
+    // Arrange: a 1000-byte cap; a named pipe nobody writes to (opening it to read would
+    // block for ever), a directory, and an image of more than 1000 bytes.
+    let w = world_with(&t, &[("THUMBNAIL_MAX_SOURCE_BYTES", "1000")]);
+    let track = w.track().await;
+    std::fs::create_dir_all(w.media.path().join("covers/dir.png")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(w.media.path().join("covers/pipe.png"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let big = encode(&quadrants(300, 300), ImageFormat::Png);
+    assert!(big.len() > 1000);
+    w.put("covers/big.png", &big);
+
+    // Act
+    let run = |source: &'static str| {
+        let w = &w;
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), w.run(track, source))
+                .await
+                .unwrap_or_else(|_| panic!("{source}: the job blocked"))
+        }
+    };
+    let pipe = permanent(run("covers/pipe.png").await);
+    let dir = permanent(run("covers/dir.png").await);
+    let oversized = permanent(run("covers/big.png").await);
+
+    // Assert
+    assert!(pipe.contains("not a regular file"), "{pipe}");
+    assert!(dir.contains("is a directory"), "{dir}");
+    assert!(
+        oversized.contains(&format!(
+            "{} bytes, over THUMBNAIL_MAX_SOURCE_BYTES (1000 bytes)",
+            big.len()
+        )),
+        "{oversized}"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
 }

@@ -17,9 +17,11 @@ const MAX_NAME_BYTES: usize = 255;
 /// What to make thumbnails of.
 #[derive(Debug, Clone, Object)]
 pub struct ThumbnailRequest {
-    /// The cover image, relative to `MEDIA_ROOT` (e.g. `covers/42.png`); `..`, absolute
-    /// paths and symbolic links leading outside `MEDIA_ROOT` are refused, and so is a
-    /// path component longer than 255 bytes (no file system has such a name).
+    /// The track's cover image, relative to `MEDIA_ROOT` (e.g. `covers/42.png`): it must be
+    /// the cover the web backend recorded for the track (`tracks.cover_path`, compared in
+    /// canonical form), and a regular file; `..`, absolute paths and symbolic links leading
+    /// outside `MEDIA_ROOT` are refused, and so is a path component longer than 255 bytes
+    /// (no file system has such a name).
     #[oai(
         validator(min_length = 1, max_length = 4096),
         deserialize_with = "crate::routes::strict_string"
@@ -32,8 +34,9 @@ pub struct ThumbnailRequest {
 pub struct ThumbnailJobView {
     /// The job's id (see `/v1/jobs/{id}`).
     pub job_id: i64,
-    /// False when the track's unfinished thumbnail job already existed (nothing new was
-    /// enqueued; that job's source stands).
+    /// False when an unfinished thumbnail job of this track for this same cover already
+    /// existed (nothing new was enqueued). A job of an older cover does not count: the
+    /// newer cover gets its own job, and the older one records nothing.
     pub created: bool,
 }
 
@@ -91,12 +94,10 @@ impl From<TrackThumbnails> for TrackThumbnailsView {
 pub struct TracksApi(pub ApiState);
 
 impl TracksApi {
-    async fn track_exists(&self, track_id: i64) -> Result<bool, ApiError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM tracks WHERE id = $1")
-            .bind(track_id)
-            .fetch_optional(self.0.engine.db())
-            .await?;
-        Ok(id.is_some())
+    /// The track's cover: `None` when there is no such track.
+    async fn track_cover(&self, track_id: i64) -> Result<Option<Option<String>>, ApiError> {
+        let mut conn = self.0.engine.db().acquire().await?;
+        Ok(thumbnail::track_cover(&mut conn, track_id).await?)
     }
 }
 
@@ -104,11 +105,12 @@ impl TracksApi {
 impl TracksApi {
     /// Enqueue the thumbnails of a track's cover image. Scope: write.
     ///
-    /// One unfinished job per track: when one exists, its id comes back with
-    /// `created: false` and nothing new is enqueued. 400 when `source` is empty, absolute,
-    /// contains `..`, has a component over 255 bytes or leads outside `MEDIA_ROOT` through
-    /// a symbolic link; 404 when the track or the source file does not exist. Nothing is
-    /// enqueued on any refusal.
+    /// `source` must be the track's own cover (`tracks.cover_path`). One unfinished job
+    /// per track and cover: when one exists, its id comes back with `created: false` and
+    /// nothing new is enqueued. 400 when `source` is empty, absolute, contains `..`, has a
+    /// component over 255 bytes, leads outside `MEDIA_ROOT` through a symbolic link, is
+    /// not a regular file, or is not the track's cover; 404 when the track or the source
+    /// file does not exist. Nothing is enqueued on any refusal.
     #[oai(path = "/v1/tracks/:track_id/thumbnails", method = "post")]
     async fn make_thumbnails(
         &self,
@@ -132,17 +134,27 @@ impl TracksApi {
         let jobs = std::sync::Arc::clone(&self.0.jobs);
         let checked = {
             let source = source.clone();
-            tokio::task::spawn_blocking(move || jobs.thumbnail.resolve_source(&source))
-                .await
-                .map_err(|e| ApiError::internal(&e))?
+            tokio::task::spawn_blocking(move || {
+                jobs.thumbnail.resolve_source(&source).and_then(|path| {
+                    let canonical = jobs.thumbnail.canonical_source(&source)?;
+                    Ok((path, canonical))
+                })
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?
         };
-        match checked {
-            Ok(path) if path.is_dir() => {
+        let canonical = match checked {
+            Ok((path, _)) if path.is_dir() => {
                 return Err(ApiError::bad_request(format!(
                     "source {source:?} is a directory; give the image file"
                 )));
             }
-            Ok(_) => {}
+            Ok((path, _)) if !path.is_file() => {
+                return Err(ApiError::bad_request(format!(
+                    "source {source:?} is not a regular file (a pipe, socket or device); give the image file"
+                )));
+            }
+            Ok((_, canonical)) => canonical,
             Err(e) if e.is_refused() => {
                 return Err(ApiError::bad_request(format!("source refused: {e}")));
             }
@@ -152,14 +164,38 @@ impl TracksApi {
                 )));
             }
             Err(e) => return Err(ApiError::internal(&e)),
-        }
-        if !self.track_exists(track_id).await? {
+        };
+        let Some(cover) = self.track_cover(track_id).await? else {
             return Err(ApiError::not_found(format!("no track {track_id}")));
+        };
+        // Only the track's own cover: any other file under MEDIA_ROOT (another user's
+        // private cover) would become this track's public thumbnail.
+        let Some(cover) = cover else {
+            return Err(ApiError::bad_request(format!(
+                "track {track_id} has no cover image on record; record the upload as the track's cover first"
+            )));
+        };
+        let same = {
+            let (jobs, cover) = (std::sync::Arc::clone(&self.0.jobs), cover.clone());
+            tokio::task::spawn_blocking(move || jobs.thumbnail.canonical_source(&cover))
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .is_ok_and(|c| c == canonical)
+        };
+        if !same {
+            return Err(ApiError::bad_request(format!(
+                "source {source:?} is not track {track_id}'s cover image; only the track's own cover can be made into its thumbnails"
+            )));
         }
+        // The job names the cover as the track records it: the job compares it with the
+        // row again before recording anything.
         let enqueued = self
             .0
             .engine
-            .enqueue(ThumbnailArgs { track_id, source })
+            .enqueue(ThumbnailArgs {
+                track_id,
+                source: cover,
+            })
             .await?;
         Ok(ThumbnailAccepted::Accepted(Json(ThumbnailJobView {
             job_id: enqueued.id(),

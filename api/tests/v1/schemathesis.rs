@@ -197,8 +197,8 @@ async fn seed(app: &TestApp) -> Seeded {
         .save_with_format(&cover, image::ImageFormat::Png)
         .expect("write png");
     let track: i64 = sqlx::query_scalar(
-        "INSERT INTO tracks (status, file_path, created_at, updated_at) \
-         VALUES ('processing', 'uploads/a.mp3', $1, $1) RETURNING id",
+        "INSERT INTO tracks (status, file_path, created_at, updated_at, cover_path) \
+         VALUES ('processing', 'uploads/a.mp3', $1, $1, 'covers/1.png') RETURNING id",
     )
     .bind(now)
     .fetch_one(engine.db())

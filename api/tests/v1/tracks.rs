@@ -14,12 +14,14 @@ backend_tests!(
     escaping_sources_are_refused_and_nothing_is_enqueued,
     unknown_tracks_and_missing_sources_are_not_found,
     recorded_thumbnails_are_listed_after_the_job_ran,
+    only_the_tracks_own_cover_is_accepted,
 );
 
+/// A track whose cover (as the web backend records it) is `covers/a.png`.
 async fn track(app: &TestApp) -> i64 {
     sqlx::query_scalar(
-        "INSERT INTO tracks (status, file_path, created_at, updated_at) \
-         VALUES ('processing', 'uploads/a.mp3', $1, $1) RETURNING id",
+        "INSERT INTO tracks (status, file_path, created_at, updated_at, cover_path) \
+         VALUES ('processing', 'uploads/a.mp3', $1, $1, 'covers/a.png') RETURNING id",
     )
     .bind(app.engine.clock().now_ms())
     .fetch_one(app.engine.db())
@@ -206,4 +208,76 @@ async fn recorded_thumbnails_are_listed_after_the_job_ran(db: TestDb) {
     for file in ["16.jpg", "16.webp", "32.jpg", "32.webp"] {
         assert!(app.media.path().join(&dir).join(file).is_file(), "{file}");
     }
+}
+
+async fn only_the_tracks_own_cover_is_accepted(db: TestDb) {
+    // Arrange: this track's cover, another user's private cover, a pipe, and a track with
+    // no cover on record.
+    let app = TestApp::new(db);
+    let key = app.key(Scope::Write).await;
+    let track_id = track(&app).await;
+    put_png(&app, "covers/a.png");
+    put_png(&app, "private/someone-else.png");
+    let fifo = app.media.path().join("covers/pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let bare: i64 = sqlx::query_scalar(
+        "INSERT INTO tracks (status, file_path, created_at, updated_at) \
+         VALUES ('processing', 'uploads/b.mp3', 0, 0) RETURNING id",
+    )
+    .fetch_one(app.engine.db())
+    .await
+    .expect("insert track");
+
+    // Act
+    let post_source = |track: i64, source: &'static str| {
+        let (app, key) = (&app, &key);
+        async move {
+            post(
+                app,
+                &path(track),
+                Some(key),
+                Some(json!({ "source": source })),
+            )
+            .await
+        }
+    };
+    let foreign = post_source(track_id, "private/someone-else.png").await;
+    let pipe = post_source(track_id, "covers/pipe.png").await;
+    let none = post_source(bare, "covers/a.png").await;
+    let other_spelling = post_source(track_id, "./covers//a.png").await;
+
+    // Assert
+    foreign.assert_problem(400, "bad_request");
+    let detail = foreign.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("is not track"), "{detail}");
+    pipe.assert_problem(400, "bad_request");
+    assert!(
+        pipe.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not a regular file")),
+        "{}",
+        pipe.text
+    );
+    none.assert_problem(400, "bad_request");
+    assert!(
+        none.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no cover image on record")),
+        "{}",
+        none.text
+    );
+    assert_eq!(other_spelling.status, 202, "{}", other_spelling.text);
+    let jobs = enqueued::<ThumbnailArgs>(&app.engine).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.2.clone()).collect::<Vec<_>>(),
+        [ThumbnailArgs {
+            track_id,
+            source: "covers/a.png".into()
+        }],
+        "only the own cover, as the track records it"
+    );
 }

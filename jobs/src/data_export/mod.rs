@@ -311,9 +311,11 @@ async fn run(
     }
     drop(conn);
 
-    tokio::fs::create_dir_all(&settings.dir)
+    let dir = settings.dir.clone();
+    tokio::task::spawn_blocking(move || crate::exports::ensure_export_dir(&dir))
         .await
-        .map_err(|e| Failure::io("creating EXPORT_DIR", &e))?;
+        .map_err(|e| Failure::transient(format!("preparing EXPORT_DIR: {e}")))?
+        .map_err(|e| Failure::io("preparing EXPORT_DIR", &e))?;
     let part = part_path_in(&settings.dir, id);
     let file = file_path_in(&settings.dir, id);
     let generated_at = ctx.now_ms();

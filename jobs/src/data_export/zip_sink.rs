@@ -3,13 +3,15 @@
 //! pieces are in flight, so memory stays bounded whatever the size of the export.
 
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
+
+use crate::exports::EXPORT_FILE_MODE;
 
 /// Pieces in flight between the job and the writer thread.
 const IN_FLIGHT: usize = 4;
@@ -69,6 +71,26 @@ impl Seek for Out {
     }
 }
 
+/// Opens `path` for writing, truncated, created with [`EXPORT_FILE_MODE`] so the bytes are
+/// never readable by others, not even between creation and a later chmod. A leftover from
+/// before that rule (a crashed attempt of an older release) keeps its mode on truncation,
+/// so a regular file with more permissions is narrowed before anything is written to it.
+/// (A device, such as a test's `/dev/full`, is left as it is.)
+fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(EXPORT_FILE_MODE)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.permissions().mode() & 0o777 != EXPORT_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(EXPORT_FILE_MODE))?;
+    }
+    Ok(file)
+}
+
 /// What the finished file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Finished {
@@ -85,11 +107,11 @@ pub(crate) struct ZipSink {
 }
 
 impl ZipSink {
-    /// Creates (or truncates) `path` and starts the writer thread. Entries carry `modified`.
+    /// Creates (or truncates) `path` with mode 0600 and starts the writer thread. Entries carry `modified`.
     pub(crate) fn create(path: PathBuf, modified: zip::DateTime) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(IN_FLIGHT);
         let task = tokio::task::spawn_blocking(move || -> io::Result<Finished> {
-            let file = std::fs::File::create(&path)?;
+            let file = create_private(&path)?;
             let mut zip = ZipWriter::new(Out {
                 file: BufWriter::with_capacity(1 << 16, file),
                 failed: false,

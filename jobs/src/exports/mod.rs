@@ -103,6 +103,60 @@ pub fn export_file_path(settings: &ExportSettings, export_id: i64) -> PathBuf {
     file_path_in(&settings.dir, export_id)
 }
 
+/// The mode of `EXPORT_DIR`: the owner only. The ZIPs hold a person's data; nobody else on
+/// the host may list, read or replace them.
+pub const EXPORT_DIR_MODE: u32 = 0o700;
+
+/// The mode every export ZIP is created with (the `.part` file, renamed when complete).
+pub const EXPORT_FILE_MODE: u32 = 0o600;
+
+/// Makes `dir` (`EXPORT_DIR`) a directory only its owner can enter: created with
+/// [`EXPORT_DIR_MODE`] when missing (missing parents too), tightened to it when it exists
+/// with more permissions (logged once per change). Tightening rather than refusing: the
+/// directory is ours, and a deployment that created it with the default umask (0755) should
+/// not stop exporting. It fails when `dir` is not a directory or cannot be changed (not its
+/// owner): the export then retries with the reason, for an operator to fix.
+pub fn ensure_export_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(EXPORT_DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("EXPORT_DIR {} is not a directory", dir.display()),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != EXPORT_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(EXPORT_DIR_MODE)).map_err(
+            |e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "EXPORT_DIR {} has mode {mode:o}, and setting it to {EXPORT_DIR_MODE:o} failed: {e}",
+                        dir.display()
+                    ),
+                )
+            },
+        )?;
+        tracing::warn!(
+            dir = %dir.display(),
+            from = format!("{mode:o}"),
+            to = format!("{EXPORT_DIR_MODE:o}"),
+            "EXPORT_DIR was readable by others; its mode is tightened"
+        );
+    }
+    Ok(())
+}
+
 /// `{dir}/{id}.zip`.
 pub fn file_path_in(dir: &Path, export_id: i64) -> PathBuf {
     dir.join(format!("{export_id}.zip"))

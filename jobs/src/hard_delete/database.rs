@@ -2,29 +2,21 @@
 //!
 //! Step 1 reads the ids of the user's tracks, playlists and exports before anything
 //! changes. Step 2 first removes the files those rows point at (audio, cover and
-//! thumbnails of deleted tracks, the avatar, export ZIPs) and the user's outbox e-mails —
-//! idempotent, a missing file is fine — then, in one transaction: clears the account's identity and profile, deletes
+//! thumbnails of deleted tracks, the avatar, export ZIPs) and the user's outbox e-mails
+//! (see [`super::files`]: never outside their root) — then, in one transaction: clears the account's identity and profile, deletes
 //! messages (sent and received), plays, playlists, private tracks and, unless the user
 //! keeps them, public tracks; kept public tracks lose their owner and are credited to the
 //! anonymous artist; the account goes `deletion_requested → erased`; the receipt records
 //! the counts and the step's time. A retry after a failure before the commit does it all
 //! again; after the commit, the step is not run again.
 
-use std::path::Path;
-
 use engine::state_machine::{Actor, TransitionError};
 use engine::{DbConn, JobContext, JobError};
-use sqlx::Row;
 
 use super::ErasureSettings;
+use super::files::{remove_export_files, remove_files, remove_outbox};
 use super::receipt::{self, Collected, Report, Step};
-use crate::exports::{file_path_in, part_path_in};
-use crate::media_path::check_relative;
-use crate::send_email::outbox_dir_of;
 use crate::users::state as user_state;
-
-/// Ids per `IN (…)` list.
-const IN_CHUNK: usize = 500;
 
 fn db(e: sqlx::Error) -> JobError {
     JobError::database(&e)
@@ -63,162 +55,6 @@ pub(crate) async fn collect(
     })
 }
 
-/// Removes `relative` under `root`; `Ok(true)` if a file was removed, `Ok(false)` if it was
-/// not there or the path is refused (absolute, `..`: never outside the root).
-async fn remove_under(root: &Path, relative: &str) -> Result<bool, JobError> {
-    let Ok(rel) = check_relative(relative) else {
-        tracing::warn!(
-            path = relative,
-            "refusing to delete a path outside its root"
-        );
-        return Ok(false);
-    };
-    remove_file(&root.join(rel)).await
-}
-
-async fn remove_file(path: &Path) -> Result<bool, JobError> {
-    match tokio::fs::remove_file(path).await {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(JobError::transient(format!(
-            "cannot delete {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-/// Removes `MEDIA_ROOT/thumbnails/{track_id}/` and what is in it; returns files removed.
-async fn remove_thumbnail_dir(root: &Path, track_id: i64) -> Result<u64, JobError> {
-    remove_dir_files(&root.join(crate::thumbnail::thumbnail_dir(track_id))).await
-}
-
-/// Removes `MAIL_OUTBOX_DIR/user-{id}/` and what is in it; returns files removed.
-async fn remove_outbox(settings: &ErasureSettings, user_id: i64) -> Result<u64, JobError> {
-    remove_dir_files(&outbox_dir_of(&settings.mail_outbox_dir, user_id)).await
-}
-
-/// Removes the files in `dir` (a missing `dir` is fine), then `dir` if it is empty; returns
-/// files removed.
-async fn remove_dir_files(dir: &Path) -> Result<u64, JobError> {
-    let mut entries = match tokio::fs::read_dir(dir).await {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => {
-            return Err(JobError::transient(format!(
-                "cannot read {}: {e}",
-                dir.display()
-            )));
-        }
-    };
-    let mut removed = 0;
-    while let Some(entry) = entries
-        .next_entry()
-        .await
-        .map_err(|e| JobError::transient(format!("cannot read {}: {e}", dir.display())))?
-    {
-        if entry.file_type().await.is_ok_and(|t| !t.is_dir()) && remove_file(&entry.path()).await? {
-            removed += 1;
-        }
-    }
-    let _ = tokio::fs::remove_dir(dir).await;
-    Ok(removed)
-}
-
-/// The placeholders `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Deletes the files of the tracks to delete and of the user's avatar and exports; returns
-/// (media files, export files) removed.
-async fn remove_files(
-    ctx: &JobContext,
-    settings: &ErasureSettings,
-    user_id: i64,
-    collected: &Collected,
-) -> Result<(u64, u64), JobError> {
-    let root = &settings.media_root;
-    let mut media = 0;
-    for chunk in collected.delete_track_ids.chunks(IN_CHUNK) {
-        let sql = format!(
-            "SELECT id, file_path, thumbnails, thumbnail_source FROM tracks WHERE id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        let rows = q.fetch_all(ctx.db()).await.map_err(db)?;
-        for r in rows {
-            let id: i64 = r.try_get(0).map_err(db)?;
-            let file_path: String = r.try_get(1).map_err(db)?;
-            let thumbnails: Option<String> = r.try_get(2).map_err(db)?;
-            let source: Option<String> = r.try_get(3).map_err(db)?;
-            media += u64::from(remove_under(root, &file_path).await?);
-            if let Some(list) =
-                thumbnails.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            {
-                for entry in list.as_array().into_iter().flatten() {
-                    for key in ["jpg", "webp"] {
-                        if let Some(p) = entry[key].as_str() {
-                            media += u64::from(remove_under(root, p).await?);
-                        }
-                    }
-                }
-            }
-            media += remove_thumbnail_dir(root, id).await?;
-            if let Some(source) = source {
-                // A cover another remaining track still uses stays.
-                let users: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM tracks WHERE thumbnail_source = $1 AND id <> $2 \
-                     AND (owner_id IS NULL OR owner_id <> $3 OR (is_public = 1 AND $4 = 1))",
-                )
-                .bind(&source)
-                .bind(id)
-                .bind(user_id)
-                .bind(i64::from(collected.keep_public_tracks))
-                .fetch_one(ctx.db())
-                .await
-                .map_err(db)?;
-                if users == 0 {
-                    media += u64::from(remove_under(root, &source).await?);
-                }
-            }
-        }
-    }
-    let avatar: Option<Option<String>> =
-        sqlx::query_scalar("SELECT avatar_path FROM user_profiles WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(ctx.db())
-            .await
-            .map_err(db)?;
-    if let Some(Some(avatar)) = avatar {
-        media += u64::from(remove_under(root, &avatar).await?);
-    }
-    let exports = remove_export_files(settings, &collected.export_ids).await?;
-    Ok((media, exports))
-}
-
-/// Removes the finished and partial ZIPs of `export_ids`; returns files removed.
-pub(crate) async fn remove_export_files(
-    settings: &ErasureSettings,
-    export_ids: &[i64],
-) -> Result<u64, JobError> {
-    let mut removed = 0;
-    for id in export_ids {
-        for path in [
-            file_path_in(&settings.export_dir, *id),
-            part_path_in(&settings.export_dir, *id),
-        ] {
-            removed += u64::from(remove_file(&path).await?);
-        }
-    }
-    Ok(removed)
-}
-
 async fn exec(conn: &mut DbConn, sql: &'static str, user_id: i64) -> Result<u64, JobError> {
     Ok(sqlx::query(sql)
         .bind(user_id)
@@ -240,9 +76,11 @@ pub(crate) async fn erase(
     let mut conn = ctx.db().acquire().await.map_err(db)?;
     let again = collect(&mut conn, user_id, keep).await.map_err(db)?;
     collected.merge(again);
-    let (media, exports) = remove_files(ctx, settings, user_id, collected).await?;
-    report.database.media_files_deleted += media;
-    report.database.export_files_deleted += exports;
+    let removed = remove_files(ctx, settings, user_id, collected).await?;
+    report.database.media_files_deleted += removed.media.files;
+    report.database.media_links_removed += removed.media.links;
+    report.database.media_paths_refused += removed.media.refused;
+    report.database.export_files_deleted += removed.exports;
     report.database.outbox_files_deleted += remove_outbox(settings, user_id).await?;
     receipt::save(
         &mut conn,

@@ -6,7 +6,8 @@
 //! the receipt when done, so that a retry resumes the unfinished ones only:
 //!
 //! 1. **collect** the ids of the user's tracks, playlists and exports, before anything changes;
-//! 2. **database** ([`database`]): files (media, export ZIPs, outbox e-mails) removed,
+//! 2. **database** ([`database`]): files (media, export ZIPs, outbox e-mails) removed
+//!    ([`files`]: symbolic links resolved first, nothing outside its root deleted),
 //!    identity and profile cleared, messages,
 //!    plays, playlists and private tracks deleted, public tracks deleted or kept under the
 //!    anonymous artist, status `erased` — one transaction;
@@ -20,6 +21,7 @@
 //! unset, that step is skipped and the receipt says so ("skipped: Redis not configured").
 
 pub mod database;
+pub mod files;
 pub mod opensearch;
 pub mod receipt;
 pub mod redis;

@@ -85,6 +85,14 @@ pub struct DatabaseReport {
     /// Files of deleted tracks (audio, cover, thumbnails) and the avatar removed from
     /// `MEDIA_ROOT`.
     pub media_files_deleted: u64,
+    /// Symbolic links under `MEDIA_ROOT` in the place of those files, removed as links;
+    /// their targets (outside the root, or someone else's) were left alone.
+    #[serde(default)]
+    pub media_links_removed: u64,
+    /// Paths of those files that were not deleted because they lead outside `MEDIA_ROOT`
+    /// through a symbolic link, or name a directory (the paths are in the job's log).
+    #[serde(default)]
+    pub media_paths_refused: u64,
     /// Export rows deleted.
     pub exports_deleted: u64,
     /// Export ZIPs (finished or partial) removed from `EXPORT_DIR`.

@@ -1,22 +1,32 @@
 //! `thumbnail`: makes square thumbnails of a track's cover image, in JPEG and WebP, at each
 //! of `THUMBNAIL_SIZES`, and records them on the track.
 //!
-//! Enqueued by the web backend after an upload (`POST /v1/tracks/{id}/thumbnails`), one unfinished job
-//! per track (unique key `thumbnail:track:{id}`). The handler:
+//! Enqueued by the web backend after a cover upload (`POST /v1/tracks/{id}/thumbnails`).
+//! The source is always the track's own cover, `tracks.cover_path` (the route refuses any
+//! other path): a job cannot make someone else's file this track's public thumbnail. One
+//! unfinished job per track and cover (unique key `thumbnail:track:{id}:cover:{hash of the
+//! path}`), so a new cover posted while the old one's job waits or runs gets its own job.
+//! The handler:
 //!
-//! 1. checks the track exists;
+//! 1. checks the track exists and `source` is still its cover (else: skipped, stale);
 //! 2. on the blocking pool (so the async workers keep heartbeating and other kinds keep
 //!    running; `THUMBNAIL_CONCURRENCY` jobs at once, one per core by default): resolves
 //!    `source` under `MEDIA_ROOT` with [`resolve_media_path`] (`..`, absolute paths and
-//!    symbolic links out are refused), decodes it within [`DecodeLimits`] (a decompression
+//!    symbolic links out are refused), refuses anything but a regular file (a directory, a
+//!    FIFO, a device) and a file over `THUMBNAIL_MAX_SOURCE_BYTES` (from its size, unread),
+//!    decodes it within [`DecodeLimits`] (a decompression
 //!    bomb is refused from its header, before any pixel is allocated), centre-crops,
 //!    resizes (see [`render`]), turns it upright by its EXIF orientation and encodes
 //!    `{size}.jpg` and `{size}.webp`;
-//! 3. writes each file under a temporary name in `MEDIA_ROOT/thumbnails/{track_id}/`,
-//!    syncs it and renames it over the old one, so a reader sees the old file or the new
-//!    one, never a part; sizes no longer configured are removed;
-//! 4. records the list on the track (`tracks.thumbnails`, JSON), with the source and the
-//!    time; if the track was deleted meanwhile, removes the files instead.
+//! 3. writes each file under a temporary name in `MEDIA_ROOT/thumbnails/{track_id}/` and
+//!    syncs it;
+//! 4. in one transaction, fenced: records the list on the track (`tracks.thumbnails`,
+//!    JSON) with the canonical source and the time, only `WHERE cover_path = source`; that
+//!    UPDATE locks the track's row, and only while holding it are the files renamed over
+//!    the old ones (a reader sees the old file or the new one, never a part; sizes no longer
+//!    configured are removed). So a job of an older cover that finishes after the newer
+//!    one's records nothing and replaces no file: its temporary files are removed and it is
+//!    skipped. If the track was deleted meanwhile, the files are removed instead.
 //!
 //! Bad input (missing file, not an image, truncated, unsupported format, over the limits)
 //! is a permanent failure whose message says what to do; I/O and database errors are
@@ -35,7 +45,7 @@ use engine::{DbConn, Job, JobContext, JobError, JobPolicy, Millis, Outcome, Retr
 use serde::{Deserialize, Serialize};
 
 use self::render::{DecodeLimits, RenderError, RenderSpec};
-use crate::media_path::{PathError, ensure_media_dir, resolve_media_path};
+use crate::media_path::{PathError, canonical_relative, ensure_media_dir, resolve_media_path};
 
 /// Args: the track and its cover image, relative to `MEDIA_ROOT`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,13 +68,17 @@ impl Job for ThumbnailArgs {
     };
 
     fn unique_key(&self) -> Option<String> {
-        Some(unique_key(self.track_id))
+        Some(unique_key(self.track_id, &self.source))
     }
 }
 
-/// The unique key of track `track_id`'s thumbnail job.
-pub fn unique_key(track_id: i64) -> String {
-    format!("thumbnail:track:{track_id}")
+/// The unique key of track `track_id`'s thumbnail job for cover `source`: one unfinished
+/// job per track and cover. The source is in it (hashed: a path may be longer than an index
+/// entry) so that a newer cover is never dropped as a duplicate of the older one's job.
+pub fn unique_key(track_id: i64, source: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(source.as_bytes()));
+    format!("thumbnail:track:{track_id}:cover:{}", &hash[..32])
 }
 
 /// The thumbnail job's settings, from `MEDIA_ROOT` and the `THUMBNAIL_*` variables.
@@ -78,10 +92,16 @@ pub struct ThumbnailSettings {
     pub quality: u8,
     /// `THUMBNAIL_MAX_DIMENSION` and `THUMBNAIL_MAX_PIXELS`.
     pub limits: DecodeLimits,
+    /// `THUMBNAIL_MAX_SOURCE_BYTES`: the largest source file read (bytes).
+    pub max_source_bytes: u64,
     /// `THUMBNAIL_CONCURRENCY`: thumbnail jobs one process runs at once, each on a thread of
     /// the blocking pool.
     pub concurrency: usize,
 }
+
+/// Default `THUMBNAIL_MAX_SOURCE_BYTES`: 50 MiB, well above any cover photo, far below
+/// what would strain a worker's memory when `THUMBNAIL_CONCURRENCY` of them are read at once.
+pub const DEFAULT_MAX_SOURCE_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Largest accepted thumbnail side.
 pub const MAX_SIZE: u32 = 4096;
@@ -98,6 +118,7 @@ impl ThumbnailSettings {
                 max_dimension: 16_384,
                 max_pixels: 50_000_000,
             },
+            max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
             concurrency: default_concurrency(),
         }
     }
@@ -120,6 +141,7 @@ impl ThumbnailSettings {
             max_dimension: env.positive(&crate::THUMBNAIL_MAX_DIMENSION),
             max_pixels: env.positive(&crate::THUMBNAIL_MAX_PIXELS),
         };
+        let max_source_bytes = env.positive(&crate::THUMBNAIL_MAX_SOURCE_BYTES);
         let concurrency = match env.optional(&crate::THUMBNAIL_CONCURRENCY) {
             None => default_concurrency(),
             Some(_) => env.positive(&crate::THUMBNAIL_CONCURRENCY),
@@ -129,6 +151,7 @@ impl ThumbnailSettings {
             sizes,
             quality: quality.min(100),
             limits,
+            max_source_bytes,
             concurrency,
         }
     }
@@ -138,6 +161,12 @@ impl ThumbnailSettings {
     /// [`PathError::is_not_found`]).
     pub fn resolve_source(&self, source: &str) -> Result<PathBuf, PathError> {
         resolve_media_path(&self.media_root, source)
+    }
+
+    /// `source` in canonical form (see [`canonical_relative`]): how two spellings of the
+    /// track's cover are compared, and what is recorded as `thumbnail_source`.
+    pub fn canonical_source(&self, source: &str) -> Result<String, PathError> {
+        canonical_relative(&self.media_root, source)
     }
 
     fn render_spec(&self) -> RenderSpec {
@@ -219,6 +248,25 @@ pub async fn track_thumbnails(
     }))
 }
 
+/// The track's cover: `None` when there is no such track, `Some(None)` when it has none.
+pub async fn track_cover(
+    conn: &mut DbConn,
+    track_id: i64,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT cover_path FROM tracks WHERE id = $1")
+        .bind(track_id)
+        .fetch_optional(conn)
+        .await
+}
+
+fn stale(track_id: i64, source: &str, cover: Option<&str>) -> Outcome {
+    Outcome::Skipped {
+        reason: format!(
+            "{source:?} is no longer track {track_id}'s cover (now {cover:?}): its thumbnails are not made"
+        ),
+    }
+}
+
 /// Makes and records the thumbnails of `args.track_id`.
 pub async fn handle(
     args: ThumbnailArgs,
@@ -227,15 +275,25 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let ThumbnailArgs { track_id, source } = &args;
     let track_id = *track_id;
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tracks WHERE id = $1")
-        .bind(track_id)
-        .fetch_optional(ctx.db())
+    let mut conn = ctx
+        .db()
+        .acquire()
         .await
         .map_err(|e| JobError::database(&e))?;
-    if exists.is_none() {
-        return Err(JobError::Permanent(format!(
-            "track {track_id} does not exist (deleted?): no thumbnails made"
-        )));
+    let cover = track_cover(&mut conn, track_id)
+        .await
+        .map_err(|e| JobError::database(&e))?;
+    drop(conn);
+    match cover {
+        None => {
+            return Err(JobError::Permanent(format!(
+                "track {track_id} does not exist (deleted?): no thumbnails made"
+            )));
+        }
+        Some(cover) if cover.as_deref() != Some(source.as_str()) => {
+            return Ok(stale(track_id, source, cover.as_deref()));
+        }
+        Some(_) => {}
     }
 
     // Path checks, decoding, resizing, encoding and writing: all blocking, all on the
@@ -244,37 +302,60 @@ pub async fn handle(
         let settings = Arc::clone(settings);
         let source = source.clone();
         let tag = format!("{}-{}", ctx.job_id, ctx.attempt);
-        move || make_and_write(&settings, track_id, &source, &tag)
+        move || make_and_stage(&settings, track_id, &source, &tag)
     };
     let started = std::time::Instant::now();
-    let written = tokio::task::spawn_blocking(work)
+    let staged = tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
         .map_err(|e| e.into_job_error(source))?;
 
-    let json = serde_json::to_string(&written).expect("thumbnails encode as JSON");
-    let now = ctx.now_ms();
+    // Record, and put the files in place, under the track row's lock and only while
+    // `source` is its cover (see the module doc).
+    let json = serde_json::to_string(&staged.recorded).expect("thumbnails encode as JSON");
+    let mut tx = ctx.db().begin().await.map_err(|e| JobError::database(&e))?;
+    ctx.fence(&mut tx).await?;
     let updated = sqlx::query(
         "UPDATE tracks SET thumbnails = $1, thumbnail_source = $2, thumbnails_updated_at = $3 \
-         WHERE id = $4",
+         WHERE id = $4 AND cover_path = $5",
     )
     .bind(json)
-    .bind(source.as_str())
-    .bind(now)
+    .bind(staged.canonical_source.as_str())
+    .bind(ctx.now_ms())
     .bind(track_id)
-    .execute(ctx.db())
+    .bind(source.as_str())
+    .execute(&mut *tx)
     .await
     .map_err(|e| JobError::database(&e))?
     .rows_affected();
     if updated == 0 {
-        // Deleted while we worked: take the files away with it.
-        if let Ok(dir) = resolve_media_path(&settings.media_root, &thumbnail_dir(track_id)) {
-            let _ = tokio::fs::remove_dir_all(dir).await;
-        }
-        return Err(JobError::Permanent(format!(
-            "track {track_id} was deleted while its thumbnails were made; files removed"
-        )));
+        drop(tx);
+        let mut conn = ctx
+            .db()
+            .acquire()
+            .await
+            .map_err(|e| JobError::database(&e))?;
+        let cover = track_cover(&mut conn, track_id)
+            .await
+            .map_err(|e| JobError::database(&e))?;
+        drop(staged);
+        let Some(cover) = cover else {
+            // Deleted while we worked: take the files away with it.
+            if let Ok(dir) = resolve_media_path(&settings.media_root, &thumbnail_dir(track_id)) {
+                let _ = tokio::fs::remove_dir_all(dir).await;
+            }
+            return Err(JobError::Permanent(format!(
+                "track {track_id} was deleted while its thumbnails were made; files removed"
+            )));
+        };
+        return Ok(stale(track_id, source, cover.as_deref()));
     }
+    let sizes = settings.sizes.clone();
+    tokio::task::spawn_blocking(move || staged.publish(&sizes))
+        .await
+        .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
+        .map_err(JobError::Transient)?;
+    tx.commit().await.map_err(|e| JobError::database(&e))?;
     tracing::info!(
         track_id,
         source = source.as_str(),
@@ -303,6 +384,8 @@ enum WorkError {
     Source(PathError),
     /// The source is a directory.
     SourceIsDir,
+    /// The source is neither a file nor a directory (a FIFO, a socket, a device).
+    SourceNotRegular,
     Render(RenderError),
     /// The thumbnail directory.
     Path(PathError),
@@ -315,6 +398,9 @@ impl WorkError {
             Self::Source(e) => path_failure(source, e),
             Self::SourceIsDir => JobError::Permanent(format!(
                 "source image {source:?} is a directory, not a file"
+            )),
+            Self::SourceNotRegular => JobError::Permanent(format!(
+                "source image {source:?} is not a regular file (a pipe, socket or device); upload the image again"
             )),
             Self::Render(e) if e.is_permanent() => {
                 JobError::Permanent(format!("source image {source:?}: {e}"))
@@ -329,50 +415,121 @@ impl WorkError {
     }
 }
 
-/// Resolves the source, decodes, renders and writes every file; returns what to record.
-/// Runs on the blocking pool. `tag` makes the temporary names of this attempt unique.
-fn make_and_write(
+/// Thumbnails written under temporary names, waiting to be put in place; dropped
+/// unpublished, they are removed.
+struct Staged {
+    dir: PathBuf,
+    /// (temporary name, final name) in `dir`.
+    files: Vec<(String, String)>,
+    recorded: Vec<Thumbnail>,
+    canonical_source: String,
+}
+
+impl Staged {
+    /// Renames every file over its final name, then removes the sizes no longer configured.
+    fn publish(mut self, sizes: &[u32]) -> Result<(), String> {
+        for (tmp, name) in std::mem::take(&mut self.files) {
+            if let Err(e) = std::fs::rename(self.dir.join(&tmp), self.dir.join(&name)) {
+                let _ = std::fs::remove_file(self.dir.join(&tmp));
+                return Err(format!("renaming {name} into place: {e}"));
+            }
+        }
+        remove_other_sizes(&self.dir, sizes);
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(self.dir.join(tmp));
+        }
+    }
+}
+
+/// Opens the source: a regular file inside `MEDIA_ROOT` of at most
+/// `THUMBNAIL_MAX_SOURCE_BYTES`, checked from its metadata before it is opened (opening a
+/// FIFO would block) and again on the open file (it may have been replaced in between).
+fn open_source(
+    settings: &ThumbnailSettings,
+    source: &str,
+) -> Result<(std::fs::File, String), WorkError> {
+    let path = settings.resolve_source(source).map_err(WorkError::Source)?;
+    let canonical = settings
+        .canonical_source(source)
+        .map_err(WorkError::Source)?;
+    let check = |meta: &std::fs::Metadata| {
+        if meta.is_dir() {
+            Err(WorkError::SourceIsDir)
+        } else if !meta.is_file() {
+            Err(WorkError::SourceNotRegular)
+        } else if meta.len() > settings.max_source_bytes {
+            Err(WorkError::Render(render::source_too_big(
+                Some(meta.len()),
+                settings.max_source_bytes,
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let not_found = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => WorkError::Source(PathError::NotFound(source.to_owned())),
+        _ => WorkError::Render(RenderError::Io(e)),
+    };
+    check(&std::fs::metadata(&path).map_err(not_found)?)?;
+    let file = std::fs::File::open(&path).map_err(not_found)?;
+    check(
+        &file
+            .metadata()
+            .map_err(|e| WorkError::Render(RenderError::Io(e)))?,
+    )?;
+    Ok((file, canonical))
+}
+
+/// Checks and reads the source, decodes, renders and writes every file under a temporary
+/// name; returns them with what to record. Runs on the blocking pool. `tag` makes the
+/// temporary names of this attempt unique.
+fn make_and_stage(
     settings: &ThumbnailSettings,
     track_id: i64,
     source: &str,
     tag: &str,
-) -> Result<Vec<Thumbnail>, WorkError> {
-    let path = settings.resolve_source(source).map_err(WorkError::Source)?;
-    if path.is_dir() {
-        return Err(WorkError::SourceIsDir);
-    }
-    let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => WorkError::Source(PathError::NotFound(source.to_owned())),
-        _ => WorkError::Render(RenderError::Io(e)),
-    })?;
-    let bytes = render::read_source(file, &settings.limits).map_err(WorkError::Render)?;
+) -> Result<Staged, WorkError> {
+    let (file, canonical_source) = open_source(settings, source)?;
+    let bytes = render::read_source(file, settings.max_source_bytes).map_err(WorkError::Render)?;
     let rendered = render::render(&bytes, &settings.render_spec()).map_err(WorkError::Render)?;
     drop(bytes);
 
     let rel_dir = thumbnail_dir(track_id);
     let dir = ensure_media_dir(&settings.media_root, &rel_dir).map_err(WorkError::Path)?;
-    let mut recorded = Vec::with_capacity(rendered.len());
+    let mut staged = Staged {
+        dir,
+        files: Vec::with_capacity(rendered.len() * 2),
+        recorded: Vec::with_capacity(rendered.len()),
+        canonical_source,
+    };
     for r in &rendered {
         for (ext, bytes) in [("jpg", &r.jpeg), ("webp", &r.webp)] {
             let name = format!("{}.{ext}", r.size);
-            replace_file(&dir, &name, bytes, tag)
+            let tmp = write_temporary(&staged.dir, &name, bytes, tag)
                 .map_err(|e| WorkError::Io(format!("writing {rel_dir}/{name}: {e}")))?;
+            staged.files.push((tmp, name));
         }
-        recorded.push(Thumbnail {
+        staged.recorded.push(Thumbnail {
             size: r.size,
             jpg: format!("{rel_dir}/{}.jpg", r.size),
             webp: format!("{rel_dir}/{}.webp", r.size),
         });
     }
-    remove_other_sizes(&dir, &settings.sizes);
-    Ok(recorded)
+    Ok(staged)
 }
 
-/// Writes `bytes` to `dir/.name.tmp-tag`, syncs it, renames it to `dir/name`: readers see
-/// the old file or the new one, never a partial one, and a crash leaves at worst a
-/// temporary file.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8], tag: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{tag}"));
+/// Writes `bytes` to `dir/.name.tmp-tag` and syncs it; returns the temporary name. Renamed
+/// to `dir/name` later, readers see the old file or the new one, never a partial one, and
+/// a crash leaves at worst a temporary file.
+fn write_temporary(dir: &Path, name: &str, bytes: &[u8], tag: &str) -> std::io::Result<String> {
+    let tmp_name = format!(".{name}.tmp-{tag}");
+    let tmp = dir.join(&tmp_name);
     // A leftover of a crashed attempt (or anything planted there, a link included) goes;
     // `create_new` then refuses to follow whatever might appear in between.
     let _ = std::fs::remove_file(&tmp);
@@ -382,13 +539,12 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8], tag: &str) -> std::io::Res
             .create_new(true)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))
+        f.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| tmp_name)
 }
 
 /// Removes `{size}.jpg|webp` files of sizes not in `sizes` (left by an older
@@ -470,19 +626,26 @@ mod tests {
     }
 
     #[test]
-    fn unique_key_names_the_track() {
-        let args = ThumbnailArgs {
+    fn unique_key_names_the_track_and_its_cover() {
+        let args = |source: &str| ThumbnailArgs {
             track_id: 42,
-            source: "covers/42.png".into(),
+            source: source.into(),
         };
-        assert_eq!(args.unique_key().as_deref(), Some("thumbnail:track:42"));
+        let a = args("covers/42.png").unique_key().unwrap();
+        assert!(a.starts_with("thumbnail:track:42:cover:"), "{a}");
+        assert_eq!(args("covers/42.png").unique_key().unwrap(), a);
+        assert_ne!(args("covers/42-v2.png").unique_key().unwrap(), a);
+        let long = "c/".repeat(2000);
+        assert!(args(&long).unique_key().unwrap().len() < 80);
     }
 
     #[test]
     fn replacing_a_file_leaves_no_temporary_behind_and_stale_sizes_go() {
         let dir = tempfile::tempdir().unwrap();
-        replace_file(dir.path(), "64.jpg", b"old", "1-1").unwrap();
-        replace_file(dir.path(), "64.jpg", b"new", "2-1").unwrap();
+        for (bytes, tag) in [(b"old", "1-1"), (b"new", "2-1")] {
+            let tmp = write_temporary(dir.path(), "64.jpg", bytes, tag).unwrap();
+            std::fs::rename(dir.path().join(tmp), dir.path().join("64.jpg")).unwrap();
+        }
         std::fs::write(dir.path().join("128.webp"), b"stale").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"keep").unwrap();
         remove_other_sizes(dir.path(), &[64]);

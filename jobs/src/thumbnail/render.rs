@@ -156,23 +156,26 @@ pub struct Rendered {
     pub webp: Vec<u8>,
 }
 
-/// Reads a source file whole, refusing one larger than the decoding budget
-/// ([`DecodeLimits::max_alloc`]): no accepted image is bigger compressed than decoded.
-pub fn read_source(file: impl Read, limits: &DecodeLimits) -> Result<Vec<u8>, RenderError> {
-    let cap = limits.max_alloc();
+/// Reads a source file whole, refusing one of more than `max_bytes`
+/// (`THUMBNAIL_MAX_SOURCE_BYTES`) after reading at most one byte more: a file that grew
+/// after its size was checked is not read whole either.
+pub fn read_source(file: impl Read, max_bytes: u64) -> Result<Vec<u8>, RenderError> {
     let mut bytes = Vec::new();
-    file.take(cap.saturating_add(1))
+    file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(RenderError::Io)?;
-    if bytes.len() as u64 > cap {
-        return Err(RenderError::TooLarge {
-            detail: format!(
-                "the file is over {} MiB, more than the decoding budget (THUMBNAIL_MAX_PIXELS)",
-                cap >> 20
-            ),
-        });
+    if bytes.len() as u64 > max_bytes {
+        return Err(source_too_big(None, max_bytes));
     }
     Ok(bytes)
+}
+
+/// The error of a source file over `max_bytes` (of `size` bytes when known).
+pub fn source_too_big(size: Option<u64>, max_bytes: u64) -> RenderError {
+    let size = size.map_or_else(|| "more".to_owned(), |s| format!("{s} bytes"));
+    RenderError::TooLarge {
+        detail: format!("the file is {size}, over THUMBNAIL_MAX_SOURCE_BYTES ({max_bytes} bytes)"),
+    }
 }
 
 /// Decodes `bytes` within `limits`: the format is told by the content, not by a name;
@@ -974,14 +977,12 @@ mod tests {
     }
 
     #[test]
-    fn files_larger_than_the_decoding_budget_are_not_read_whole() {
-        let small = DecodeLimits {
-            max_dimension: 100,
-            max_pixels: 100,
-        };
-        let e = read_source(std::io::repeat(0).take(10_000), &small).unwrap_err();
+    fn files_over_the_byte_cap_are_not_read_whole() {
+        // An endless reader: only the cap stops it.
+        let e = read_source(std::io::repeat(0), 800).unwrap_err();
         assert!(matches!(e, RenderError::TooLarge { .. }), "{e}");
-        assert_eq!(read_source(&[1u8; 800][..], &small).unwrap().len(), 800);
+        assert!(e.to_string().contains("THUMBNAIL_MAX_SOURCE_BYTES"), "{e}");
+        assert_eq!(read_source(&[1u8; 800][..], 800).unwrap().len(), 800);
     }
 
     #[test]

@@ -217,7 +217,9 @@ pub(crate) async fn seed(w: &World, user: &Person, other: &Person) -> Seeded {
             &format!("thumbnails/{id}/64.webp"),
             b"WEBP",
         ));
-        sqlx::query("UPDATE tracks SET thumbnails = $1, thumbnail_source = $2 WHERE id = $3")
+        sqlx::query(
+            "UPDATE tracks SET thumbnails = $1, thumbnail_source = $2, cover_path = $2 WHERE id = $3",
+        )
             .bind(thumbs)
             .bind(&cover)
             .bind(id)
