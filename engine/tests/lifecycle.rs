@@ -24,6 +24,7 @@ backend_tests!(
     panic_is_a_failed_attempt_and_leaves_nothing_running,
     undecodable_args_fail_that_job_and_the_worker_goes_on,
     late_ack_of_an_older_attempt_does_not_finish_a_newer_one,
+    a_backlog_runs_each_job_once_with_one_attempt_row,
 );
 
 async fn enqueued_job_runs_on_a_worker_and_succeeds(t: TestDb) {
@@ -331,4 +332,49 @@ async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
         admin::get_job(engine.db(), id).await.unwrap().job.status,
         JobState::Succeeded
     );
+}
+
+/// A backlog of quick jobs: the claim-ahead buffer fills, acks and claims go in large
+/// batches (on Postgres side by side on two connections). Each job runs once and has one
+/// attempt row, nothing is left held.
+async fn a_backlog_runs_each_job_once_with_one_attempt_row(t: TestDb) {
+    const N: i64 = 2_000;
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::system());
+    let mut tx = engine.begin().await.unwrap();
+    tx.enqueue_many(
+        (0..N)
+            .map(|_| NewJob::new(Probe::new(Behaviour::Succeed)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let pool = WorkerPool::start(&engine);
+    let count = |sql: &'static str| {
+        let engine = engine.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(engine.db())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        eventually(60, || async {
+            count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'").await == N
+        })
+        .await,
+        "the backlog drained"
+    );
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    assert_eq!(runs.get(), N as usize, "each job ran once");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM job_attempts WHERE attempt = 1 AND outcome = 'succeeded'")
+            .await,
+        N
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM job_attempts").await, N);
+    assert_eq!(count("SELECT MAX(attempt) FROM jobs").await, 1);
 }

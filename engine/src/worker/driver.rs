@@ -42,6 +42,9 @@ use crate::storage::{self, Ack, AttemptEnd, ClaimedJob, Exchange};
 /// The buffer holds no more jobs than this kind's workers can start within this long.
 pub const PREFETCH_HORIZON: Duration = Duration::from_secs(1);
 
+/// A Postgres step with at least this many acks and claims runs them on two connections.
+const PARALLEL_STEP: usize = 32;
+
 /// The runtime's own retries of a failed database step: 100 ms doubling to 10 s (the one
 /// backoff formula, [`RetryPolicy::delay`]).
 pub(crate) const DB_RETRY: RetryPolicy = RetryPolicy::exponential(
@@ -599,6 +602,62 @@ async fn write(
         }
         tx.commit().await?;
         ex
+    } else if engine.backend() == crate::Backend::Postgres
+        && acks.len() >= PARALLEL_STEP
+        && want >= PARALLEL_STEP
+    {
+        // A large step on Postgres: the acks and the claim touch disjoint rows, so they
+        // run side by side on two connections (two server processes, two cores) rather
+        // than one after the other in one statement.
+        let (acked, claimed) = tokio::join!(
+            async {
+                let mut conn = engine.db().acquire().await?;
+                storage::exchange(
+                    &mut conn, worker, &core.kind, acks, 0, now, lease_now, lease_ms,
+                )
+                .await
+            },
+            async {
+                let mut conn = engine.db().acquire().await?;
+                storage::exchange(
+                    &mut conn,
+                    worker,
+                    &core.kind,
+                    &[],
+                    want,
+                    now,
+                    lease_now,
+                    lease_ms,
+                )
+                .await
+            },
+        );
+        match (acked, claimed) {
+            (Ok(mut ex), Ok(claimed)) => {
+                ex.claimed = claimed.claimed;
+                ex
+            }
+            // The claim failed (the database is going away): the acks are written; the
+            // next step claims again.
+            (Ok(ex), Err(e)) => {
+                tracing::debug!(kind = %core.kind, error = %e, "claim failed beside written acks");
+                ex
+            }
+            // The acks failed but the claim committed: keep what it claimed (leased to
+            // this worker now), and let the caller deal with the acks.
+            (Err(e), Ok(claimed)) => {
+                let worker = {
+                    let mut st = core.state();
+                    st.buffer.extend(claimed.claimed);
+                    st.worker.take()
+                };
+                if let Some(w) = worker {
+                    w.wake();
+                }
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
+        }
     } else {
         let mut conn = engine.db().acquire().await?;
         storage::exchange(
