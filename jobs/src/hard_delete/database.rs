@@ -20,6 +20,7 @@ use super::ErasureSettings;
 use super::receipt::{self, Collected, Report, Step};
 use crate::exports::{file_path_in, part_path_in};
 use crate::media_path::check_relative;
+use crate::payments::event::{PAYLOAD_NOT_ERASED, erased_payload};
 use crate::send_email::outbox_dir_of;
 use crate::users::state as user_state;
 
@@ -228,6 +229,37 @@ async fn exec(conn: &mut DbConn, sql: &'static str, user_id: i64) -> Result<u64,
         .rows_affected())
 }
 
+/// Replaces the stored payload of every Stripe event about the user's payments; returns
+/// how many were erased now (a payload erased before, by an earlier attempt or by the
+/// retention, is not counted again).
+///
+/// An event is the user's when it is linked to one of their orders, or is about a payment
+/// intent or charge of theirs: one their orders recorded, or one named by an event linked
+/// to their orders (a `payment_intent.succeeded` refused for its amount never records its
+/// payment intent on the order, and a later `charge.refunded` without metadata for that
+/// payment is linked to no order). Payloads are stored without personal fields since
+/// migration 0015; older ones may still hold the buyer's e-mail, name and address.
+async fn erase_webhook_payloads(conn: &mut DbConn, user_id: i64) -> Result<u64, JobError> {
+    let sql = format!(
+        "UPDATE webhook_events SET payload = $2 WHERE {not_erased} AND ( \
+           order_id IN (SELECT id FROM orders WHERE buyer_id = $1) \
+           OR payment_intent_id IN (SELECT stripe_payment_intent_id FROM orders WHERE buyer_id = $1) \
+           OR charge_id IN (SELECT stripe_charge_id FROM orders WHERE buyer_id = $1) \
+           OR payment_intent_id IN (SELECT e.payment_intent_id FROM webhook_events e \
+                JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1) \
+           OR charge_id IN (SELECT e.charge_id FROM webhook_events e \
+                JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1))",
+        not_erased = PAYLOAD_NOT_ERASED
+    );
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(erased_payload("hard_delete"))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?
+        .rows_affected())
+}
+
 /// Step 2. `collected` is extended with anything created since step 1 and saved.
 pub(crate) async fn erase(
     ctx: &JobContext,
@@ -283,13 +315,7 @@ pub(crate) async fn erase(
         user_id,
     )
     .await?;
-    d.webhook_payloads_erased = exec(
-        &mut tx,
-        "UPDATE webhook_events SET payload = '{\"erased\":\"by hard_delete\"}' \
-         WHERE order_id IN (SELECT id FROM orders WHERE buyer_id = $1)",
-        user_id,
-    )
-    .await?;
+    d.webhook_payloads_erased = erase_webhook_payloads(&mut tx, user_id).await?;
     d.playback_history_deleted = exec(
         &mut tx,
         "DELETE FROM playback_history WHERE user_id = $1",

@@ -93,9 +93,11 @@ pub struct DatabaseReport {
     /// `SMTP_URL` is unset).
     #[serde(default)]
     pub outbox_files_deleted: u64,
-    /// Stored Stripe events of the user's orders whose payload (which can carry the
-    /// buyer's e-mail, name and address) was replaced; the event row, its id and its
-    /// outcome stay, so a redelivery is still recognised.
+    /// Stored Stripe events of the user's payments (linked to their orders, or about a
+    /// payment intent or charge of theirs, whatever the event's outcome) whose payload
+    /// (which, stored before migration 0015, can carry the buyer's e-mail, name and
+    /// address) was replaced by this erasure; the event row, its id and its outcome stay,
+    /// so a redelivery is still recognised.
     #[serde(default)]
     pub webhook_payloads_erased: u64,
 }
