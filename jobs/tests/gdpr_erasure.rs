@@ -12,6 +12,7 @@ use engine::scheduler::Scheduler;
 use engine::testing::{TestDb, drain, enqueued, perform_job, query_plan};
 use engine::{Actor, Backend, JobState, Outcome, backend_tests};
 use gdpr_support::fake_opensearch::FakeOpenSearch;
+use gdpr_support::smtp_sink::SmtpSink;
 use gdpr_support::*;
 use jobs::exports;
 use jobs::hard_delete::receipt::StepStatus;
@@ -34,6 +35,7 @@ backend_tests!(
     unreachable_redis_leaves_the_step_unfinished,
     listing_deletions_reads_the_partial_index,
     every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcome,
+    an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts,
 );
 
 async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
@@ -977,4 +979,92 @@ async fn every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcom
         .await
         .unwrap();
     assert_eq!(redelivered, EventOutcome::Duplicate);
+}
+
+async fn an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts(t: TestDb) {
+    // Arrange: the "export ready" e-mail is refused by the mail server, which quotes the
+    // recipient; another user's job quotes their own address.
+    let (user, other) = (Person::new("kim"), Person::new("lou"));
+    let sink = SmtpSink::start().await;
+    sink.reply_to_data(&[&format!(
+        "554 5.7.1 <{}>: Recipient address rejected",
+        user.email
+    )]);
+    let w = world(&t, |s| s.mail.smtp_url = Some(sink.url()));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(1))
+        .await
+        .unwrap();
+    drain(&w.engine).await;
+    let other_job: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, status, max_attempts, run_at, created_at, finished_at, last_error) \
+         VALUES ('send_email', '{}', 'failed', 1, 0, 0, 0, $1) RETURNING id",
+    )
+    .bind(format!("550 <{}> unknown", other.email))
+    .fetch_one(w.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        quoting(&w, &user.email).await,
+        (1, 1),
+        "the refusal quotes the address"
+    );
+
+    // Act
+    past_deadline(&w, &user, None).await;
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Succeeded);
+
+    // Assert: the address is gone, the rest of the error stays; the other user's stays.
+    assert_eq!(quoting(&w, &user.email).await, (0, 0));
+    let errors: Vec<String> = sqlx::query_scalar(
+        "SELECT error FROM job_attempts WHERE error LIKE '%Recipient address rejected%'",
+    )
+    .fetch_all(w.db())
+    .await
+    .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("554") && errors[0].contains("<[erased]>"),
+        "{errors:?}"
+    );
+    let d = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap()
+        .report
+        .database;
+    assert_eq!(
+        (d.job_texts_scrubbed, d.job_attempt_errors_scrubbed),
+        (1, 1)
+    );
+    let kept: Option<String> = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
+        .bind(other_job)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert!(kept.unwrap().contains(&other.email));
+    assert!(find_everywhere(&w, &user.identity()).await.is_empty());
+}
+
+/// (jobs, job attempts) whose texts contain `email`.
+async fn quoting(w: &World, email: &str) -> (i64, i64) {
+    let pattern = format!("%{email}%");
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE last_error LIKE $1 OR args LIKE $1 OR note LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_one(w.db())
+    .await
+    .unwrap();
+    let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_attempts WHERE error LIKE $1")
+        .bind(&pattern)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    (jobs, attempts)
 }

@@ -100,6 +100,13 @@ pub struct DatabaseReport {
     /// so a redelivery is still recognised.
     #[serde(default)]
     pub webhook_payloads_erased: u64,
+    /// `jobs` rows (any kind) whose args, last error or note quoted the user's e-mail
+    /// address, now replaced by `[erased]` (an SMTP refusal quotes the recipient).
+    #[serde(default)]
+    pub job_texts_scrubbed: u64,
+    /// `job_attempts` rows whose error quoted the user's e-mail address, likewise.
+    #[serde(default)]
+    pub job_attempt_errors_scrubbed: u64,
 }
 
 /// The Redis step.
