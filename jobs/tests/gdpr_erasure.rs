@@ -834,6 +834,12 @@ async fn every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcom
     let (user, other) = (Person::new("ivy"), Person::new("jon"));
     insert_user(&w, &user).await;
     insert_user(&w, &other).await;
+    // The user sells too: their payout account is an accounting record the erasure keeps.
+    let mut conn = w.db().acquire().await.unwrap();
+    payments::orders::upsert_seller_account(&mut conn, user.id, "acct_ivy", w.now())
+        .await
+        .unwrap();
+    drop(conn);
     let unpaid = insert_order(&w, user.id, None).await;
     let refunded = insert_order(&w, user.id, Some("refunded")).await;
     let others = insert_order(&w, other.id, None).await;
@@ -967,6 +973,29 @@ async fn every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcom
         ["evt_late", "evt_pending", "evt_short", "evt_unlinked"]
     );
     assert_eq!(receipt.report.database.webhook_payloads_erased, 4);
+    // The accounting rows stay, and the receipt says which and why.
+    let kept = &receipt.report.kept;
+    assert_eq!(
+        (
+            kept.orders,
+            kept.order_items,
+            kept.payment_refunds,
+            kept.seller_transfers,
+            kept.seller_accounts,
+            kept.webhook_events
+        ),
+        (2, 0, 0, 0, 1, 4)
+    );
+    assert_eq!(kept.reason, jobs::hard_delete::receipt::KEPT_REASON);
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM orders WHERE buyer_id = $1",
+            user.id
+        )
+        .await,
+        2
+    );
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events")
         .fetch_one(w.db())
         .await

@@ -19,10 +19,10 @@ use engine::{DbConn, JobContext, JobError};
 use sqlx::Row;
 
 use super::ErasureSettings;
-use super::receipt::{self, Collected, Report, Step};
+use super::receipt::{self, Collected, KeptRecords, Report, Step};
 use crate::exports::{file_path_in, part_path_in};
 use crate::media_path::check_relative;
-use crate::payments::event::{PAYLOAD_NOT_ERASED, erased_payload};
+use crate::payments::event::{OF_BUYER, PAYLOAD_NOT_ERASED, erased_payload};
 use crate::send_email::outbox_dir_of;
 use crate::users::state as user_state;
 
@@ -231,28 +231,14 @@ async fn exec(conn: &mut DbConn, sql: &'static str, user_id: i64) -> Result<u64,
         .rows_affected())
 }
 
-/// Replaces the stored payload of every Stripe event about the user's payments; returns
-/// how many were erased now (a payload erased before, by an earlier attempt or by the
-/// retention, is not counted again).
-///
-/// An event is the user's when it is linked to one of their orders, or is about a payment
-/// intent or charge of theirs: one their orders recorded, or one named by an event linked
-/// to their orders (a `payment_intent.succeeded` refused for its amount never records its
-/// payment intent on the order, and a later `charge.refunded` without metadata for that
-/// payment is linked to no order). Payloads are stored without personal fields since
-/// migration 0015; older ones may still hold the buyer's e-mail, name and address.
+/// Replaces the stored payload of every Stripe event about the user's payments
+/// ([`OF_BUYER`]); returns how many were erased now (a payload erased before, by an
+/// earlier attempt or by the retention, is not counted again). Payloads are stored without
+/// personal fields since migration 0015; older ones may still hold the buyer's e-mail,
+/// name and address.
 async fn erase_webhook_payloads(conn: &mut DbConn, user_id: i64) -> Result<u64, JobError> {
-    let sql = format!(
-        "UPDATE webhook_events SET payload = $2 WHERE {not_erased} AND ( \
-           order_id IN (SELECT id FROM orders WHERE buyer_id = $1) \
-           OR payment_intent_id IN (SELECT stripe_payment_intent_id FROM orders WHERE buyer_id = $1) \
-           OR charge_id IN (SELECT stripe_charge_id FROM orders WHERE buyer_id = $1) \
-           OR payment_intent_id IN (SELECT e.payment_intent_id FROM webhook_events e \
-                JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1) \
-           OR charge_id IN (SELECT e.charge_id FROM webhook_events e \
-                JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1))",
-        not_erased = PAYLOAD_NOT_ERASED
-    );
+    let sql =
+        format!("UPDATE webhook_events SET payload = $2 WHERE {PAYLOAD_NOT_ERASED} AND {OF_BUYER}");
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(erased_payload("hard_delete"))
@@ -260,6 +246,42 @@ async fn erase_webhook_payloads(conn: &mut DbConn, user_id: i64) -> Result<u64, 
         .await
         .map_err(db)?
         .rows_affected())
+}
+
+/// Counts the records the erasure keeps for accounting (see [`receipt::KeptRecords`]).
+async fn count_kept(conn: &mut DbConn, user_id: i64) -> Result<KeptRecords, JobError> {
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM orders WHERE buyer_id = $1), \
+                (SELECT COUNT(*) FROM order_items i JOIN orders o ON o.id = i.order_id \
+                  WHERE o.buyer_id = $1), \
+                (SELECT COUNT(*) FROM payment_refunds r JOIN orders o ON o.id = r.order_id \
+                  WHERE o.buyer_id = $1), \
+                (SELECT COUNT(*) FROM seller_transfers WHERE seller_id = $1), \
+                (SELECT COUNT(*) FROM seller_accounts WHERE seller_id = $1), \
+                (SELECT COUNT(*) FROM webhook_events WHERE {OF_BUYER})"
+    );
+    let (orders, order_items, payment_refunds, seller_transfers, seller_accounts, webhook_events): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(KeptRecords {
+        reason: receipt::KEPT_REASON.to_owned(),
+        orders: n(orders),
+        order_items: n(order_items),
+        payment_refunds: n(payment_refunds),
+        seller_transfers: n(seller_transfers),
+        seller_accounts: n(seller_accounts),
+        webhook_events: n(webhook_events),
+    })
 }
 
 /// What replaces the user's e-mail address in job texts.
@@ -383,6 +405,8 @@ pub(crate) async fn erase(
     )
     .await?;
     d.webhook_payloads_erased = erase_webhook_payloads(&mut tx, user_id).await?;
+    report.kept = count_kept(&mut tx, user_id).await?;
+    let d = &mut report.database;
     if let Some(email) = email.as_deref() {
         let (jobs, attempts) = scrub_job_texts(&mut tx, email).await?;
         d.job_texts_scrubbed = jobs;

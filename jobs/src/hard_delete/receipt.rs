@@ -159,6 +159,37 @@ pub struct OpenSearchReport {
     pub tracks_anonymised: IndexReport,
 }
 
+/// Why the records of [`KeptRecords`] outlive the erasure.
+pub const KEPT_REASON: &str = "accounting records of sales and payouts, kept as bookkeeping law \
+    requires (GDPR Art. 17(3)(b)); they hold ids, amounts, dates and Stripe ids, no name, \
+    e-mail or address; stored Stripe events are kept, their payload erased, until \
+    WEBHOOK_EVENT_RETENTION";
+
+/// The records an erasure keeps on purpose, counted when the database step ran: the
+/// accounting of the user's purchases and sales. Stripe holds the same payments, and a
+/// refund after the erasure must still reverse a seller's payout. Identity goes (the
+/// account's e-mail, username and display name; Stripe payloads); these rows only point
+/// at the account's id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRecords {
+    /// Why they are kept ([`KEPT_REASON`]).
+    pub reason: String,
+    /// `orders` the user bought.
+    pub orders: u64,
+    /// `order_items` of those orders.
+    pub order_items: u64,
+    /// `payment_refunds` of those orders.
+    pub payment_refunds: u64,
+    /// `seller_transfers`: payouts to the user as a seller.
+    pub seller_transfers: u64,
+    /// `seller_accounts`: the user's Stripe connected account (0 or 1), where payouts and
+    /// their reversals go.
+    pub seller_accounts: u64,
+    /// `webhook_events` about the user's payments: the rows stay (a redelivery is still
+    /// recognised) with their payload erased, until `WEBHOOK_EVENT_RETENTION`.
+    pub webhook_events: u64,
+}
+
 /// Everything a receipt reports, per store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -168,6 +199,9 @@ pub struct Report {
     pub redis: RedisReport,
     /// OpenSearch.
     pub opensearch: OpenSearchReport,
+    /// What the erasure keeps, and why (receipts written before it have none).
+    #[serde(default)]
+    pub kept: KeptRecords,
 }
 
 /// An erasure receipt.

@@ -181,6 +181,21 @@ pub(crate) fn erased_payload(by: &str) -> String {
     serde_json::json!({ "erased": format!("by {by}") }).to_string()
 }
 
+/// SQL condition on `webhook_events` (its columns unqualified) that holds for the stored
+/// events about the payments of buyer `$1`, whatever their outcome: linked to one of their
+/// orders, or about a payment intent or charge of theirs — one their orders recorded, or
+/// one named by an event linked to their orders (a `payment_intent.succeeded` refused for
+/// its amount never records its payment intent on the order, and a later `charge.refunded`
+/// without metadata for that payment is linked to no order). What the buyer's erasure
+/// erases and their data export lists.
+pub(crate) const OF_BUYER: &str = "(order_id IN (SELECT id FROM orders WHERE buyer_id = $1) \
+     OR payment_intent_id IN (SELECT stripe_payment_intent_id FROM orders WHERE buyer_id = $1) \
+     OR charge_id IN (SELECT stripe_charge_id FROM orders WHERE buyer_id = $1) \
+     OR payment_intent_id IN (SELECT e.payment_intent_id FROM webhook_events e \
+          JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1) \
+     OR charge_id IN (SELECT e.charge_id FROM webhook_events e \
+          JOIN orders o ON o.id = e.order_id WHERE o.buyer_id = $1))";
+
 /// SQL: the stored payload was not erased yet (see [`erased_payload`]), so an erasure
 /// counts each payload once.
 pub(crate) const PAYLOAD_NOT_ERASED: &str = "payload NOT LIKE '{\"erased\":%'";
