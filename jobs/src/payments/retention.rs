@@ -57,8 +57,7 @@ pub struct Pruned {
 
 /// Applies the retention to the events received before `before`.
 pub async fn prune(db: &Db, before: Millis) -> Result<Pruned, sqlx::Error> {
-    let mut pruned = Pruned::default();
-    pruned.payloads_erased = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let payloads_erased = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE webhook_events SET payload = $2 WHERE received_at < $1 AND {PAYLOAD_NOT_ERASED} \
          AND id IN (SELECT event_id FROM payment_refunds)"
     )))
@@ -67,6 +66,10 @@ pub async fn prune(db: &Db, before: Millis) -> Result<Pruned, sqlx::Error> {
     .execute(db)
     .await?
     .rows_affected();
+    let mut pruned = Pruned {
+        deleted: 0,
+        payloads_erased,
+    };
     loop {
         let n = sqlx::query(
             "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events \
