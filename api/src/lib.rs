@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nul_bytes;
 pub mod output;
 pub mod problem;
+pub mod redact;
 pub mod request_id;
 pub mod routes;
 pub mod server;

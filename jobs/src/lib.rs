@@ -10,6 +10,7 @@
 //! | `reverse_transfer` | [`reverse_transfer`] | full-refund webhook ([`payments`]), one per paid-out item |
 //! | `transfer_seller_check`, `reverse_transfer_check` | safety nets in those modules | schedule: every minute |
 //! | `reconcile_transfers` | [`reconcile_transfers`] | schedule: daily |
+//! | `prune_webhook_events` | [`payments::retention`] | schedule: hourly |
 //! | `data_export` | [`data_export`] | [`exports::request_export`] (GDPR export request), one per export |
 //! | `send_email` | [`send_email`] | `data_export`, when an export is ready |
 //! | `export_cleanup` | [`export_cleanup`] | schedule: hourly |
@@ -117,6 +118,7 @@ pub const VARS: &[VarSpec] = &[
     payments::config::REVERSAL_CHECK_INTERVAL,
     payments::config::RECONCILE_TRANSFERS_SCHEDULE,
     payments::config::RECONCILE_TRANSFERS_LOOKBACK,
+    payments::config::WEBHOOK_EVENT_RETENTION,
     gdpr::EXPORT_DIR,
     gdpr::EXPORT_DAILY_LIMIT,
     gdpr::EXPORT_SIGNING_KEY,
@@ -206,6 +208,7 @@ pub const KINDS: &[&str] = &[
     reverse_transfer::KIND,
     reverse_transfer::check::KIND,
     reconcile_transfers::KIND,
+    payments::retention::KIND,
     data_export::DataExport::KIND,
     export_cleanup::ExportCleanup::KIND,
     send_email::SendEmail::KIND,

@@ -12,11 +12,13 @@ use engine::scheduler::Scheduler;
 use engine::testing::{TestDb, drain, enqueued, perform_job, query_plan};
 use engine::{Actor, Backend, JobState, Outcome, backend_tests};
 use gdpr_support::fake_opensearch::FakeOpenSearch;
+use gdpr_support::smtp_sink::SmtpSink;
 use gdpr_support::*;
 use jobs::exports;
 use jobs::hard_delete::receipt::StepStatus;
 use jobs::hard_delete::scan::HardDeleteScan;
 use jobs::hard_delete::{HardDelete, OPENSEARCH_SKIPPED, REDIS_SKIPPED};
+use jobs::payments::{self, EventOutcome, StripeEvent};
 use jobs::send_email::outbox_dir_of;
 use jobs::users::{self, DeletionError, UserStatus};
 use serde_json::{Value, json};
@@ -32,6 +34,8 @@ backend_tests!(
     a_missing_user_document_and_empty_lists_need_no_request,
     unreachable_redis_leaves_the_step_unfinished,
     listing_deletions_reads_the_partial_index,
+    every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcome,
+    an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts,
 );
 
 async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
@@ -778,4 +782,318 @@ async fn listing_deletions_reads_the_partial_index(t: TestDb) {
         !full_scan && !lower.contains("temp b-tree") && !lower.contains("sort"),
         "no scan of users, no sort:\n{plan}"
     );
+}
+
+/// An order of `buyer` (1000 EUR cents), optionally paid by `pi_{tag}` / `ch_{tag}` and
+/// fully refunded.
+async fn insert_order(w: &World, buyer: i64, paid_and_refunded: Option<&str>) -> i64 {
+    let now = w.now();
+    let (pi, ch) = paid_and_refunded.map_or((None, None), |tag| {
+        (Some(format!("pi_{tag}")), Some(format!("ch_{tag}")))
+    });
+    sqlx::query_scalar(
+        "INSERT INTO orders (buyer_id, currency, amount_total, stripe_payment_intent_id, \
+         stripe_charge_id, paid_at, refunded_at, created_at, updated_at) \
+         VALUES ($1, 'eur', 1000, $2, $3, $4, $4, $5, $5) RETURNING id",
+    )
+    .bind(buyer)
+    .bind(pi)
+    .bind(ch)
+    .bind(paid_and_refunded.map(|_| now))
+    .bind(now)
+    .fetch_one(w.db())
+    .await
+    .unwrap()
+}
+
+/// A Stripe event as the webhook receives it, its object carrying `person`'s e-mail, name
+/// and address the way Stripe sends them.
+fn stripe_event(id: &str, kind: &str, mut object: Value, person: &Person) -> StripeEvent {
+    let address = json!({ "line1": format!("1 rue {}", person.username), "city": "Lyon" });
+    let personal = json!({
+        "receipt_email": person.email,
+        "shipping": { "name": person.display_name, "address": address, "phone": "+33600000000" },
+        "billing_details": { "email": person.email, "name": person.display_name, "address": address },
+        "customer": { "id": "cus_1", "email": person.email, "name": person.display_name },
+    });
+    for (k, v) in personal.as_object().unwrap() {
+        object[k] = v.clone();
+    }
+    StripeEvent::from_value(json!({
+        "id": id, "object": "event", "type": kind, "livemode": false,
+        "data": { "object": object },
+    }))
+    .unwrap()
+}
+
+async fn every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcome(t: TestDb) {
+    // Arrange: the user's unpaid order, the user's paid and fully refunded order, another
+    // buyer's order; events that are refused or ignored, none of which records its payment
+    // on the order.
+    let w = world(&t, |_| {});
+    let (user, other) = (Person::new("ivy"), Person::new("jon"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    // The user sells too: their payout account is an accounting record the erasure keeps.
+    let mut conn = w.db().acquire().await.unwrap();
+    payments::orders::upsert_seller_account(&mut conn, user.id, "acct_ivy", w.now())
+        .await
+        .unwrap();
+    drop(conn);
+    let unpaid = insert_order(&w, user.id, None).await;
+    let refunded = insert_order(&w, user.id, Some("refunded")).await;
+    let others = insert_order(&w, other.id, None).await;
+    let intent = |id: &str, order: i64, amount: i64| {
+        json!({
+            "id": id, "object": "payment_intent", "amount": amount, "amount_received": amount,
+            "currency": "eur", "status": "succeeded", "latest_charge": id.replace("pi_", "ch_"),
+            "metadata": { "order_id": order.to_string() },
+        })
+    };
+    let events = [
+        // Refused: the amount differs from the order's.
+        stripe_event(
+            "evt_short",
+            "payment_intent.succeeded",
+            intent("pi_short", unpaid, 999),
+            &user,
+        ),
+        // Ignored: the refund of that payment, without metadata; no order recorded it.
+        stripe_event(
+            "evt_unlinked",
+            "charge.refunded",
+            json!({ "id": "ch_short", "object": "charge", "amount": 999, "amount_refunded": 999,
+                    "refunded": true, "currency": "eur", "payment_intent": "pi_short" }),
+            &user,
+        ),
+        // Ignored: a refund of it that did not succeed.
+        stripe_event(
+            "evt_pending",
+            "refund.updated",
+            json!({ "id": "re_short", "object": "refund", "amount": 999, "currency": "eur",
+                    "status": "pending", "charge": "ch_short", "payment_intent": "pi_short" }),
+            &user,
+        ),
+        // Ignored: a payment arriving after the order's full refund.
+        stripe_event(
+            "evt_late",
+            "payment_intent.succeeded",
+            intent("pi_refunded", refunded, 1000),
+            &user,
+        ),
+        // The other buyer's refused payment: it stays.
+        stripe_event(
+            "evt_other",
+            "payment_intent.succeeded",
+            intent("pi_other", others, 5),
+            &other,
+        ),
+    ];
+    for event in &events {
+        let outcome = payments::process_event(&w.engine, event, &Actor::webhook(&event.id))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                EventOutcome::Rejected { .. } | EventOutcome::Ignored { .. }
+            ),
+            "{}: {outcome:?}",
+            event.id
+        );
+    }
+
+    // The stored payloads never held the buyers' e-mail, name or address …
+    let found = find_everywhere(
+        &w,
+        &[
+            &user.email,
+            &user.display_name,
+            &user.username,
+            &other.email,
+        ],
+    )
+    .await;
+    assert!(
+        found.iter().all(|h| h.starts_with("users.")),
+        "personal data stored with the events: {found:#?}"
+    );
+    // … but still what the engine reads.
+    let stored: String =
+        sqlx::query_scalar("SELECT payload FROM webhook_events WHERE id = 'evt_short'")
+            .fetch_one(w.db())
+            .await
+            .unwrap();
+    let stored = StripeEvent::from_json(&stored).unwrap();
+    assert_eq!(stored.object["amount_received"], 999);
+    assert_eq!(stored.object["metadata"]["order_id"], unpaid.to_string());
+    assert_eq!(
+        (stored.payment_intent_id(), stored.charge_id()),
+        (Some("pi_short"), Some("ch_short"))
+    );
+    // Each event is linked to its order when the order is known.
+    let links: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT id, order_id FROM webhook_events ORDER BY id")
+            .fetch_all(w.db())
+            .await
+            .unwrap();
+    assert_eq!(
+        links,
+        [
+            ("evt_late".to_owned(), Some(refunded)),
+            ("evt_other".to_owned(), Some(others)),
+            ("evt_pending".to_owned(), None),
+            ("evt_short".to_owned(), Some(unpaid)),
+            ("evt_unlinked".to_owned(), None),
+        ]
+    );
+
+    // Act
+    past_deadline(&w, &user, None).await;
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Succeeded);
+
+    // Assert: the receipt counts exactly the payloads erased: the user's four events, the
+    // unlinked ones found through the payment they are about; the other buyer's event stays.
+    let receipt = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    let erased: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM webhook_events WHERE payload = '{\"erased\":\"by hard_delete\"}' ORDER BY id",
+    )
+    .fetch_all(w.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        erased,
+        ["evt_late", "evt_pending", "evt_short", "evt_unlinked"]
+    );
+    assert_eq!(receipt.report.database.webhook_payloads_erased, 4);
+    // The accounting rows stay, and the receipt says which and why.
+    let kept = &receipt.report.kept;
+    assert_eq!(
+        (
+            kept.orders,
+            kept.order_items,
+            kept.payment_refunds,
+            kept.seller_transfers,
+            kept.seller_accounts,
+            kept.webhook_events
+        ),
+        (2, 0, 0, 0, 1, 4)
+    );
+    assert_eq!(kept.reason, jobs::hard_delete::receipt::KEPT_REASON);
+    assert_eq!(
+        count(
+            &w,
+            "SELECT COUNT(*) FROM orders WHERE buyer_id = $1",
+            user.id
+        )
+        .await,
+        2
+    );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events")
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 5,
+        "the rows stay, so a redelivery is still recognised"
+    );
+    let redelivered = payments::process_event(&w.engine, &events[0], &Actor::webhook("evt_short"))
+        .await
+        .unwrap();
+    assert_eq!(redelivered, EventOutcome::Duplicate);
+}
+
+async fn an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts(t: TestDb) {
+    // Arrange: the "export ready" e-mail is refused by the mail server, which quotes the
+    // recipient; another user's job quotes their own address.
+    let (user, other) = (Person::new("kim"), Person::new("lou"));
+    let sink = SmtpSink::start().await;
+    sink.reply_to_data(&[&format!(
+        "554 5.7.1 <{}>: Recipient address rejected",
+        user.email
+    )]);
+    let w = world(&t, |s| s.mail.smtp_url = Some(sink.url()));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(1))
+        .await
+        .unwrap();
+    drain(&w.engine).await;
+    let other_job: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, status, max_attempts, run_at, created_at, finished_at, last_error) \
+         VALUES ('send_email', '{}', 'failed', 1, 0, 0, 0, $1) RETURNING id",
+    )
+    .bind(format!("550 <{}> unknown", other.email))
+    .fetch_one(w.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        quoting(&w, &user.email).await,
+        (1, 1),
+        "the refusal quotes the address"
+    );
+
+    // Act
+    past_deadline(&w, &user, None).await;
+    let out = perform_job(&w.engine, &HardDelete { user_id: user.id })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Succeeded);
+
+    // Assert: the address is gone, the rest of the error stays; the other user's stays.
+    assert_eq!(quoting(&w, &user.email).await, (0, 0));
+    let errors: Vec<String> = sqlx::query_scalar(
+        "SELECT error FROM job_attempts WHERE error LIKE '%Recipient address rejected%'",
+    )
+    .fetch_all(w.db())
+    .await
+    .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("554") && errors[0].contains("<[erased]>"),
+        "{errors:?}"
+    );
+    let d = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap()
+        .report
+        .database;
+    assert_eq!(
+        (d.job_texts_scrubbed, d.job_attempt_errors_scrubbed),
+        (1, 1)
+    );
+    let kept: Option<String> = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
+        .bind(other_job)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert!(kept.unwrap().contains(&other.email));
+    assert!(find_everywhere(&w, &user.identity()).await.is_empty());
+}
+
+/// (jobs, job attempts) whose texts contain `email`.
+async fn quoting(w: &World, email: &str) -> (i64, i64) {
+    let pattern = format!("%{email}%");
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE last_error LIKE $1 OR args LIKE $1 OR note LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_one(w.db())
+    .await
+    .unwrap();
+    let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_attempts WHERE error LIKE $1")
+        .bind(&pattern)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    (jobs, attempts)
 }

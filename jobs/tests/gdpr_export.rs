@@ -17,9 +17,12 @@ use jobs::export_cleanup::ExportCleanup;
 use jobs::exports::{
     self, DownloadError, ExportRequestError, ExportStatus, download_token, verify_download,
 };
+use jobs::payments::orders::{self, NewOrderItem};
+use jobs::payments::{self, EventOutcome, StripeEvent};
 use jobs::send_email::SendEmail;
+use jobs::transfers::state::{self as transfer_state, NewTransfer};
 use jobs::users;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -31,6 +34,7 @@ backend_tests!(
     a_full_disk_removes_the_partial_file_and_the_export_retries,
     an_erased_account_is_not_exported,
     an_export_whose_job_ends_without_it_fails_with_the_reason,
+    the_export_holds_purchases_payouts_and_stored_payment_events,
 );
 
 /// Every entry of the ZIP at `path`, by name.
@@ -575,4 +579,185 @@ async fn an_export_whose_job_ends_without_it_fails_with_the_reason(t: TestDb) {
     );
     let job = engine::admin::get_job(w.db(), lost.job_id).await.unwrap();
     assert_eq!(job.job.status, JobState::Failed);
+}
+
+/// A Stripe event as the webhook receives it.
+fn stripe_event(id: &str, kind: &str, object: Value) -> StripeEvent {
+    StripeEvent::from_value(json!({
+        "id": id, "object": "event", "type": kind, "livemode": false,
+        "data": { "object": object },
+    }))
+    .unwrap()
+}
+
+async fn the_export_holds_purchases_payouts_and_stored_payment_events(t: TestDb) {
+    // Arrange: the user bought an order of two items (its payment refused for its amount,
+    // then partly refunded); the user sells an item of another buyer's order and has a
+    // payout account; the other buyer has an order and an event of their own.
+    let w = world(&t, |s| s.exports.page_size = 1); // several pages per category
+    let (user, other) = (Person::new("max"), Person::new("ned"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    let now = w.now();
+    let mut conn = w.db().acquire().await.unwrap();
+    let item = |seller_id: i64, amount: i64, product: &str| NewOrderItem {
+        seller_id,
+        amount,
+        product_ref: Some(product.to_owned()),
+    };
+    let (bought, bought_items) = orders::create_order(
+        &mut conn,
+        Some(user.id),
+        "eur",
+        1000,
+        &[
+            item(other.id, 500, "track:1"),
+            item(other.id, 400, "track:2"),
+        ],
+        now,
+    )
+    .await
+    .unwrap();
+    let (sold, sold_items) = orders::create_order(
+        &mut conn,
+        Some(other.id),
+        "eur",
+        700,
+        &[item(user.id, 600, "track:3")],
+        now,
+    )
+    .await
+    .unwrap();
+    orders::upsert_seller_account(&mut conn, user.id, "acct_max", now)
+        .await
+        .unwrap();
+    let payout = transfer_state::create_pending(
+        &mut conn,
+        &NewTransfer {
+            order_id: sold,
+            order_item_id: sold_items[0],
+            seller_id: user.id,
+            amount: 600,
+            currency: "eur".into(),
+        },
+        &Actor::cli(),
+        now,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    let events = [
+        stripe_event(
+            "evt_short",
+            "payment_intent.succeeded",
+            json!({ "id": "pi_max", "object": "payment_intent", "amount": 999,
+                    "amount_received": 999, "currency": "eur", "receipt_email": user.email,
+                    "metadata": { "order_id": bought.to_string() } }),
+        ),
+        stripe_event(
+            "evt_part",
+            "charge.refunded",
+            json!({ "id": "ch_max", "object": "charge", "amount": 1000, "amount_refunded": 100,
+                    "refunded": false, "currency": "eur", "payment_intent": "pi_max",
+                    "metadata": { "order_id": bought.to_string() } }),
+        ),
+        stripe_event(
+            "evt_ned",
+            "payment_intent.succeeded",
+            json!({ "id": "pi_ned", "object": "payment_intent", "amount": 1, "currency": "eur",
+                    "metadata": { "order_id": sold.to_string() } }),
+        ),
+    ];
+    for e in &events {
+        let outcome = payments::process_event(&w.engine, e, &Actor::webhook(&e.id))
+            .await
+            .unwrap();
+        assert!(
+            !matches!(
+                outcome,
+                EventOutcome::Duplicate | EventOutcome::TransfersCreated { .. }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    // Act
+    let req = exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(5))
+        .await
+        .unwrap();
+    drain(&w.engine).await;
+
+    // Assert
+    let files = unzip(&exports::export_file_path(
+        &w.settings.exports,
+        req.export_id,
+    ));
+    let purchases = ndjson(&files["purchases.ndjson"]);
+    assert_eq!(
+        purchases.len(),
+        1,
+        "the user's purchases only: {purchases:?}"
+    );
+    let p = &purchases[0];
+    assert_eq!(
+        (p["id"].as_i64(), p["amount_total"].as_i64()),
+        (Some(bought), Some(1000))
+    );
+    let ids: Vec<i64> = p["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, bought_items);
+    assert_eq!(p["items"][1]["product_ref"], "track:2");
+    assert_eq!(p["refunds"][0]["amount"], 100);
+    assert_eq!(p["refunds"][0]["kind"], "partial");
+
+    let payouts = ndjson(&files["payouts.ndjson"]);
+    assert_eq!(payouts.len(), 1, "{payouts:?}");
+    assert_eq!(payouts[0]["id"], payout);
+    assert_eq!(payouts[0]["order_item_id"], sold_items[0]);
+    assert_eq!(
+        (payouts[0]["amount"].as_i64(), payouts[0]["status"].as_str()),
+        (Some(600), Some("pending"))
+    );
+    let profile: Value = serde_json::from_str(&files["profile.json"]).unwrap();
+    assert_eq!(profile["payout_account"]["stripe_account_id"], "acct_max");
+
+    let stored = ndjson(&files["payment_events.ndjson"]);
+    let ids: Vec<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt_part", "evt_short"]);
+    assert_eq!(stored[1]["outcome"], "rejected");
+    assert_eq!(stored[1]["order_id"], bought);
+    assert_eq!(
+        stored[1]["payload"]["data"]["object"]["amount_received"],
+        999
+    );
+    assert!(
+        !files["payment_events.ndjson"].contains(&user.email),
+        "stored payloads hold no e-mail"
+    );
+
+    let manifest: Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["schema_version"], SCHEMA_VERSION);
+    let c = &manifest["counts"];
+    assert_eq!(
+        (
+            &c["purchases"],
+            &c["purchase_items"],
+            &c["payouts"],
+            &c["payment_events"]
+        ),
+        (&json!(1), &json!(2), &json!(1), &json!(2))
+    );
+    let info = &exports::list_exports(w.db(), user.id).await.unwrap()[0];
+    assert_eq!(info.status, ExportStatus::Ready);
+    assert_eq!(
+        info.progress.rows_total,
+        Some(1 + 1 + 2 + 1 + 2),
+        "profile, purchases, payouts, events"
+    );
+    assert_eq!(info.progress.rows_done, 1 + 1 + 2 + 1 + 2);
 }

@@ -797,8 +797,9 @@ async fn registration_follows_the_key_and_the_switches() {
     let none = PaymentsConfig::without_stripe();
     assert_eq!(
         kinds(&none),
-        (vec![], vec![]),
-        "no key: nothing registered, jobs wait"
+        (vec!["prune_webhook_events"], vec!["prune_webhook_events"]),
+        "no key: only the webhook events' retention (the webhook stores events without the \
+         key), the Stripe jobs wait"
     );
     // …but declared: the jobs this process enqueues (the webhook does) carry the retry
     // policy of TRANSFER_RETRY_* and REVERSAL_*.
@@ -823,6 +824,7 @@ async fn registration_follows_the_key_and_the_switches() {
     assert_eq!(
         k,
         [
+            "prune_webhook_events",
             "reconcile_transfers",
             "reverse_transfer",
             "reverse_transfer_check",
@@ -833,6 +835,7 @@ async fn registration_follows_the_key_and_the_switches() {
     assert_eq!(
         s,
         [
+            "prune_webhook_events",
             "transfer_seller_check",
             "reverse_transfer_check",
             "reconcile_transfers"

@@ -5,7 +5,7 @@
 mod support;
 
 use engine::testing::{TestDb, perform_job};
-use engine::{JobError, backend_tests};
+use engine::{JobError, Outcome, backend_tests};
 use jobs::payments::{self, EventOutcome, orders};
 use jobs::transfer_seller::TransferSeller;
 use jobs::transfers::TransferStatus;
@@ -22,6 +22,7 @@ backend_tests!(
     unknown_event_types_are_recorded_as_ignored,
     events_for_unknown_orders_are_not_recorded,
     payments_that_do_not_match_the_order_are_rejected,
+    events_past_their_retention_are_deleted_unless_a_refund_points_at_them,
 );
 
 async fn payment_creates_one_pending_transfer_and_one_payout_job_per_item(t: TestDb) {
@@ -493,4 +494,65 @@ fn the_route_verifies_signatures_before_processing() {
     ));
     let tampered = body.replace("\"amount\":100", "\"amount\":1");
     assert!(payments::verify_event_at(&tampered, &header, "whsec_test", now).is_err());
+}
+
+async fn events_past_their_retention_are_deleted_unless_a_refund_points_at_them(t: TestDb) {
+    // Arrange: a payment, its full refund (recorded in payment_refunds, kept for
+    // accounting) and an ignored event, all older than the retention (90 days by default);
+    // then a recent event.
+    let w = world(&t).await;
+    assert_eq!(
+        w.config.webhook_event_retention,
+        std::time::Duration::from_secs(90 * 24 * 3600)
+    );
+    let (order, _) = w.order(&[(1, 500)]).await;
+    w.deliver(&w.paid("evt_old_pay", order).await).await;
+    let total = w.total(order).await;
+    w.deliver(&w.charge_refunded("evt_old_refund", order, total).await)
+        .await;
+    w.deliver(&support::event(
+        "evt_old_other",
+        "customer.updated",
+        serde_json::json!({ "id": "cus_1", "object": "customer" }),
+    ))
+    .await;
+    w.clock
+        .advance(std::time::Duration::from_secs(90 * 24 * 3600));
+    w.deliver(&support::event(
+        "evt_recent",
+        "customer.updated",
+        serde_json::json!({ "id": "cus_2", "object": "customer" }),
+    ))
+    .await;
+    w.clock.advance(std::time::Duration::from_secs(1));
+
+    // Act: the scheduled pass, twice.
+    for _ in 0..2 {
+        let out = perform_job(&w.engine, &payments::retention::PruneWebhookEvents {})
+            .await
+            .unwrap();
+        assert_eq!(out, Outcome::Succeeded);
+    }
+
+    // Assert
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, payload FROM webhook_events ORDER BY id")
+            .fetch_all(w.engine.db())
+            .await
+            .unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        left[0],
+        (
+            "evt_old_refund".to_owned(),
+            r#"{"erased":"by retention"}"#.to_owned()
+        )
+    );
+    assert_eq!(left[1].0, "evt_recent");
+    assert!(left[1].1.contains("cus_2"), "{}", left[1].1);
+    let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payment_refunds")
+        .fetch_one(w.engine.db())
+        .await
+        .unwrap();
+    assert_eq!(refunds, 1, "the refund record stays");
 }

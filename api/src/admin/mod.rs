@@ -18,7 +18,6 @@
 //! - Errors are HTML pages, not problem documents (see [`crate::problem`]).
 
 pub mod pages;
-pub mod redact;
 pub mod session;
 pub mod view;
 

@@ -1,5 +1,6 @@
 //! `/v1/jobs`: list (filters, cursor pagination), one job with its attempts, retry and
-//! cancel (admin, audited as `api_key:{id}`).
+//! cancel (admin, audited as `api_key:{id}`). Args and texts are served redacted, for every
+//! scope, as the dashboard shows them ([`crate::redact`]).
 
 use engine::admin::{self, AttemptRecord, JobDetail, JobFilter, JobSummary};
 use engine::{Actor, JobState};
@@ -10,6 +11,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::{ApiTags, DateTimeParam};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
+use crate::redact::{redact, redact_text};
 use crate::state::ApiState;
 
 /// A job's state.
@@ -79,10 +81,11 @@ pub struct JobView {
     /// Finished at (succeeded, failed, cancelled).
     #[oai(nullable)]
     pub finished_at: Option<i64>,
-    /// The latest error.
+    /// The latest error (addresses and keys in it replaced by `[redacted]`).
     #[oai(nullable)]
     pub last_error: Option<String>,
-    /// A note from the handler (why it skipped).
+    /// A note from the handler (why it skipped; addresses and keys in it replaced by
+    /// `[redacted]`).
     #[oai(nullable)]
     pub note: Option<String>,
     /// Unique key.
@@ -104,8 +107,8 @@ impl From<JobSummary> for JobView {
             created_at: j.created_at,
             next_run_at,
             finished_at: j.finished_at,
-            last_error: j.last_error,
-            note: j.note,
+            last_error: j.last_error.as_deref().map(redact_text),
+            note: j.note.as_deref().map(redact_text),
             unique_key: j.unique_key,
         }
     }
@@ -126,7 +129,7 @@ pub struct AttemptView {
     /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired` or `released`.
     #[oai(nullable)]
     pub outcome: Option<String>,
-    /// The error (or the skip reason).
+    /// The error (or the skip reason; addresses and keys in it replaced by `[redacted]`).
     #[oai(nullable)]
     pub error: Option<String>,
 }
@@ -139,7 +142,7 @@ impl From<AttemptRecord> for AttemptView {
             started_at: a.started_at,
             finished_at: a.finished_at,
             outcome: a.outcome,
-            error: a.error,
+            error: a.error.as_deref().map(redact_text),
         }
     }
 }
@@ -150,7 +153,8 @@ pub struct JobDetailView {
     /// The listed fields.
     #[oai(flatten)]
     pub job: JobView,
-    /// The args, as enqueued.
+    /// The args, as enqueued, with the values of secret or personal fields (`email`,
+    /// `api_key`, …) and values that look like an address or a key replaced by `[redacted]`.
     pub args: serde_json::Value,
     /// The worker holding it while running.
     #[oai(nullable)]
@@ -163,7 +167,7 @@ impl From<JobDetail> for JobDetailView {
     fn from(d: JobDetail) -> Self {
         Self {
             job: d.job.into(),
-            args: d.args,
+            args: redact(&d.args),
             locked_by: d.locked_by,
             attempts: d.attempts.into_iter().map(Into::into).collect(),
         }

@@ -8,7 +8,7 @@
 
 use engine::Actor;
 use jobs::hard_delete::receipt::{
-    DatabaseReport, IndexReport, OpenSearchReport, Receipt, RedisReport, StepStatus,
+    DatabaseReport, IndexReport, KeptRecords, OpenSearchReport, Receipt, RedisReport, StepStatus,
 };
 use jobs::users::{self, DeletionError, DeletionStatus, UserStatus};
 use poem_openapi::param::{Path, Query};
@@ -117,8 +117,50 @@ pub struct DatabaseReportView {
     pub export_files_deleted: u64,
     /// `.eml` files of the user's e-mails removed from `MAIL_OUTBOX_DIR`.
     pub outbox_files_deleted: u64,
-    /// Stored Stripe events of the user's orders whose payload was erased.
+    /// Stored Stripe events of the user's payments (linked to their orders, or about a
+    /// payment intent or charge of theirs, whatever the event's outcome) whose payload was
+    /// erased.
     pub webhook_payloads_erased: u64,
+    /// Jobs whose args, last error or note quoted the user's e-mail address, now replaced
+    /// by `[erased]`.
+    pub job_texts_scrubbed: u64,
+    /// Job attempts whose error quoted the user's e-mail address, likewise.
+    pub job_attempt_errors_scrubbed: u64,
+}
+
+/// The records the erasure keeps on purpose, and why: the accounting of the user's
+/// purchases and sales (ids, amounts, dates, Stripe ids; no name, e-mail or address).
+#[derive(Debug, Clone, Object)]
+pub struct KeptRecordsView {
+    /// Why they are kept.
+    pub reason: String,
+    /// Orders the user bought.
+    pub orders: u64,
+    /// Items of those orders.
+    pub order_items: u64,
+    /// Refunds recorded for those orders.
+    pub payment_refunds: u64,
+    /// Payouts to the user as a seller.
+    pub seller_transfers: u64,
+    /// The user's Stripe connected account (0 or 1).
+    pub seller_accounts: u64,
+    /// Stored Stripe events about the user's payments (payload erased), until
+    /// `WEBHOOK_EVENT_RETENTION`.
+    pub webhook_events: u64,
+}
+
+impl From<KeptRecords> for KeptRecordsView {
+    fn from(k: KeptRecords) -> Self {
+        Self {
+            reason: k.reason,
+            orders: k.orders,
+            order_items: k.order_items,
+            payment_refunds: k.payment_refunds,
+            seller_transfers: k.seller_transfers,
+            seller_accounts: k.seller_accounts,
+            webhook_events: k.webhook_events,
+        }
+    }
 }
 
 impl From<DatabaseReport> for DatabaseReportView {
@@ -141,6 +183,8 @@ impl From<DatabaseReport> for DatabaseReportView {
             export_files_deleted: d.export_files_deleted,
             outbox_files_deleted: d.outbox_files_deleted,
             webhook_payloads_erased: d.webhook_payloads_erased,
+            job_texts_scrubbed: d.job_texts_scrubbed,
+            job_attempt_errors_scrubbed: d.job_attempt_errors_scrubbed,
         }
     }
 }
@@ -264,6 +308,9 @@ pub struct ReceiptView {
     pub redis: RedisReportView,
     /// OpenSearch.
     pub opensearch: OpenSearchReportView,
+    /// What the erasure keeps, and why (counted by the database step; zeros and an empty
+    /// reason before it ran).
+    pub kept: KeptRecordsView,
 }
 
 impl From<Receipt> for ReceiptView {
@@ -278,6 +325,7 @@ impl From<Receipt> for ReceiptView {
             database: r.report.database.into(),
             redis: r.report.redis.into(),
             opensearch: r.report.opensearch.into(),
+            kept: r.report.kept.into(),
         }
     }
 }

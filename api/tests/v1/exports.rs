@@ -291,7 +291,10 @@ async fn an_export_is_requested_listed_mailed_downloaded_and_complete(db: TestDb
     let plays = ndjson(&mut zip, "playback_history.ndjson");
     assert_eq!(plays.len() as i64, seeded.plays);
     let manifest = json_file(&mut zip, "manifest.json");
-    assert_eq!(manifest["schema_version"], 1);
+    assert_eq!(
+        manifest["schema_version"],
+        jobs::data_export::SCHEMA_VERSION
+    );
     assert_eq!(manifest["export_id"], export_id);
     assert_eq!(manifest["user_id"], user.id);
     assert_eq!(manifest["generated_at"], now);

@@ -580,11 +580,12 @@ async fn partial_refunds_and_findings_are_listed(db: TestDb) {
 }
 
 async fn an_authentic_event_with_nul_characters_is_recorded_with_replacements(db: TestDb) {
-    // Arrange: free text of a real payment (its description) holds a NUL.
+    // Arrange: text of a real payment holds a NUL (in its transfer group, which is
+    // stored; its description, free text, is not: see StripeEvent::stored_payload).
     let w = world(db).await;
     let (order, total) = w.order(&[(1, 1000)]).await;
     let mut event: Value = serde_json::from_str(&w.paid("evt_nul", order, total)).unwrap();
-    event["data"]["object"]["description"] = json!("beat\u{0}pack");
+    event["data"]["object"]["transfer_group"] = json!("beat\u{0}pack");
     let body = event.to_string();
     assert!(body.contains("\\u0000"), "{body}");
 
@@ -603,7 +604,10 @@ async fn an_authentic_event_with_nul_characters_is_recorded_with_replacements(db
             .await
             .unwrap();
     let stored: Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(stored["data"]["object"]["description"], "beat\u{FFFD}pack");
+    assert_eq!(
+        stored["data"]["object"]["transfer_group"],
+        "beat\u{FFFD}pack"
+    );
     assert_eq!(w.transfer_ids(order).await.len(), 1);
 }
 

@@ -19,6 +19,7 @@ backend_tests!(
     every_refusal_is_a_problem_document,
     request_ids_are_echoed_or_generated,
     pages_stay_stable_while_jobs_are_inserted,
+    a_read_key_gets_job_args_and_errors_redacted,
 );
 
 async fn jobs_are_listed_inspected_retried_and_cancelled(db: TestDb) {
@@ -490,4 +491,69 @@ async fn pages_stay_stable_while_jobs_are_inserted(db: TestDb) {
         before.is_subset(&seen),
         "a job present from the start was skipped"
     );
+}
+
+async fn a_read_key_gets_job_args_and_errors_redacted(db: TestDb) {
+    // Arrange: a job whose args carry an address and a key, and whose error quotes the
+    // address (as an SMTP refusal does).
+    let app = TestApp::new(db);
+    let read = app.key(Scope::Read).await;
+    let args = json!({
+        "fail": true,
+        "email": "jane.doe@example.com",
+        "api_key": "plain-looking-value",
+        "nested": {"to": "bob@example.org"},
+        "track_id": 4242
+    });
+    let mut conn = app.engine.db().acquire().await.unwrap();
+    let job = app
+        .engine
+        .enqueue_json(&mut conn, "probe", &args.to_string(), None)
+        .await
+        .expect("enqueue")
+        .id();
+    drop(conn);
+    drain(&app.engine).await;
+    let refusal = "554 5.7.1 <jane.doe@example.com>: Recipient address rejected";
+    sqlx::query("UPDATE jobs SET last_error = $1 WHERE id = $2")
+        .bind(refusal)
+        .bind(job)
+        .execute(app.engine.db())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE job_attempts SET error = $1 WHERE job_id = $2")
+        .bind(refusal)
+        .bind(job)
+        .execute(app.engine.db())
+        .await
+        .unwrap();
+
+    // Act
+    let detail = get(&app, &format!("/v1/jobs/{job}"), Some(&read)).await;
+    let list = get(&app, "/v1/jobs", Some(&read)).await;
+
+    // Assert
+    assert_eq!((detail.status, list.status), (200, 200), "{}", detail.text);
+    assert_eq!(
+        detail.body["args"],
+        json!({
+            "fail": true,
+            "email": "[redacted]",
+            "api_key": "[redacted]",
+            "nested": {"to": "[redacted]"},
+            "track_id": 4242
+        })
+    );
+    let redacted = "554 5.7.1 <[redacted]>: Recipient address rejected";
+    assert_eq!(detail.body["last_error"], redacted);
+    assert_eq!(detail.body["attempts"][0]["error"], redacted);
+    assert_eq!(list.body["jobs"][0]["last_error"], redacted);
+    for answer in [&detail, &list] {
+        assert!(!answer.text.contains("jane.doe"), "{}", answer.text);
+        assert!(
+            !answer.text.contains("plain-looking-value"),
+            "{}",
+            answer.text
+        );
+    }
 }

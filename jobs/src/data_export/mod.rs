@@ -5,12 +5,21 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `profile.json` | the account (e-mail, username, display name, status, dates) and its profile |
+//! | `profile.json` | the account (e-mail, username, display name, status, dates), its profile, and the seller's payout account (`acct_…`) if any |
 //! | `tracks.ndjson` | one line per track the user owns |
 //! | `playlists.ndjson` | one line per playlist, with its items |
 //! | `messages.ndjson` | one line per message sent or received |
 //! | `playback_history.ndjson` | one line per play |
+//! | `purchases.ndjson` | one line per order the user bought, with its items and refunds |
+//! | `payouts.ndjson` | one line per payout to the user as a seller (`seller_transfers`) |
+//! | `payment_events.ndjson` | one line per stored Stripe event about the user's payments, with its stored payload |
 //! | `manifest.json` | schema version, generation time, row counts per file |
+//!
+//! No payment or shipping address is stored by veza-jobs: orders carry none, and Stripe
+//! events are stored without the buyer's e-mail, name, address or card details since
+//! migration 0015 (`payments::StripeEvent::stored_payload`). An event stored before then may
+//! still hold them in its payload: `payment_events.ndjson` gives every stored payload as it
+//! is, so whatever is held is in the export.
 //!
 //! Rows are read in keyset pages of `page_size` and streamed into the ZIP (written on a
 //! blocking-pool thread), never collected: memory does not grow with the export. The file
@@ -40,19 +49,25 @@ use sqlx::any::AnyRow;
 use self::zip_sink::ZipSink;
 use crate::exports::state::{self, ExportStatus, ReadyFile};
 use crate::exports::{ExportSettings, file_path_in, part_path_in};
+use crate::payments::event::OF_BUYER;
 use crate::send_email::SendEmail;
 use crate::users::UserStatus;
 
 /// The version of the archive's layout, in `manifest.json`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `purchases.ndjson`, `payouts.ndjson`, `payment_events.ndjson` and the profile's
+/// `payout_account` added (the files and fields of version 1 are unchanged).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The files of an export, in the order they are written.
-pub const FILES: [&str; 6] = [
+pub const FILES: [&str; 9] = [
     "profile.json",
     "tracks.ndjson",
     "playlists.ndjson",
     "messages.ndjson",
     "playback_history.ndjson",
+    "purchases.ndjson",
+    "payouts.ndjson",
+    "payment_events.ndjson",
     "manifest.json",
 ];
 
@@ -119,6 +134,14 @@ pub struct Counts {
     pub messages: i64,
     /// `playback_history.ndjson`.
     pub playback_history: i64,
+    /// `purchases.ndjson` lines (orders).
+    pub purchases: i64,
+    /// Items inside those orders.
+    pub purchase_items: i64,
+    /// `payouts.ndjson`.
+    pub payouts: i64,
+    /// `payment_events.ndjson`.
+    pub payment_events: i64,
 }
 
 impl Counts {
@@ -129,6 +152,10 @@ impl Counts {
             + self.playlist_items
             + self.messages
             + self.playback_history
+            + self.purchases
+            + self.purchase_items
+            + self.payouts
+            + self.payment_events
     }
 }
 
@@ -334,6 +361,9 @@ async fn run(
         writer.playlists().await?;
         writer.messages().await?;
         writer.playback_history().await?;
+        writer.purchases().await?;
+        writer.payouts().await?;
+        writer.payment_events().await?;
         writer.manifest(generated_at).await
     }
     .await;
@@ -409,14 +439,19 @@ async fn mark_ready(
 }
 
 async fn count_rows(ctx: &JobContext, user_id: i64) -> Result<Counts, Failure> {
-    let row = sqlx::query(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT COUNT(*) FROM tracks WHERE owner_id = $1), \
                 (SELECT COUNT(*) FROM playlists WHERE owner_id = $1), \
                 (SELECT COUNT(*) FROM playlist_items i JOIN playlists p ON p.id = i.playlist_id \
                   WHERE p.owner_id = $1), \
                 (SELECT COUNT(*) FROM messages WHERE sender_id = $1 OR recipient_id = $1), \
-                (SELECT COUNT(*) FROM playback_history WHERE user_id = $1)",
-    )
+                (SELECT COUNT(*) FROM playback_history WHERE user_id = $1), \
+                (SELECT COUNT(*) FROM orders WHERE buyer_id = $1), \
+                (SELECT COUNT(*) FROM order_items i JOIN orders o ON o.id = i.order_id \
+                  WHERE o.buyer_id = $1), \
+                (SELECT COUNT(*) FROM seller_transfers WHERE seller_id = $1), \
+                (SELECT COUNT(*) FROM webhook_events WHERE {OF_BUYER})"
+    )))
     .bind(user_id)
     .fetch_one(ctx.db())
     .await
@@ -429,6 +464,10 @@ async fn count_rows(ctx: &JobContext, user_id: i64) -> Result<Counts, Failure> {
         playlist_items: get(2)?,
         messages: get(3)?,
         playback_history: get(4)?,
+        purchases: get(5)?,
+        purchase_items: get(6)?,
+        payouts: get(7)?,
+        payment_events: get(8)?,
     })
 }
 
@@ -481,9 +520,76 @@ struct ProfileOut {
 }
 
 #[derive(Serialize)]
+struct PayoutAccountOut {
+    stripe_account_id: String,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
 struct ProfileFile {
     account: UserOut,
     profile: Option<ProfileOut>,
+    /// The seller's Stripe connected account, where payouts go.
+    payout_account: Option<PayoutAccountOut>,
+}
+
+#[derive(Serialize)]
+struct PurchaseItemOut {
+    id: i64,
+    seller_id: i64,
+    product_ref: Option<String>,
+    amount: i64,
+    currency: String,
+}
+
+#[derive(Serialize)]
+struct RefundOut {
+    id: i64,
+    stripe_object_id: String,
+    amount: i64,
+    kind: String,
+    created_at: Millis,
+}
+
+#[derive(Serialize)]
+struct PurchaseOut {
+    id: i64,
+    currency: String,
+    amount_total: i64,
+    stripe_payment_intent_id: Option<String>,
+    stripe_charge_id: Option<String>,
+    paid_at: Option<Millis>,
+    refunded_at: Option<Millis>,
+    created_at: Millis,
+    items: Vec<PurchaseItemOut>,
+    refunds: Vec<RefundOut>,
+}
+
+#[derive(Serialize)]
+struct PayoutOut {
+    id: i64,
+    order_id: i64,
+    order_item_id: i64,
+    amount: i64,
+    currency: String,
+    status: String,
+    stripe_transfer_id: Option<String>,
+    stripe_reversal_id: Option<String>,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Serialize)]
+struct PaymentEventOut {
+    id: String,
+    #[serde(rename = "type")]
+    type_: String,
+    order_id: Option<i64>,
+    outcome: String,
+    received_at: Millis,
+    /// As stored (JSON), or the text when it is not JSON.
+    payload: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -654,9 +760,29 @@ impl Writer<'_> {
                 })
             })())?),
         };
+        let a = db(sqlx::query(
+            "SELECT stripe_account_id, created_at, updated_at FROM seller_accounts WHERE seller_id = $1",
+        )
+        .bind(self.user_id)
+        .fetch_optional(self.ctx.db())
+        .await)?;
+        let payout_account = match a {
+            None => None,
+            Some(a) => Some(db((|| {
+                Ok(PayoutAccountOut {
+                    stripe_account_id: a.try_get(0)?,
+                    created_at: a.try_get(1)?,
+                    updated_at: a.try_get(2)?,
+                })
+            })())?),
+        };
         self.start("profile.json").await?;
-        let bytes = serde_json::to_vec_pretty(&ProfileFile { account, profile })
-            .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(&ProfileFile {
+            account,
+            profile,
+            payout_account,
+        })
+        .map_err(|e| Failure::permanent(format!("encoding JSON: {e}")))?;
         self.write(bytes).await?;
         self.counts.profile = 1;
         self.progress(1).await
@@ -867,6 +993,174 @@ impl Writer<'_> {
         }
     }
 
+    /// The orders the user bought, each with its items and the refunds recorded for it.
+    /// An order has a handful of items and refunds: they are read per order.
+    async fn purchases(&mut self) -> Result<(), Failure> {
+        self.start("purchases.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    "SELECT id, currency, amount_total, stripe_payment_intent_id, stripe_charge_id, \
+                     paid_at, refunded_at, created_at FROM orders \
+                     WHERE buyer_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 300);
+            let mut items_written = 0i64;
+            for r in &rows {
+                let mut order = db((|| {
+                    Ok(PurchaseOut {
+                        id: r.try_get(0)?,
+                        currency: r.try_get(1)?,
+                        amount_total: r.try_get(2)?,
+                        stripe_payment_intent_id: r.try_get(3)?,
+                        stripe_charge_id: r.try_get(4)?,
+                        paid_at: r.try_get(5)?,
+                        refunded_at: r.try_get(6)?,
+                        created_at: r.try_get(7)?,
+                        items: Vec::new(),
+                        refunds: Vec::new(),
+                    })
+                })())?;
+                after = order.id;
+                let items: Vec<(i64, i64, Option<String>, i64, String)> = db(sqlx::query_as(
+                    "SELECT id, seller_id, product_ref, amount, currency FROM order_items \
+                     WHERE order_id = $1 ORDER BY id",
+                )
+                .bind(order.id)
+                .fetch_all(self.ctx.db())
+                .await)?;
+                order.items = items
+                    .into_iter()
+                    .map(
+                        |(id, seller_id, product_ref, amount, currency)| PurchaseItemOut {
+                            id,
+                            seller_id,
+                            product_ref,
+                            amount,
+                            currency,
+                        },
+                    )
+                    .collect();
+                let refunds: Vec<(i64, String, i64, String, i64)> = db(sqlx::query_as(
+                    "SELECT id, stripe_object_id, amount, kind, created_at FROM payment_refunds \
+                     WHERE order_id = $1 ORDER BY id",
+                )
+                .bind(order.id)
+                .fetch_all(self.ctx.db())
+                .await)?;
+                order.refunds = refunds
+                    .into_iter()
+                    .map(
+                        |(id, stripe_object_id, amount, kind, created_at)| RefundOut {
+                            id,
+                            stripe_object_id,
+                            amount,
+                            kind,
+                            created_at,
+                        },
+                    )
+                    .collect();
+                items_written += order.items.len() as i64;
+                line(&mut buf, &order)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.purchases += n;
+            self.counts.purchase_items += items_written;
+            self.progress(n + items_written).await?;
+        }
+    }
+
+    /// The payouts to the user as a seller.
+    async fn payouts(&mut self) -> Result<(), Failure> {
+        self.start("payouts.ndjson").await?;
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .page(
+                    "SELECT id, order_id, order_item_id, amount, currency, status, \
+                     stripe_transfer_id, stripe_reversal_id, created_at, updated_at \
+                     FROM seller_transfers WHERE seller_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    after,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 200);
+            for r in &rows {
+                let p = db((|| {
+                    Ok(PayoutOut {
+                        id: r.try_get(0)?,
+                        order_id: r.try_get(1)?,
+                        order_item_id: r.try_get(2)?,
+                        amount: r.try_get(3)?,
+                        currency: r.try_get(4)?,
+                        status: r.try_get(5)?,
+                        stripe_transfer_id: r.try_get(6)?,
+                        stripe_reversal_id: r.try_get(7)?,
+                        created_at: r.try_get(8)?,
+                        updated_at: r.try_get(9)?,
+                    })
+                })())?;
+                after = p.id;
+                line(&mut buf, &p)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.payouts += n;
+            self.progress(n).await?;
+        }
+    }
+
+    /// The stored Stripe events about the user's payments ([`OF_BUYER`]), by event id.
+    async fn payment_events(&mut self) -> Result<(), Failure> {
+        self.start("payment_events.ndjson").await?;
+        let sql = format!(
+            "SELECT id, type, order_id, outcome, received_at, payload FROM webhook_events \
+             WHERE {OF_BUYER} AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let mut after = String::new();
+        loop {
+            let rows = db(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(self.user_id)
+                .bind(&after)
+                .bind(self.page)
+                .fetch_all(self.ctx.db())
+                .await)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * 500);
+            for r in &rows {
+                let e = db((|| {
+                    let payload: String = r.try_get(5)?;
+                    Ok(PaymentEventOut {
+                        id: r.try_get(0)?,
+                        type_: r.try_get(1)?,
+                        order_id: r.try_get(2)?,
+                        outcome: r.try_get(3)?,
+                        received_at: r.try_get(4)?,
+                        payload: serde_json::from_str(&payload)
+                            .unwrap_or(serde_json::Value::String(payload)),
+                    })
+                })())?;
+                after.clone_from(&e.id);
+                line(&mut buf, &e)?;
+            }
+            let n = rows.len() as i64;
+            self.write(buf).await?;
+            self.counts.payment_events += n;
+            self.progress(n).await?;
+        }
+    }
+
     async fn manifest(&mut self, generated_at: Millis) -> Result<(), Failure> {
         let c = &self.counts;
         let manifest = Manifest {
@@ -902,6 +1196,21 @@ impl Writer<'_> {
                     name: "playback_history.ndjson",
                     format: "ndjson",
                     rows: c.playback_history,
+                },
+                ManifestFile {
+                    name: "purchases.ndjson",
+                    format: "ndjson",
+                    rows: c.purchases,
+                },
+                ManifestFile {
+                    name: "payouts.ndjson",
+                    format: "ndjson",
+                    rows: c.payouts,
+                },
+                ManifestFile {
+                    name: "payment_events.ndjson",
+                    format: "ndjson",
+                    rows: c.payment_events,
                 },
             ],
         };

@@ -101,11 +101,20 @@ pub struct DatabaseReport {
     /// `SMTP_URL` is unset).
     #[serde(default)]
     pub outbox_files_deleted: u64,
-    /// Stored Stripe events of the user's orders whose payload (which can carry the
-    /// buyer's e-mail, name and address) was replaced; the event row, its id and its
-    /// outcome stay, so a redelivery is still recognised.
+    /// Stored Stripe events of the user's payments (linked to their orders, or about a
+    /// payment intent or charge of theirs, whatever the event's outcome) whose payload
+    /// (which, stored before migration 0015, can carry the buyer's e-mail, name and
+    /// address) was replaced by this erasure; the event row, its id and its outcome stay,
+    /// so a redelivery is still recognised.
     #[serde(default)]
     pub webhook_payloads_erased: u64,
+    /// `jobs` rows (any kind) whose args, last error or note quoted the user's e-mail
+    /// address, now replaced by `[erased]` (an SMTP refusal quotes the recipient).
+    #[serde(default)]
+    pub job_texts_scrubbed: u64,
+    /// `job_attempts` rows whose error quoted the user's e-mail address, likewise.
+    #[serde(default)]
+    pub job_attempt_errors_scrubbed: u64,
 }
 
 /// The Redis step.
@@ -158,6 +167,37 @@ pub struct OpenSearchReport {
     pub tracks_anonymised: IndexReport,
 }
 
+/// Why the records of [`KeptRecords`] outlive the erasure.
+pub const KEPT_REASON: &str = "accounting records of sales and payouts, kept as bookkeeping law \
+    requires (GDPR Art. 17(3)(b)); they hold ids, amounts, dates and Stripe ids, no name, \
+    e-mail or address; stored Stripe events are kept, their payload erased, until \
+    WEBHOOK_EVENT_RETENTION";
+
+/// The records an erasure keeps on purpose, counted when the database step ran: the
+/// accounting of the user's purchases and sales. Stripe holds the same payments, and a
+/// refund after the erasure must still reverse a seller's payout. Identity goes (the
+/// account's e-mail, username and display name; Stripe payloads); these rows only point
+/// at the account's id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRecords {
+    /// Why they are kept ([`KEPT_REASON`]).
+    pub reason: String,
+    /// `orders` the user bought.
+    pub orders: u64,
+    /// `order_items` of those orders.
+    pub order_items: u64,
+    /// `payment_refunds` of those orders.
+    pub payment_refunds: u64,
+    /// `seller_transfers`: payouts to the user as a seller.
+    pub seller_transfers: u64,
+    /// `seller_accounts`: the user's Stripe connected account (0 or 1), where payouts and
+    /// their reversals go.
+    pub seller_accounts: u64,
+    /// `webhook_events` about the user's payments: the rows stay (a redelivery is still
+    /// recognised) with their payload erased, until `WEBHOOK_EVENT_RETENTION`.
+    pub webhook_events: u64,
+}
+
 /// Everything a receipt reports, per store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -167,6 +207,9 @@ pub struct Report {
     pub redis: RedisReport,
     /// OpenSearch.
     pub opensearch: OpenSearchReport,
+    /// What the erasure keeps, and why (receipts written before it have none).
+    #[serde(default)]
+    pub kept: KeptRecords,
 }
 
 /// An erasure receipt.

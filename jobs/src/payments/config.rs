@@ -1,5 +1,6 @@
 //! The payments jobs' variables: the Stripe client, the payout and reversal workers with
-//! their retry budgets, the safety-net schedules and the drift detector.
+//! their retry budgets, the safety-net schedules, the drift detector and how long received
+//! webhook events are kept.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -113,6 +114,17 @@ engine::config_var!(
     "reconcile_transfers checks the transfers changed within this long."
 );
 
+engine::config_var!(
+    WEBHOOK_EVENT_RETENTION,
+    "WEBHOOK_EVENT_RETENTION",
+    "90d",
+    "How long received Stripe webhook events are kept (at least 3d: Stripe redelivers for up to 3 days and a kept event is how a redelivery is recognised); the hourly prune_webhook_events job then deletes them, or erases the payload of those a recorded refund points at."
+);
+
+/// The shortest `WEBHOOK_EVENT_RETENTION`: Stripe redelivers an event for up to 3 days, and
+/// its stored row is how a redelivery is recognised and ignored.
+pub const MIN_WEBHOOK_EVENT_RETENTION: Duration = Duration::from_secs(3 * 24 * 3600);
+
 /// The payments variables, in `.env.template` order.
 pub const VARS: &[VarSpec] = &[
     STRIPE_SECRET_KEY,
@@ -132,6 +144,7 @@ pub const VARS: &[VarSpec] = &[
     REVERSAL_CHECK_INTERVAL,
     RECONCILE_TRANSFERS_SCHEDULE,
     RECONCILE_TRANSFERS_LOOKBACK,
+    WEBHOOK_EVENT_RETENTION,
 ];
 
 /// One worker's switch and retry budget.
@@ -206,6 +219,8 @@ pub struct PaymentsConfig {
     pub reconcile_every: Every,
     /// `RECONCILE_TRANSFERS_LOOKBACK`.
     pub reconcile_lookback: Duration,
+    /// `WEBHOOK_EVENT_RETENTION`: how long stored Stripe events are kept.
+    pub webhook_event_retention: Duration,
 }
 
 impl PaymentsConfig {
@@ -268,6 +283,13 @@ impl PaymentsConfig {
             );
             Every::Interval(Duration::from_secs(24 * 3600))
         });
+        let webhook_event_retention = env.duration(&WEBHOOK_EVENT_RETENTION);
+        if webhook_event_retention < MIN_WEBHOOK_EVENT_RETENTION {
+            env.problem(
+                &WEBHOOK_EVENT_RETENTION,
+                "at least 3d (Stripe redelivers events for up to 3 days)",
+            );
+        }
         Self {
             stripe,
             webhook_secrets,
@@ -277,6 +299,7 @@ impl PaymentsConfig {
             reversal_check_interval: env.duration(&REVERSAL_CHECK_INTERVAL),
             reconcile_every,
             reconcile_lookback: env.duration(&RECONCILE_TRANSFERS_LOOKBACK),
+            webhook_event_retention,
         }
     }
 
@@ -348,6 +371,21 @@ mod tests {
         assert!(c.payout.enabled && c.reversal.enabled);
         assert_eq!(c.reversal.max_retries, 10);
         assert_eq!(c.reversal_check_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn webhook_events_are_kept_at_least_as_long_as_stripe_redelivers() {
+        let mut e = Env::from_pairs(&[("WEBHOOK_EVENT_RETENTION", "2d")]);
+        PaymentsConfig::read(&mut e);
+        let err = e.finish().unwrap_err().to_string();
+        assert!(err.contains("WEBHOOK_EVENT_RETENTION"), "{err}");
+        let mut e = Env::from_pairs(&[("WEBHOOK_EVENT_RETENTION", "30d")]);
+        let c = PaymentsConfig::read(&mut e);
+        e.finish().unwrap();
+        assert_eq!(
+            c.webhook_event_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
     }
 
     #[test]

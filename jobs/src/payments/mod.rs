@@ -27,10 +27,17 @@
 //! - a partial refund: recorded in `payment_refunds` and listed for an admin
 //!   ([`orders::list_partial_refunds`]); nothing is reversed automatically;
 //! - any other type: recorded as `ignored`.
+//!
+//! Whatever the outcome, the stored row is linked to the event's order whenever it is known
+//! (`metadata.order_id`, or the order paid by its payment intent or charge), carries the
+//! payment intent and charge ids, and its payload is a copy without personal fields
+//! ([`StripeEvent::stored_payload`]): the buyer's erasure finds every event of theirs, and
+//! [`retention`] deletes events after `WEBHOOK_EVENT_RETENTION`.
 
 pub mod config;
 pub mod event;
 pub mod orders;
+pub mod retention;
 
 use std::sync::Arc;
 
@@ -242,15 +249,21 @@ pub async fn process_event(
     // waits here for this transaction, then finds the row. On SQLite it also takes the
     // write lock, so everything read below is current.
     let inserted = sqlx::query(
-        "INSERT INTO webhook_events (id, type, object_id, outcome, actor, received_at, payload) \
-         VALUES ($1, $2, $3, 'processing', $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO webhook_events (id, type, object_id, outcome, actor, received_at, payload, \
+         payment_intent_id, charge_id) \
+         VALUES ($1, $2, $3, 'processing', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&event.id)
     .bind(&event.type_)
     .bind(event.object_id())
     .bind(actor.as_str())
     .bind(now)
-    .bind(event.raw.to_string())
+    // Never the raw body: the buyer's e-mail, name and address stay out of the database.
+    .bind(event.stored_payload().to_string())
+    // The erasure finds the buyer's events by these too (an event refused before its order
+    // recorded the payment).
+    .bind(event.payment_intent_id())
+    .bind(event.charge_id())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -277,10 +290,14 @@ pub async fn process_event(
         },
     };
     let note = serde_json::to_string(&outcome).unwrap_or_default();
+    let order_id = match outcome.order_id() {
+        Some(id) => Some(id),
+        None => orders::order_of_event(&mut tx, event).await?,
+    };
     sqlx::query("UPDATE webhook_events SET outcome = $1, note = $2, order_id = $3 WHERE id = $4")
         .bind(outcome.name())
         .bind(note)
-        .bind(outcome.order_id())
+        .bind(order_id)
         .bind(&event.id)
         .execute(&mut *tx)
         .await?;
@@ -607,6 +624,7 @@ pub const KINDS: &[&str] = &[
     reverse_transfer::KIND,
     reverse_transfer::check::KIND,
     reconcile_transfers::KIND,
+    retention::KIND,
 ];
 
 /// Which workers this configuration runs in this process.
@@ -626,7 +644,8 @@ fn active(config: &PaymentsConfig) -> Active {
     }
 }
 
-/// Registers the payments jobs this configuration runs: none without `STRIPE_SECRET_KEY`
+/// Registers `prune_webhook_events` (always), and the payments jobs this configuration
+/// runs: none without `STRIPE_SECRET_KEY`
 /// (their jobs wait for a process that has one), and neither the payout nor the reversal
 /// worker (nor its safety net) when switched off. The kinds it does not run are declared,
 /// so that every process stores the configured retry policy on the jobs it enqueues (the
@@ -645,6 +664,11 @@ pub fn register(registry: &mut Registry, config: &PaymentsConfig) {
             }
         });
     let on = active(config);
+    // Events are stored whenever the webhook runs, with or without the secret key.
+    let keep = config.webhook_event_retention;
+    registry.register::<retention::PruneWebhookEvents, _, _>(move |args, ctx| {
+        retention::handle(args, ctx, keep)
+    });
     match &stripe {
         Some(stripe) if on.payout => {
             let deps = Arc::new(PayoutDeps {
@@ -720,10 +744,11 @@ pub fn reversal_policy(config: &PaymentsConfig) -> JobPolicy {
     }
 }
 
-/// The payments schedules of this configuration (only for kinds [`register`] registers).
+/// The payments schedules of this configuration (only for kinds [`register`] registers):
+/// `prune_webhook_events` always.
 pub fn schedules(config: &PaymentsConfig) -> Vec<Schedule> {
     let on = active(config);
-    let mut out = Vec::new();
+    let mut out = vec![retention::schedule()];
     if on.payout {
         out.push(transfer_seller::check::schedule(
             config.payout_check_interval,

@@ -174,6 +174,32 @@ pub async fn find_by_payment(
     Ok(row.map(order))
 }
 
+/// The order a stored event is linked to (`webhook_events.order_id`), whatever its outcome:
+/// the one its `metadata.order_id` names, if that order exists, else the one paid by its
+/// payment intent or charge. Every event about an order is linked, refused and ignored ones
+/// too, so that the buyer's erasure finds it.
+pub(crate) async fn order_of_event(
+    conn: &mut DbConn,
+    event: &super::StripeEvent,
+) -> Result<Option<i64>, sqlx::Error> {
+    let named = super::event::metadata(&event.object, "order_id")
+        .and_then(|raw| raw.trim().parse::<i64>().ok());
+    if let Some(id) = named {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if exists.is_some() {
+            return Ok(exists);
+        }
+    }
+    Ok(
+        find_by_payment(conn, event.payment_intent_id(), event.charge_id())
+            .await?
+            .map(|o| o.id),
+    )
+}
+
 /// When order `id` was fully refunded, if it was.
 pub async fn refunded_at(conn: &mut DbConn, id: i64) -> Result<Option<Millis>, sqlx::Error> {
     let at: Option<Option<i64>> =

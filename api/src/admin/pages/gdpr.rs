@@ -57,9 +57,20 @@ fn receipt_view(now: engine::Millis, r: &Receipt) -> Markup {
                     tr { th { "Public tracks kept (anonymous)" } td.num { (db.public_tracks_anonymised) } th { "Media files deleted" } td.num { (db.media_files_deleted) } }
                     tr { th { "Exports deleted" } td.num { (db.exports_deleted) } th { "Export files deleted" } td.num { (db.export_files_deleted) } }
                     tr { th { "Outbox e-mails deleted" } td.num { (db.outbox_files_deleted) } th { "Stripe payloads erased" } td.num { (db.webhook_payloads_erased) } }
+                    tr { th { "Job texts scrubbed" } td.num { (db.job_texts_scrubbed) } th { "Attempt errors scrubbed" } td.num { (db.job_attempt_errors_scrubbed) } }
                     tr { th { "Redis keys deleted" } td.num { (r.report.redis.keys_deleted) } th {} td {} }
                 }
             } }
+            @let kept = &r.report.kept;
+            @if !kept.reason.is_empty() {
+                h3 { "Kept" }
+                p.muted.small { (kept.reason) }
+                div.scroll { table.counts { tbody {
+                    tr { th { "Orders bought" } td.num { (kept.orders) } th { "Their items" } td.num { (kept.order_items) } }
+                    tr { th { "Their refunds" } td.num { (kept.payment_refunds) } th { "Payouts (as seller)" } td.num { (kept.seller_transfers) } }
+                    tr { th { "Payout account" } td.num { (kept.seller_accounts) } th { "Stripe events (payload erased)" } td.num { (kept.webhook_events) } }
+                } } }
+            }
         }
     }
 }

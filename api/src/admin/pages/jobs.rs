@@ -9,10 +9,10 @@ use poem::web::{Data, Html, Path, Query};
 use poem::{Request, Response};
 use serde::Deserialize;
 
-use crate::admin::redact::redact;
 use crate::admin::session::Session;
 use crate::admin::view::{self, Nav};
 use crate::admin::{internal, is_fragment, redirect};
+use crate::redact::{redact, redact_text};
 use crate::state::ApiState;
 
 /// Jobs per page.
@@ -133,7 +133,7 @@ pub(crate) async fn list(
                                 td data-label="Next run" { @if matches!(j.status, JobState::Pending | JobState::Retrying) {
                                     (view::when(now, j.run_at))
                                 } @else { span.muted { "—" } } }
-                                td.error data-label="Last error" { @if let Some(e) = &j.last_error { (view::clip(e, 90)) } }
+                                td.error data-label="Last error" { @if let Some(e) = &j.last_error { (view::clip(&redact_text(e), 90)) } }
                             }
                         }
                     }
@@ -231,19 +231,19 @@ async fn job_content(
                 dt { "Priority" } dd { (j.priority) }
                 @if let Some(k) = &j.unique_key { dt { "Unique key" } dd { code { (k) } } }
                 @if let Some(w) = &job.locked_by { dt { "Held by" } dd { code { (w) } } }
-                @if let Some(n) = &j.note { dt { "Note" } dd { (n) } }
+                @if let Some(n) = &j.note { dt { "Note" } dd { (redact_text(n)) } }
                 @if let Some(e) = &j.last_error {
                     @if j.status == JobState::Succeeded {
-                        dt { "Earlier error" } dd.muted { (e) }
+                        dt { "Earlier error" } dd.muted { (redact_text(e)) }
                     } @else {
-                        dt { "Last error" } dd.error { (e) }
+                        dt { "Last error" } dd.error { (redact_text(e)) }
                     }
                 }
             }
         }
         section.card {
             h2 { "Args" }
-            p.muted.small { "Values of secret or personal fields are redacted." }
+            p.muted.small { "Values of secret or personal fields, and addresses and keys in errors, are redacted." }
             pre.args #job-args { (args) }
         }
         section.card {
@@ -264,7 +264,7 @@ async fn job_content(
                                 }
                                 span.muted.small { " · " (a.worker_id) }
                             }
-                            @if let Some(e) = &a.error { pre.error { (e) } }
+                            @if let Some(e) = &a.error { pre.error { (redact_text(e)) } }
                         }
                     }
                 }

@@ -1,7 +1,10 @@
-//! Redaction of job args before an admin sees them: a value is replaced by `[redacted]` when
-//! its key names a secret or personal datum (token, secret, password, key, e-mail, …), or
-//! when the value itself looks like one (a Stripe or veza key, a webhook secret, an e-mail
-//! address, a bearer token).
+//! Redaction of what jobs hold before anyone outside the database sees it, in the one place
+//! both readers use: the API (`GET /v1/jobs`, `GET /v1/jobs/{id}`, any key scope) and the
+//! admin dashboard. In args, a value is replaced by `[redacted]` when its key names a secret
+//! or personal datum (token, secret, password, key, e-mail, …), or when the value itself
+//! looks like one (a Stripe or veza key, a webhook secret, an e-mail address, a bearer
+//! token). In free text (errors, notes), each word that looks like one is replaced: an SMTP
+//! refusal quotes the recipient's address.
 
 use serde_json::Value;
 
@@ -74,6 +77,26 @@ pub fn redact(args: &Value) -> Value {
     }
 }
 
+/// `text` (an error, a note) with each word that looks like a secret or an e-mail address
+/// ([`looks_secret`]) replaced by [`REDACTED`]; the punctuation around a word (`<…>:`) and
+/// the spacing stay.
+pub fn redact_text(text: &str) -> String {
+    const AROUND: &[char] = &[
+        '<', '>', '(', ')', '[', ']', '{', '}', ',', ';', ':', '"', '\'',
+    ];
+    text.split_inclusive(char::is_whitespace)
+        .map(|token| {
+            let word = token.trim_end_matches(char::is_whitespace);
+            let inner = word.trim_matches(AROUND);
+            if looks_secret(inner) {
+                token.replacen(inner, REDACTED, 1)
+            } else {
+                token.to_owned()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +126,16 @@ mod tests {
                 "email": null
             })
         );
+    }
+
+    #[test]
+    fn addresses_and_keys_in_free_text_are_redacted() {
+        assert_eq!(
+            redact_text("554 5.7.1 <ana.1@mail.example>: rejected, key sk_live_1\nretry"),
+            "554 5.7.1 <[redacted]>: rejected, key [redacted]\nretry"
+        );
+        let plain = "cannot delete media/a.jpg: No such file (os error 2)";
+        assert_eq!(redact_text(plain), plain);
     }
 
     #[test]
