@@ -36,6 +36,7 @@ backend_tests!(
     listing_deletions_reads_the_partial_index,
     every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcome,
     an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts,
+    an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_scan,
 );
 
 async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
@@ -1096,4 +1097,42 @@ async fn quoting(w: &World, email: &str) -> (i64, i64) {
         .await
         .unwrap();
     (jobs, attempts)
+}
+
+/// `hard_delete` owns no status of its own to fail: an unfinished receipt is what says the
+/// erasure is owed. So when its job ends without finishing (an admin cancelled it, its
+/// attempts ran out while Redis was away), no discard hook is needed: the next daily scan
+/// enqueues the erasure again and it resumes from the receipt.
+async fn an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_scan(t: TestDb) {
+    let w = world(&t, |s| {
+        s.erasure.redis_url = Some("redis://127.0.0.1:1".into())
+    });
+    let user = Person::new("kai");
+    insert_user(&w, &user).await;
+    past_deadline(&w, &user, None).await;
+    perform_job(&w.engine, &HardDeleteScan {}).await.unwrap();
+    let jobs = enqueued::<HardDelete>(&w.engine).await;
+    assert_eq!(jobs.len(), 1);
+    let first = jobs[0].0;
+    // Its attempt erases the database and stops at Redis.
+    drain(&w.engine).await;
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.database_at.is_some() && r.finished_at.is_none());
+    // The job ends without its handler finishing.
+    w.engine.cancel(first, &Actor::cli()).await.unwrap();
+    // The next scan owes the user the rest of the erasure.
+    w.clock.advance(DAY);
+    perform_job(&w.engine, &HardDeleteScan {}).await.unwrap();
+    let again: Vec<_> = enqueued::<HardDelete>(&w.engine)
+        .await
+        .into_iter()
+        .filter(|(id, state, args)| {
+            *id != first && *state == JobState::Pending && args.user_id == user.id
+        })
+        .collect();
+    assert_eq!(again.len(), 1, "the erasure is enqueued again");
 }

@@ -199,15 +199,14 @@ pub async fn handle(
     let row = sqlx::query("SELECT user_id, status FROM data_exports WHERE id = $1")
         .bind(id)
         .fetch_optional(ctx.db())
-        .await
-        .map_err(|e| JobError::database(&e))?;
+        .await?;
     let Some(row) = row else {
         return Ok(Outcome::Skipped {
             reason: format!("export {id} no longer exists (the account was erased)"),
         });
     };
-    let user_id: i64 = row.try_get(0).map_err(|e| JobError::database(&e))?;
-    let status: String = row.try_get(1).map_err(|e| JobError::database(&e))?;
+    let user_id: i64 = row.try_get(0)?;
+    let status: String = row.try_get(1)?;
     let status = ExportStatus::parse(&status)
         .ok_or_else(|| JobError::permanent(format!("unknown export status {status:?}")))?;
     match status {
@@ -401,7 +400,11 @@ async fn mark_ready(
     finished: &zip_sink::Finished,
 ) -> Result<(), Failure> {
     let now = ctx.now_ms();
-    let mut tx = ctx.db().begin().await.map_err(|e| Failure::db(&e))?;
+    let mut tx = ctx
+        .engine
+        .begin()
+        .await
+        .map_err(|e| Failure::transient(format!("beginning: {e}")))?;
     let alive = sqlx::query(
         "UPDATE users SET updated_at = updated_at WHERE id = $1 AND status <> 'erased'",
     )
@@ -429,12 +432,12 @@ async fn mark_ready(
             )));
         }
     }
-    ctx.engine
-        .enqueue_tx(&mut tx, SendEmail::export_ready(user_id, id))
+    tx.enqueue(SendEmail::export_ready(user_id, id))
         .await
         .map_err(|e| Failure::transient(format!("enqueueing the e-mail: {e}")))?;
-    tx.commit().await.map_err(|e| Failure::db(&e))?;
-    ctx.engine.wake(SendEmail::KIND);
+    tx.commit()
+        .await
+        .map_err(|e| Failure::transient(format!("committing: {e}")))?;
     Ok(())
 }
 

@@ -21,10 +21,6 @@ use super::receipt::{self, Collected, KeptRecords, Report, Step};
 use crate::payments::event::{OF_BUYER, PAYLOAD_NOT_ERASED, erased_payload};
 use crate::users::state as user_state;
 
-fn db(e: sqlx::Error) -> JobError {
-    JobError::database(&e)
-}
-
 /// Step 1: the ids of what the erasure removes or anonymises, read before anything changes.
 pub(crate) async fn collect(
     conn: &mut DbConn,
@@ -62,8 +58,7 @@ async fn exec(conn: &mut DbConn, sql: &'static str, user_id: i64) -> Result<u64,
     Ok(sqlx::query(sql)
         .bind(user_id)
         .execute(&mut *conn)
-        .await
-        .map_err(db)?
+        .await?
         .rows_affected())
 }
 
@@ -79,8 +74,7 @@ async fn erase_webhook_payloads(conn: &mut DbConn, user_id: i64) -> Result<u64, 
         .bind(user_id)
         .bind(erased_payload("hard_delete"))
         .execute(&mut *conn)
-        .await
-        .map_err(db)?
+        .await?
         .rows_affected())
 }
 
@@ -106,8 +100,7 @@ async fn count_kept(conn: &mut DbConn, user_id: i64) -> Result<KeptRecords, JobE
     ) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?;
+        .await?;
     let n = |v: i64| u64::try_from(v).unwrap_or(0);
     Ok(KeptRecords {
         reason: receipt::KEPT_REASON.to_owned(),
@@ -159,8 +152,7 @@ async fn scrub_job_texts(conn: &mut DbConn, email: &str) -> Result<(u64, u64), J
         .bind(form)
         .bind(SCRUBBED)
         .execute(&mut *conn)
-        .await
-        .map_err(db)?
+        .await?
         .rows_affected();
         attempts += sqlx::query(
             "UPDATE job_attempts SET error = REPLACE(error, $1, $2) \
@@ -169,8 +161,7 @@ async fn scrub_job_texts(conn: &mut DbConn, email: &str) -> Result<(u64, u64), J
         .bind(form)
         .bind(SCRUBBED)
         .execute(&mut *conn)
-        .await
-        .map_err(db)?
+        .await?
         .rows_affected();
     }
     Ok((jobs, attempts))
@@ -185,8 +176,8 @@ pub(crate) async fn erase(
     report: &mut Report,
 ) -> Result<(), JobError> {
     let keep = collected.keep_public_tracks;
-    let mut conn = ctx.db().acquire().await.map_err(db)?;
-    let again = collect(&mut conn, user_id, keep).await.map_err(db)?;
+    let mut conn = ctx.db().acquire().await?;
+    let again = collect(&mut conn, user_id, keep).await?;
     collected.merge(again);
     let removed = remove_files(ctx, settings, user_id, collected).await?;
     report.database.media_files_deleted += removed.media.files;
@@ -202,22 +193,20 @@ pub(crate) async fn erase(
         None,
         ctx.now_ms(),
     )
-    .await
-    .map_err(db)?;
+    .await?;
     // Read before the transaction clears it: job texts quoting it are scrubbed below. (Read
     // here, not in the transaction, so that the transaction's first statement is the write
     // that locks the account row.)
     let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?
+        .await?
         .flatten();
     drop(conn);
 
     let now = ctx.now_ms();
     let d = &mut report.database;
-    let mut tx = ctx.db().begin().await.map_err(db)?;
+    let mut tx = ctx.db().begin().await?;
     // The account row first: it locks the row, so a concurrent export finishing for this
     // user waits for this transaction (and then sees the account erased).
     d.users_anonymised = exec(
@@ -233,8 +222,7 @@ pub(crate) async fn erase(
     .bind(user_id)
     .bind(now)
     .execute(&mut *tx)
-    .await
-    .map_err(db)?
+    .await?
     .rows_affected();
     d.messages_deleted = exec(
         &mut tx,
@@ -313,8 +301,7 @@ pub(crate) async fn erase(
         .bind(&settings.anonymous_artist)
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(db)?
+        .await?
         .rows_affected();
     } else {
         d.public_tracks_deleted = exec(
@@ -332,7 +319,7 @@ pub(crate) async fn erase(
     .await?;
     match user_state::mark_erased(&mut tx, user_id, &Actor::job(ctx.job_id), now).await {
         Ok(()) => {}
-        Err(TransitionError::Database(e)) => return Err(db(e)),
+        Err(TransitionError::Database(e)) => return Err(e.into()),
         Err(e) => {
             return Err(JobError::transient(format!(
                 "the account changed during the erasure: {e}"
@@ -348,9 +335,8 @@ pub(crate) async fn erase(
         Some(Step::Database),
         now,
     )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    .await?;
+    tx.commit().await?;
     // An export that became ready just before our transaction may have written its file
     // after the first pass: remove again (the rows are gone now, no new file can appear).
     // Likewise an e-mail written meanwhile (a later one sees `erased` and removes its own

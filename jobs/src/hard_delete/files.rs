@@ -25,10 +25,6 @@ use crate::send_email::outbox_dir_of;
 /// Ids per `IN (…)` list.
 const IN_CHUNK: usize = 500;
 
-fn db(e: sqlx::Error) -> JobError {
-    JobError::database(&e)
-}
-
 /// What was removed from (or refused under) `MEDIA_ROOT`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct MediaTally {
@@ -220,12 +216,12 @@ pub(crate) async fn remove_files(
         for id in chunk {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(ctx.db()).await.map_err(db)?;
+        let rows = q.fetch_all(ctx.db()).await?;
         for r in rows {
-            let id: i64 = r.try_get(0).map_err(db)?;
-            let file_path: String = r.try_get(1).map_err(db)?;
-            let thumbnails: Option<String> = r.try_get(2).map_err(db)?;
-            let cover: Option<String> = r.try_get(3).map_err(db)?;
+            let id: i64 = r.try_get(0)?;
+            let file_path: String = r.try_get(1)?;
+            let thumbnails: Option<String> = r.try_get(2)?;
+            let cover: Option<String> = r.try_get(3)?;
             remove_media_file(root, &file_path, &mut media).await?;
             if let Some(list) =
                 thumbnails.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -253,8 +249,7 @@ pub(crate) async fn remove_files(
                 .bind(user_id)
                 .bind(i64::from(collected.keep_public_tracks))
                 .fetch_one(ctx.db())
-                .await
-                .map_err(db)?;
+                .await?;
                 if users == 0 {
                     remove_media_file(root, &cover, &mut media).await?;
                 }
@@ -265,8 +260,7 @@ pub(crate) async fn remove_files(
         sqlx::query_scalar("SELECT avatar_path FROM user_profiles WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(ctx.db())
-            .await
-            .map_err(db)?;
+            .await?;
     if let Some(Some(avatar)) = avatar {
         remove_media_file(root, &avatar, &mut media).await?;
     }

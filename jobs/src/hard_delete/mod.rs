@@ -135,10 +135,6 @@ impl Erasure {
     }
 }
 
-fn db(e: sqlx::Error) -> JobError {
-    JobError::database(&e)
-}
-
 /// Runs (or resumes) one erasure.
 pub async fn handle(
     args: HardDelete,
@@ -152,16 +148,15 @@ pub async fn handle(
     )
     .bind(user_id)
     .fetch_optional(ctx.db())
-    .await
-    .map_err(db)?;
+    .await?;
     let Some(row) = row else {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} does not exist"),
         });
     };
-    let status: String = row.try_get(0).map_err(db)?;
-    let deadline: Option<Millis> = row.try_get(1).map_err(db)?;
-    let keep_public = row.try_get::<i64, _>(2).map_err(db)? != 0;
+    let status: String = row.try_get(0)?;
+    let deadline: Option<Millis> = row.try_get(1)?;
+    let keep_public = row.try_get::<i64, _>(2)? != 0;
     match UserStatus::parse(&status) {
         Some(UserStatus::DeletionRequested) => {
             if deadline.is_none_or(|d| now < d) {
@@ -185,10 +180,8 @@ pub async fn handle(
         }
     }
 
-    let mut conn = ctx.db().acquire().await.map_err(db)?;
-    let mut receipt = receipt::open(&mut conn, user_id, ctx.job_id, now)
-        .await
-        .map_err(db)?;
+    let mut conn = ctx.db().acquire().await?;
+    let mut receipt = receipt::open(&mut conn, user_id, ctx.job_id, now).await?;
     if receipt.finished_at.is_some() {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} is already erased (receipt complete)"),
@@ -204,9 +197,7 @@ pub async fn handle(
     let mut collected = match receipt.collected.take() {
         Some(c) if receipt.collected_at.is_some() => c,
         _ => {
-            let c = database::collect(&mut conn, user_id, keep_public)
-                .await
-                .map_err(db)?;
+            let c = database::collect(&mut conn, user_id, keep_public).await?;
             receipt::save(
                 &mut conn,
                 user_id,
@@ -215,8 +206,7 @@ pub async fn handle(
                 Some(Step::Collected),
                 ctx.now_ms(),
             )
-            .await
-            .map_err(db)?;
+            .await?;
             c
         }
     };
@@ -256,7 +246,7 @@ pub async fn handle(
     }
 
     // 5. Close the receipt.
-    let mut conn = ctx.db().acquire().await.map_err(db)?;
+    let mut conn = ctx.db().acquire().await?;
     receipt::save(
         &mut conn,
         user_id,
@@ -265,8 +255,7 @@ pub async fn handle(
         Some(Step::Finished),
         ctx.now_ms(),
     )
-    .await
-    .map_err(db)?;
+    .await?;
     tracing::info!(user_id, "erasure complete");
     Ok(Outcome::Succeeded)
 }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use engine::scheduler::Schedule;
 use engine::state_machine::{Actor, TransitionError};
-use engine::{DbConn, Engine, Job, JobPolicy, Millis, NewJob, Registry};
+use engine::{Engine, Job, JobPolicy, JobTx, Millis, NewJob, Registry};
 use serde::Serialize;
 
 pub use config::PaymentsConfig;
@@ -244,7 +244,7 @@ pub async fn process_event(
     actor: &Actor,
 ) -> Result<EventOutcome, PaymentsError> {
     let now = engine.clock().now_ms();
-    let mut tx = engine.db().begin().await?;
+    let mut tx = engine.begin().await?;
     // First statement, a write: the dedupe point. A concurrent delivery of the same event
     // waits here for this transaction, then finds the row. On SQLite it also takes the
     // write lock, so everything read below is current.
@@ -272,17 +272,14 @@ pub async fn process_event(
         tracing::info!(event = %event.id, kind = %event.type_, "webhook event received again: nothing to do");
         return Ok(EventOutcome::Duplicate);
     }
-    let mut wake = Vec::new();
     let outcome = match event.type_.as_str() {
-        "payment_intent.succeeded" => {
-            payment_succeeded(engine, &mut tx, event, actor, now, &mut wake).await?
-        }
+        "payment_intent.succeeded" => payment_succeeded(&mut tx, event, actor, now).await?,
         "charge.refunded" => match RefundFact::from_charge(&event.object) {
-            Ok(fact) => refund(engine, &mut tx, event, &fact, actor, now, &mut wake).await?,
+            Ok(fact) => refund(&mut tx, event, &fact, actor, now).await?,
             Err(outcome) => outcome,
         },
         "refund.created" | "refund.updated" => match RefundFact::from_refund(&event.object) {
-            Ok(fact) => refund(engine, &mut tx, event, &fact, actor, now, &mut wake).await?,
+            Ok(fact) => refund(&mut tx, event, &fact, actor, now).await?,
             Err(outcome) => outcome,
         },
         other => EventOutcome::Ignored {
@@ -302,9 +299,6 @@ pub async fn process_event(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    for kind in wake {
-        engine.wake(kind);
-    }
     tracing::info!(event = %event.id, kind = %event.type_, outcome = ?outcome, "webhook event processed");
     Ok(outcome)
 }
@@ -325,12 +319,10 @@ fn order_id_from_metadata(object: &serde_json::Value) -> Result<Option<i64>, Eve
 }
 
 async fn payment_succeeded(
-    engine: &Engine,
-    tx: &mut DbConn,
+    tx: &mut JobTx,
     event: &StripeEvent,
     actor: &Actor,
     now: Millis,
-    wake: &mut Vec<&'static str>,
 ) -> Result<EventOutcome, PaymentsError> {
     let pi = &event.object;
     let Some(pi_id) = str_field(pi, "id") else {
@@ -389,14 +381,10 @@ async fn payment_succeeded(
             currency: item.currency.clone(),
         };
         if let Some(id) = state::create_pending(tx, &new, actor, now).await? {
-            engine
-                .enqueue_tx(tx, NewJob::new(TransferSeller { transfer_id: id }))
+            tx.enqueue(NewJob::new(TransferSeller { transfer_id: id }))
                 .await?;
             transfer_ids.push(id);
         }
-    }
-    if !transfer_ids.is_empty() {
-        wake.push(TransferSeller::KIND);
     }
     Ok(EventOutcome::TransfersCreated {
         order_id,
@@ -463,13 +451,11 @@ impl<'a> RefundFact<'a> {
 }
 
 async fn refund(
-    engine: &Engine,
-    tx: &mut DbConn,
+    tx: &mut JobTx,
     event: &StripeEvent,
     fact: &RefundFact<'_>,
     actor: &Actor,
     now: Millis,
-    wake: &mut Vec<&'static str>,
 ) -> Result<EventOutcome, PaymentsError> {
     let order = match fact.order_id {
         Some(id) => orders::load(tx, id)
@@ -498,7 +484,7 @@ async fn refund(
     )
     .bind(order.id)
     .bind(fact.object_id)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     let refunded = match fact.source {
         "refund" => (refund_sum + fact.amount).max(charge_max),
@@ -525,7 +511,7 @@ async fn refund(
     .bind(currency)
     .bind(if full { "full" } else { "partial" })
     .bind(now)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     if !full {
         tracing::warn!(order = order.id, refunded, of = order.amount_total, event = %event.id,
@@ -551,14 +537,10 @@ async fn refund(
                     now,
                 )
                 .await?;
-                engine
-                    .enqueue_tx(
-                        tx,
-                        NewJob::new(ReverseTransfer {
-                            transfer_id: row.id,
-                        }),
-                    )
-                    .await?;
+                tx.enqueue(NewJob::new(ReverseTransfer {
+                    transfer_id: row.id,
+                }))
+                .await?;
                 reversals.push(row.id);
             }
             TransferStatus::Pending | TransferStatus::Failed
@@ -582,14 +564,10 @@ async fn refund(
             TransferStatus::Pending | TransferStatus::Failed => {
                 // A payout call may be on its way or may have landed: its job decides, and
                 // sees the refund. Make sure it has one.
-                engine
-                    .enqueue_tx(
-                        tx,
-                        NewJob::new(TransferSeller {
-                            transfer_id: row.id,
-                        }),
-                    )
-                    .await?;
+                tx.enqueue(NewJob::new(TransferSeller {
+                    transfer_id: row.id,
+                }))
+                .await?;
                 awaiting_payout.push(row.id);
             }
             TransferStatus::PermanentlyFailed => needs_admin.push(row.id),
@@ -597,12 +575,6 @@ async fn refund(
             | TransferStatus::Reversed
             | TransferStatus::Cancelled => {}
         }
-    }
-    if !reversals.is_empty() {
-        wake.push(ReverseTransfer::KIND);
-    }
-    if !awaiting_payout.is_empty() {
-        wake.push(TransferSeller::KIND);
     }
     if !needs_admin.is_empty() {
         tracing::error!(order = order.id, transfers = ?needs_admin,

@@ -95,9 +95,7 @@ pub async fn handle(
     retention: Duration,
 ) -> Result<Outcome, JobError> {
     let before = ctx.now_ms() - duration_ms(retention);
-    let pruned = prune(ctx.db(), before)
-        .await
-        .map_err(|e| JobError::database(&e))?;
+    let pruned = prune(ctx.db(), before).await?;
     tracing::info!(
         deleted = pruned.deleted,
         payloads_erased = pruned.payloads_erased,

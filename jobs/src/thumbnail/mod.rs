@@ -275,14 +275,8 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let ThumbnailArgs { track_id, source } = &args;
     let track_id = *track_id;
-    let mut conn = ctx
-        .db()
-        .acquire()
-        .await
-        .map_err(|e| JobError::database(&e))?;
-    let cover = track_cover(&mut conn, track_id)
-        .await
-        .map_err(|e| JobError::database(&e))?;
+    let mut conn = ctx.db().acquire().await?;
+    let cover = track_cover(&mut conn, track_id).await?;
     drop(conn);
     match cover {
         None => {
@@ -313,7 +307,7 @@ pub async fn handle(
     // Record, and put the files in place, under the track row's lock and only while
     // `source` is its cover (see the module doc).
     let json = serde_json::to_string(&staged.recorded).expect("thumbnails encode as JSON");
-    let mut tx = ctx.db().begin().await.map_err(|e| JobError::database(&e))?;
+    let mut tx = ctx.db().begin().await?;
     ctx.fence(&mut tx).await?;
     let updated = sqlx::query(
         "UPDATE tracks SET thumbnails = $1, thumbnail_source = $2, thumbnails_updated_at = $3 \
@@ -325,19 +319,12 @@ pub async fn handle(
     .bind(track_id)
     .bind(source.as_str())
     .execute(&mut *tx)
-    .await
-    .map_err(|e| JobError::database(&e))?
+    .await?
     .rows_affected();
     if updated == 0 {
         drop(tx);
-        let mut conn = ctx
-            .db()
-            .acquire()
-            .await
-            .map_err(|e| JobError::database(&e))?;
-        let cover = track_cover(&mut conn, track_id)
-            .await
-            .map_err(|e| JobError::database(&e))?;
+        let mut conn = ctx.db().acquire().await?;
+        let cover = track_cover(&mut conn, track_id).await?;
         drop(staged);
         let Some(cover) = cover else {
             // Deleted while we worked: take the files away with it.
@@ -355,7 +342,7 @@ pub async fn handle(
         .await
         .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
         .map_err(JobError::Transient)?;
-    tx.commit().await.map_err(|e| JobError::database(&e))?;
+    tx.commit().await?;
     tracing::info!(
         track_id,
         source = source.as_str(),
