@@ -106,6 +106,18 @@ struct Inner {
     listener: OnceLock<JoinHandle<()>>,
     /// Dropped with the engine: stops the listener and the notifier.
     stop: watch::Sender<bool>,
+    /// Group commit of [`Engine::enqueue`], started on first use.
+    group: crate::group_commit::Lazy,
+}
+
+/// An [`Engine`] that does not keep it alive (the group-commit writers hold one).
+#[derive(Clone)]
+pub(crate) struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    pub(crate) fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
 }
 
 impl Drop for Inner {
@@ -161,6 +173,7 @@ impl EngineBuilder {
                 notifier: OnceLock::new(),
                 listener: OnceLock::new(),
                 stop: watch::channel(false).0,
+                group: Default::default(),
             }),
         }
     }
@@ -231,12 +244,34 @@ impl Engine {
         })
     }
 
-    /// Enqueues a job in its own transaction and wakes its workers.
+    /// Enqueues a job and wakes its workers; returns once it is committed. Concurrent calls
+    /// share a transaction (group commit, see `group_commit.rs`): one commit for all the
+    /// jobs that queued while the previous one was written.
     pub async fn enqueue<J: Job>(&self, job: impl Into<NewJob<J>>) -> Result<Enqueued> {
-        let mut tx = self.begin().await?;
-        let enqueued = tx.enqueue(job).await?;
-        tx.commit().await?;
-        Ok(enqueued)
+        let job = job.into();
+        let now = self.clock().now_ms();
+        let policy = self.policy_of(J::KIND);
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let queued = crate::group_commit::Queued {
+            kind: J::KIND,
+            args: serde_json::to_string(&job.args)?,
+            priority: job.priority.unwrap_or(policy.priority),
+            retry: crate::job::RetryPolicy {
+                max_attempts: job.max_attempts.unwrap_or(policy.retry.max_attempts),
+                ..policy.retry
+            },
+            run_at: job.run_at.unwrap_or(now),
+            unique_key: job.unique_key,
+            reply,
+        };
+        if !self.inner.group.get(self).send(queued) {
+            return Err(Error::ShuttingDown);
+        }
+        done.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
     }
 
     /// Enqueues a job on `conn`, the caller's transaction: it exists if and only if that
@@ -477,6 +512,16 @@ impl JobTx {
         };
         let enqueued = storage::insert_job(&mut self.tx, &row, now, Notify::AfterCommit).await?;
         self.note(kind);
+        Ok(enqueued)
+    }
+
+    /// Inserts one encoded row (group commit).
+    pub(crate) async fn insert_row(&mut self, row: &InsertJob<'_>) -> Result<Enqueued> {
+        let now = self.engine.clock().now_ms();
+        let enqueued = storage::insert_job(&mut self.tx, row, now, Notify::AfterCommit).await?;
+        if row.run_at <= now && matches!(enqueued, Enqueued::Inserted(_)) {
+            self.note(row.kind);
+        }
         Ok(enqueued)
     }
 

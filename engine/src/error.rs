@@ -45,6 +45,9 @@ pub enum Error {
     /// No job kind with this name is registered.
     #[error("no job kind named {0:?} is registered")]
     UnknownKind(String),
+    /// The engine was dropped before a queued enqueue was written (nothing was written).
+    #[error("the engine was dropped before the job was written")]
+    ShuttingDown,
     /// A domain state transition was refused (see [`crate::state_machine`]).
     #[error(transparent)]
     Transition(#[from] crate::state_machine::TransitionError),

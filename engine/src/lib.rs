@@ -19,6 +19,7 @@ pub mod context;
 pub mod db;
 pub mod engine;
 pub mod error;
+mod group_commit;
 pub mod job;
 pub mod metrics;
 pub mod registry;

@@ -18,6 +18,8 @@ fn start() -> chrono::DateTime<Utc> {
 }
 
 backend_tests!(
+    concurrent_enqueues_share_commits_and_each_gets_its_own_answer,
+    a_row_the_database_refuses_fails_only_its_own_enqueue,
     rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs,
     unique_key_held_by_an_unfinished_job_returns_that_job,
     cancel_stops_a_waiting_job_and_refuses_others,
@@ -387,4 +389,105 @@ async fn postgres_commit_wakes_workers_of_other_processes_without_polling() {
     );
     pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
+}
+
+/// `Engine::enqueue` group-commits concurrent calls: each caller still gets its own id once
+/// its job is committed, and a unique key contended inside one group has one winner.
+async fn concurrent_enqueues_share_commits_and_each_gets_its_own_answer(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let plain: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut probe = Probe::new(Behaviour::Succeed);
+                probe.tag = format!("p{i}");
+                engine.enqueue(probe).await.unwrap()
+            })
+        })
+        .collect();
+    let keyed: Vec<_> = (0..16)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .enqueue(NewJob::new(Probe::new(Behaviour::Succeed)).unique_key("one"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for h in plain {
+        let e = h.await.unwrap();
+        assert!(matches!(e, Enqueued::Inserted(_)));
+        ids.push(e.id());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 64, "one row each");
+    let mut keyed_results = Vec::new();
+    for h in keyed {
+        keyed_results.push(h.await.unwrap());
+    }
+    let inserted: Vec<_> = keyed_results
+        .iter()
+        .filter(|e| matches!(e, Enqueued::Inserted(_)))
+        .collect();
+    assert_eq!(inserted.len(), 1, "one winner for the key");
+    assert!(keyed_results.iter().all(|e| e.id() == inserted[0].id()));
+    // Every answer is a committed row, with the args its caller gave.
+    for id in &ids {
+        let j = admin::get_job(engine.db(), *id).await.unwrap();
+        assert_eq!(j.job.status, JobState::Pending);
+        assert!(j.args["tag"].as_str().unwrap().starts_with('p'));
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    assert_eq!(rows, 65);
+}
+
+/// Postgres refuses a NUL character in text (SQLite stores it): the enqueue carrying one
+/// fails alone, the ones that shared its group are written.
+async fn a_row_the_database_refuses_fails_only_its_own_enqueue(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let key = if i == 11 {
+                    "bad\0key".to_owned()
+                } else {
+                    format!("k{i}")
+                };
+                engine
+                    .enqueue(NewJob::new(Probe::new(Behaviour::Succeed)).unique_key(key))
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for h in calls {
+        results.push(h.await.unwrap());
+    }
+    for (i, r) in results.iter().enumerate() {
+        if i == 11 && t.backend == Backend::Postgres {
+            assert!(matches!(r, Err(Error::Database(_))), "{r:?}");
+        } else {
+            assert!(r.is_ok(), "call {i}: {r:?}");
+        }
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    let expected = if t.backend == Backend::Postgres {
+        23
+    } else {
+        24
+    };
+    assert_eq!(rows, expected);
 }
