@@ -1,6 +1,10 @@
 //! The HTTP front in-process: `/ready` names what is down, and a shutdown stops accepting
 //! while it lets in-flight requests finish.
 
+// The router's future type nests deeper than the default limit allows when compiled
+// in release (`cargo test --release`).
+#![recursion_limit = "256"]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,6 +2,10 @@
 //! and scopes, rate limits, every route's answers and error shapes, metrics, and a
 //! property-based pass over the OpenAPI spec.
 
+// The router's future type nests deeper than the default limit allows when compiled
+// in release (`cargo test --release`).
+#![recursion_limit = "256"]
+
 mod auth;
 mod contract;
 mod exports;
