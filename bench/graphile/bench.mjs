@@ -14,6 +14,7 @@ const N = Number(process.env.BENCH_JOBS || 20000);
 const CONCURRENCY = 8;
 const pool = new pg.Pool({ connectionString: url, max: 10 });
 pool.on("error", (e) => console.error("pool:", e.message));
+pool.on("connect", (client) => client.on("error", (e) => console.error("client:", e.message)));
 const logger = new Logger(() => () => {});
 
 const utils = await makeWorkerUtils({ pgPool: pool, logger });

@@ -6,8 +6,8 @@
 //!
 //! The scenario of the peers' measures (shared/research/peer-bench.md):
 //! 1. bulk enqueue: 20,000 no-op jobs, 1,000 per call (`JobTx::enqueue_many`);
-//! 2. one-by-one enqueue: 8 producers, 2,000 jobs each through `Engine::enqueue` (one
-//!    transaction each, durable);
+//! 2. one-by-one enqueue: 8 producers, 2,000 jobs each through `Engine::enqueue` (each
+//!    returns once its job is committed; concurrent calls share commits);
 //! 3. processing a backlog: 20,000 no-op jobs enqueued beforehand, then a `WorkerPool` at
 //!    concurrency 8; the time until the database shows every job succeeded. Defaults,
 //!    then "tuned" (a larger claim-ahead buffer);
@@ -60,7 +60,7 @@ fn engine(t: &TestDb, workers: WorkerSettings) -> Engine {
 
 fn tuned() -> WorkerSettings {
     WorkerSettings {
-        fetch_batch: 500,
+        fetch_batch: 1_000,
         ..WorkerSettings::default()
     }
 }
@@ -131,7 +131,7 @@ async fn bench_enqueue(backend: Backend, rows: &mut Vec<Row>) -> Option<()> {
         p.await.expect("producer");
     }
     rows.push(Row {
-        what: format!("one-by-one enqueue ({PRODUCERS} producers, 1 tx each)"),
+        what: format!("one-by-one enqueue ({PRODUCERS} producers, Engine::enqueue)"),
         jobs: PRODUCERS * PER_PRODUCER,
         time: start.elapsed(),
         note: "",
