@@ -382,6 +382,11 @@ async fn rerunning_replaces_the_thumbnails_atomically(t: TestDb) {
         std::fs::metadata(w.media.path().join(p)).unwrap().ino()
     };
     let old_inode = inode(&format!("thumbnails/{track}/512.jpg"));
+    // Held open, the old file keeps its inode: the filesystem cannot hand its number to a
+    // new file (which made this check flaky), and what it holds shows whether it was
+    // rewritten in place.
+    let mut old_file =
+        std::fs::File::open(w.media.path().join(format!("thumbnails/{track}/512.jpg"))).unwrap();
 
     // A reader keeps opening the files while the job is re-run: every read must be a
     // whole image, old or new, never a part.
@@ -421,6 +426,13 @@ async fn rerunning_replaces_the_thumbnails_atomically(t: TestDb) {
         inode(&format!("thumbnails/{track}/512.jpg")),
         old_inode,
         "replaced by a rename, not rewritten in place"
+    );
+    let mut old_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut old_file, &mut old_bytes).unwrap();
+    let old_image = image::load_from_memory(&old_bytes).unwrap();
+    assert!(
+        close(at(&old_image, 10, 10), RED),
+        "the old file still holds the first image"
     );
     let rec = w.recorded(track).await;
     assert_eq!(rec.updated_at, Some(first_at + 5_000));
