@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Millis};
 use crate::db::{Backend, Db, DbConn, Tx};
 use crate::error::{Error, Result};
 use crate::job::{Enqueued, Job, JobPolicy, JobState, NewJob};
@@ -107,7 +107,31 @@ struct Inner {
     /// Dropped with the engine: stops the listener and the notifier.
     stop: watch::Sender<bool>,
     /// Group commit of [`Engine::enqueue`], started on first use.
-    group: crate::group_commit::Lazy,
+    group: OnceLock<crate::group_commit::GroupCommit>,
+}
+
+/// A job ready to insert (owned): what [`Engine::encode`] makes of a [`NewJob`].
+pub(crate) struct EncodedJob {
+    kind: &'static str,
+    args: String,
+    priority: i32,
+    retry: crate::job::RetryPolicy,
+    run_at: Millis,
+    unique_key: Option<String>,
+}
+
+impl EncodedJob {
+    /// The row to insert.
+    pub(crate) fn row(&self) -> InsertJob<'_> {
+        InsertJob {
+            kind: self.kind,
+            args: &self.args,
+            priority: self.priority,
+            retry: self.retry,
+            run_at: self.run_at,
+            unique_key: self.unique_key.as_deref(),
+        }
+    }
 }
 
 /// An [`Engine`] that does not keep it alive (the group-commit writers hold one).
@@ -173,7 +197,7 @@ impl EngineBuilder {
                 notifier: OnceLock::new(),
                 listener: OnceLock::new(),
                 stop: watch::channel(false).0,
-                group: Default::default(),
+                group: OnceLock::new(),
             }),
         }
     }
@@ -248,11 +272,31 @@ impl Engine {
     /// share a transaction (group commit, see `group_commit.rs`): one commit for all the
     /// jobs that queued while the previous one was written.
     pub async fn enqueue<J: Job>(&self, job: impl Into<NewJob<J>>) -> Result<Enqueued> {
-        let job = job.into();
-        let now = self.clock().now_ms();
-        let policy = self.policy_of(J::KIND);
+        let job = self.encode(job.into(), self.clock().now_ms())?;
         let (reply, done) = tokio::sync::oneshot::channel();
-        let queued = crate::group_commit::Queued {
+        let queued = crate::group_commit::Queued { job, reply };
+        if !self.group_commit().send(queued) {
+            return Err(Error::ShuttingDown);
+        }
+        done.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
+    /// The group-commit queue of [`Engine::enqueue`], its writers started on first use.
+    fn group_commit(&self) -> &crate::group_commit::GroupCommit {
+        self.inner
+            .group
+            .get_or_init(|| crate::group_commit::GroupCommit::start(self))
+    }
+
+    /// `job` ready to insert at `now`: its args encoded, the kind's policy filling what it
+    /// leaves unset.
+    fn encode<J: Job>(&self, job: NewJob<J>, now: Millis) -> Result<EncodedJob> {
+        let policy = self.policy_of(J::KIND);
+        Ok(EncodedJob {
             kind: J::KIND,
             args: serde_json::to_string(&job.args)?,
             priority: job.priority.unwrap_or(policy.priority),
@@ -262,16 +306,7 @@ impl Engine {
             },
             run_at: job.run_at.unwrap_or(now),
             unique_key: job.unique_key,
-            reply,
-        };
-        if !self.inner.group.get(self).send(queued) {
-            return Err(Error::ShuttingDown);
-        }
-        done.await.unwrap_or(Err(Error::ShuttingDown))
-    }
-
-    pub(crate) fn downgrade(&self) -> WeakEngine {
-        WeakEngine(Arc::downgrade(&self.inner))
+        })
     }
 
     /// Enqueues a job on `conn`, the caller's transaction: it exists if and only if that
@@ -296,21 +331,9 @@ impl Engine {
         job: NewJob<J>,
         notify: Notify,
     ) -> Result<Enqueued> {
-        let args = serde_json::to_string(&job.args)?;
         let now = self.clock().now_ms();
-        let policy = self.policy_of(J::KIND);
-        let row = InsertJob {
-            kind: J::KIND,
-            args: &args,
-            priority: job.priority.unwrap_or(policy.priority),
-            retry: crate::job::RetryPolicy {
-                max_attempts: job.max_attempts.unwrap_or(policy.retry.max_attempts),
-                ..policy.retry
-            },
-            run_at: job.run_at.unwrap_or(now),
-            unique_key: job.unique_key.as_deref(),
-        };
-        storage::insert_job(conn, &row, now, notify).await
+        let job = self.encode(job, now)?;
+        storage::insert_job(conn, &job.row(), now, notify).await
     }
 
     /// Enqueues a job given as kind and JSON args (the scheduler and the CLI use this).
@@ -428,26 +451,11 @@ impl Engine {
         notify: Notify,
     ) -> Result<Vec<i64>> {
         let now = self.clock().now_ms();
-        let policy = self.policy_of(J::KIND);
-        let args = jobs
-            .iter()
-            .map(|job| serde_json::to_string(&job.args))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let rows: Vec<InsertJob<'_>> = jobs
-            .iter()
-            .zip(&args)
-            .map(|(job, args)| InsertJob {
-                kind: J::KIND,
-                args,
-                priority: job.priority.unwrap_or(policy.priority),
-                retry: crate::job::RetryPolicy {
-                    max_attempts: job.max_attempts.unwrap_or(policy.retry.max_attempts),
-                    ..policy.retry
-                },
-                run_at: job.run_at.unwrap_or(now),
-                unique_key: job.unique_key.as_deref(),
-            })
-            .collect();
+        let jobs = jobs
+            .into_iter()
+            .map(|job| self.encode(job, now))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<InsertJob<'_>> = jobs.iter().map(EncodedJob::row).collect();
         storage::insert_jobs(conn, &rows, now, notify).await
     }
 }
@@ -466,16 +474,10 @@ pub struct JobTx {
 impl JobTx {
     /// Enqueues a job in this transaction (see [`Engine::enqueue_tx`] for unique keys).
     pub async fn enqueue<J: Job>(&mut self, job: impl Into<NewJob<J>>) -> Result<Enqueued> {
-        let job = job.into();
-        let due = job.run_at.is_none_or(|t| t <= self.engine.clock().now_ms());
-        let engine = self.engine.clone();
-        let enqueued = engine
-            .insert_new(&mut self.tx, job, Notify::AfterCommit)
-            .await?;
-        if due {
-            self.note(J::KIND);
-        }
-        Ok(enqueued)
+        let job = self
+            .engine
+            .encode(job.into(), self.engine.clock().now_ms())?;
+        self.insert_row(&job.row()).await
     }
 
     /// Enqueues many jobs of one kind in this transaction (see [`Engine::enqueue_many`]).
@@ -515,7 +517,7 @@ impl JobTx {
         Ok(enqueued)
     }
 
-    /// Inserts one encoded row (group commit).
+    /// Inserts one encoded row; a due job wakes its kind's workers at commit.
     pub(crate) async fn insert_row(&mut self, row: &InsertJob<'_>) -> Result<Enqueued> {
         let now = self.engine.clock().now_ms();
         let enqueued = storage::insert_job(&mut self.tx, row, now, Notify::AfterCommit).await?;

@@ -10,41 +10,22 @@
 //! SQLite one (it has one writer anyway). A batch the database refuses is written again one
 //! job per transaction, so one bad row fails only its own caller.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Backend;
-use crate::engine::Engine;
+use crate::engine::{EncodedJob, Engine};
 use crate::error::{Error, Result};
-use crate::job::{Enqueued, RetryPolicy};
-use crate::storage::InsertJob;
+use crate::job::Enqueued;
 
 /// Most jobs one group transaction writes.
 const MAX_GROUP: usize = 256;
 
 /// A job waiting for its group's commit.
 pub(crate) struct Queued {
-    pub(crate) kind: &'static str,
-    pub(crate) args: String,
-    pub(crate) priority: i32,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) run_at: i64,
-    pub(crate) unique_key: Option<String>,
+    pub(crate) job: EncodedJob,
     pub(crate) reply: oneshot::Sender<Result<Enqueued>>,
-}
-
-impl Queued {
-    fn row(&self) -> InsertJob<'_> {
-        InsertJob {
-            kind: self.kind,
-            args: &self.args,
-            priority: self.priority,
-            retry: self.retry,
-            run_at: self.run_at,
-            unique_key: self.unique_key.as_deref(),
-        }
-    }
 }
 
 /// The queue of an engine's group-committed enqueues (its writers start on first use).
@@ -125,19 +106,8 @@ async fn write(engine: &Engine, group: &[Queued]) -> Result<Vec<Result<Enqueued>
     let mut tx = engine.begin().await?;
     let mut results = Vec::with_capacity(group.len());
     for job in group {
-        results.push(Ok(tx.insert_row(&job.row()).await?));
+        results.push(Ok(tx.insert_row(&job.job.row()).await?));
     }
     tx.commit().await?;
     Ok(results)
-}
-
-/// The group-commit queue of an engine, started on first use.
-#[derive(Default)]
-pub(crate) struct Lazy(Mutex<Option<Arc<GroupCommit>>>);
-
-impl Lazy {
-    pub(crate) fn get(&self, engine: &Engine) -> Arc<GroupCommit> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(slot.get_or_insert_with(|| Arc::new(GroupCommit::start(engine))))
-    }
 }

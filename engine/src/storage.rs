@@ -23,7 +23,7 @@ use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::clock::Millis;
-use crate::db::{Backend, Db, DbConn};
+use crate::db::{Backend, Db, DbConn, Tx};
 use crate::error::{Error, Result};
 use crate::job::{Enqueued, JobState, RetryPolicy};
 
@@ -1022,17 +1022,7 @@ pub async fn reschedule(db: &Db, id: i64, run_at: Millis) -> Result<()> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n == 0 {
-        let state = status_of(&mut tx, id).await?;
-        return Err(Error::InvalidJobState {
-            id,
-            state,
-            operation: "reschedule",
-            expected: "pending or retrying",
-        });
-    }
-    tx.commit().await?;
-    Ok(())
+    waiting_updated(tx, id, n, "reschedule").await
 }
 
 /// Replaces a waiting (`pending` or `retrying`) job's args and, where given, its priority,
@@ -1048,7 +1038,9 @@ pub async fn update_waiting(
     let mut tx = db.begin().await?;
     write_first(&mut tx, id).await?;
     let n = sqlx::query(
-        "UPDATE jobs SET args = $1, priority = COALESCE($2, priority),              max_attempts = COALESCE($3, max_attempts), run_at = COALESCE($4, run_at)          WHERE id = $5 AND status IN ('pending', 'retrying')",
+        "UPDATE jobs SET args = $1, priority = COALESCE($2, priority), \
+         max_attempts = COALESCE($3, max_attempts), run_at = COALESCE($4, run_at) \
+         WHERE id = $5 AND status IN ('pending', 'retrying')",
     )
     .bind(args)
     .bind(priority)
@@ -1058,12 +1050,18 @@ pub async fn update_waiting(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    waiting_updated(tx, id, n, "update").await
+}
+
+/// Commits an update of a waiting job that changed `n` rows, or, when it changed none,
+/// refuses `operation` with the job's state.
+async fn waiting_updated(mut tx: Tx, id: i64, n: u64, operation: &'static str) -> Result<()> {
     if n == 0 {
         let state = status_of(&mut tx, id).await?;
         return Err(Error::InvalidJobState {
             id,
             state,
-            operation: "update",
+            operation,
             expected: "pending or retrying",
         });
     }

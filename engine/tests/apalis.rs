@@ -315,6 +315,25 @@ async fn every_apalis_backend_trait_reads_and_writes_the_jobs_table(t: TestDb) {
     boom.args = email("fixed");
     storage.update(boom).await.unwrap();
     assert_eq!(rows(&engine, "email").await[2].3, r#"{"to":"fixed"}"#);
+    // A finished job is not waiting: both are refused, with its state.
+    let done = storage.fetch_by_id(&tid(ids[0])).await.unwrap().unwrap();
+    for refused in [
+        storage
+            .reschedule(done.clone(), Duration::from_secs(60))
+            .await,
+        storage.update(done).await,
+    ] {
+        assert!(
+            matches!(
+                refused,
+                Err(engine::Error::InvalidJobState {
+                    state: JobState::Succeeded,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
 
     // Vacuum deletes this queue's finished jobs only.
     assert_eq!(storage.vacuum().await.unwrap(), 3);
