@@ -318,8 +318,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn symlinks_leading_out_are_refused_and_links_inside_are_followed() {
+    /// [`media`] with three links: `out` (a directory outside), `covers/evil.png` (a file
+    /// outside) and `alias.png` (a file inside).
+    fn media_with_links() -> (tempfile::TempDir, tempfile::TempDir) {
         let (root, outside) = media();
         symlink(outside.path(), root.path().join("out")).unwrap();
         symlink(
@@ -332,6 +333,12 @@ mod tests {
             root.path().join("alias.png"),
         )
         .unwrap();
+        (root, outside)
+    }
+
+    #[test]
+    fn symlinks_leading_out_are_refused_and_links_inside_are_followed() {
+        let (root, outside) = media_with_links();
         for bad in ["out/secret.txt", "covers/evil.png", "out"] {
             let e = resolve_media_path(root.path(), bad).unwrap_err();
             assert!(matches!(e, PathError::EscapesRoot(_)), "{bad}: {e}");
@@ -362,18 +369,7 @@ mod tests {
 
     #[test]
     fn removal_never_follows_a_link_out_and_never_the_last_link() {
-        let (root, outside) = media();
-        symlink(outside.path(), root.path().join("out")).unwrap();
-        symlink(
-            outside.path().join("secret.txt"),
-            root.path().join("covers/evil.png"),
-        )
-        .unwrap();
-        symlink(
-            root.path().join("covers/a.png"),
-            root.path().join("alias.png"),
-        )
-        .unwrap();
+        let (root, outside) = media_with_links();
         let canonical = root.path().canonicalize().unwrap();
         let e = locate_for_removal(root.path(), "out/secret.txt").unwrap_err();
         assert!(matches!(e, PathError::EscapesRoot(_)), "{e}");
