@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn symlinks_leading_out_are_refused_and_links_inside_are_followed() {
-        let (root, outside) = media_with_links();
+        let (root, _outside) = media_with_links();
         for bad in ["out/secret.txt", "covers/evil.png", "out"] {
             let e = resolve_media_path(root.path(), bad).unwrap_err();
             assert!(matches!(e, PathError::EscapesRoot(_)), "{bad}: {e}");
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn removal_never_follows_a_link_out_and_never_the_last_link() {
-        let (root, outside) = media_with_links();
+        let (root, _outside) = media_with_links();
         let canonical = root.path().canonicalize().unwrap();
         let e = locate_for_removal(root.path(), "out/secret.txt").unwrap_err();
         assert!(matches!(e, PathError::EscapesRoot(_)), "{e}");
