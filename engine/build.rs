@@ -2,6 +2,6 @@
 //! file in their folders by itself: this makes a new migration rebuild the engine.
 
 fn main() {
-    println!("cargo:rerun-if-changed=../migrations/sqlite");
-    println!("cargo:rerun-if-changed=../migrations/postgres");
+    println!("cargo:rerun-if-changed=migrations/sqlite");
+    println!("cargo:rerun-if-changed=migrations/postgres");
 }

@@ -48,7 +48,7 @@ impl App {
 
     /// Applies the migrations.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        engine::db::migrate(self.engine.db(), self.engine.backend())
+        jobs::schema::migrate(self.engine.db(), self.engine.backend())
             .await
             .context("migrating the database failed")?;
         tracing::info!(backend = self.engine.backend().name(), "database migrated");

@@ -84,7 +84,7 @@ impl Sandbox {
     /// An engine on the sandbox's database with every job kind, as the binary builds it.
     async fn engine(&self) -> Engine {
         let (db, backend) = engine::db::connect(&self.url, 2).await.expect("connect");
-        engine::db::migrate(&db, backend).await.expect("migrate");
+        jobs::schema::migrate(&db, backend).await.expect("migrate");
         let config = jobs::JobsConfig::read(&mut Env::from_map(HashMap::new()));
         let mut registry = Registry::new();
         jobs::register_all(&mut registry, &config);
@@ -771,7 +771,9 @@ fn serve_is_the_default_command() {
 #[test]
 fn serve_on_postgres() {
     block_on(async {
-        let Some(db) = engine::testing::TestDb::new(Backend::Postgres).await else {
+        let Some(db) =
+            engine::testing::TestDb::with_schema(Backend::Postgres, jobs::schema::migrator).await
+        else {
             return;
         };
         let s = Sandbox::with_url(tempfile::tempdir().expect("temp dir"), db.url.clone());
@@ -1045,7 +1047,9 @@ fn demo_seeds_an_empty_database_and_refuses_a_second_run() {
 #[test]
 fn demo_on_postgres_with_a_configured_signing_key() {
     block_on(async {
-        let Some(db) = engine::testing::TestDb::new(Backend::Postgres).await else {
+        let Some(db) =
+            engine::testing::TestDb::with_schema(Backend::Postgres, jobs::schema::migrator).await
+        else {
             return;
         };
         let s = Sandbox::with_url(tempfile::tempdir().expect("temp dir"), db.url.clone());

@@ -68,7 +68,9 @@ async fn ready(addr: SocketAddr) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_naming_each_failing_part() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let db = TestDb::with_schema(Backend::Sqlite, jobs::schema::migrator)
+        .await
+        .expect("sqlite");
     let readiness = Readiness::new(db.db.clone())
         .part("workers", || true)
         .part("scheduler", || false);
@@ -104,7 +106,9 @@ async fn ready_is_503_naming_each_failing_part() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_200_when_every_part_is_up() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let db = TestDb::with_schema(Backend::Sqlite, jobs::schema::migrator)
+        .await
+        .expect("sqlite");
     let (addr, server) = start(&db, Readiness::new(db.db.clone()).part("workers", || true)).await;
     let (status, body) = ready(addr).await;
     assert_eq!(status, 200, "{body}");

@@ -349,7 +349,7 @@ fn the_readme_examples_run_as_printed_on_postgres() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let Some(db) = TestDb::new(Backend::Postgres).await else {
+        let Some(db) = TestDb::with_schema(Backend::Postgres, jobs::schema::migrator).await else {
             return;
         };
         let url = db.url.clone();

@@ -4,6 +4,11 @@
 //! nearly everywhere, one SQL text serve both. Where the dialects differ (row locks, LISTEN)
 //! the code asks [`Backend`]. Values are kept to the types `Any` carries on both sides:
 //! `BIGINT` milliseconds for time, `TEXT` for JSON and enums, `INTEGER` for counters.
+//!
+//! The engine migrates only its own tables (jobs, job_attempts, schedules, transitions), from
+//! `engine/migrations/`, with its own history table ([`ENGINE_MIGRATIONS_TABLE`]): an
+//! application keeps its migrations in sqlx's default `_sqlx_migrations` and runs them after
+//! [`migrate`], without the two ever sharing a version number.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,8 +29,14 @@ pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://veza-jobs.db?mode=rwc";
 
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+/// Where the engine records which of its migrations have run.
+pub const ENGINE_MIGRATIONS_TABLE: &str = "_veza_engine_migrations";
+
+/// The history that, before the engine had its own migrator, held the engine's migrations
+/// and the application's together. There, the engine's were versions 1 (`0001_jobs`) and 9
+/// (`0009_runtime`): now its 1 and 2. An application must not reuse versions 1 and 9.
+pub const SINGLE_HISTORY_TABLE: &str = "_sqlx_migrations";
+const SINGLE_HISTORY_VERSIONS: [(i64, i64); 2] = [(1, 1), (9, 2)];
 
 /// Which database the engine runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +106,61 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(Db, Backend)> {
     Ok((pool, backend))
 }
 
-/// Applies the migrations of `backend` (idempotent).
-pub async fn migrate(db: &Db, backend: Backend) -> Result<()> {
-    let migrator = match backend {
-        Backend::Sqlite => &SQLITE_MIGRATOR,
-        Backend::Postgres => &POSTGRES_MIGRATOR,
+/// The engine's migrations for `backend`, recorded in [`ENGINE_MIGRATIONS_TABLE`].
+pub fn engine_migrator(backend: Backend) -> Migrator {
+    let mut migrator = match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     };
+    migrator.dangerous_set_table_name(ENGINE_MIGRATIONS_TABLE);
+    migrator
+}
+
+/// Applies the engine's migrations (idempotent; concurrent callers wait on sqlx's migration
+/// lock). An application runs its own after this.
+pub async fn migrate(db: &Db, backend: Backend) -> Result<()> {
+    let migrator = engine_migrator(backend);
+    adopt_single_history(db, backend, &migrator).await?;
     migrator.run(db).await?;
     Ok(())
+}
+
+/// A database migrated while the engine's migrations shared [`SINGLE_HISTORY_TABLE`] with
+/// the application's already has the engine's tables: the engine migrations it ran there
+/// are recorded as applied in the engine's own history (without running them again).
+/// Idempotent: `skip` records only what is missing, under the migration lock.
+async fn adopt_single_history(db: &Db, backend: Backend, engine: &Migrator) -> Result<()> {
+    if !table_exists(db, backend, SINGLE_HISTORY_TABLE).await? {
+        return Ok(());
+    }
+    let ran: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success AND version IN (1, 9)",
+    )
+    .fetch_all(db)
+    .await?;
+    let adopted = SINGLE_HISTORY_VERSIONS
+        .iter()
+        .filter(|(old, _)| ran.contains(old))
+        .map(|&(_, new)| new)
+        .max();
+    if let Some(last) = adopted {
+        engine.skip(db, Some(last)).await?;
+    }
+    Ok(())
+}
+
+/// Whether the table `name` exists (on Postgres: on the search path, as sqlx resolves its
+/// migration table).
+pub async fn table_exists(db: &Db, backend: Backend, name: &str) -> Result<bool> {
+    let sql = match backend {
+        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+        Backend::Postgres => "SELECT COUNT(to_regclass($1))",
+    };
+    Ok(sqlx::query_scalar::<_, i64>(sql)
+        .bind(name)
+        .fetch_one(db)
+        .await?
+        > 0)
 }
 
 /// Checks the database answers (for `/ready`).

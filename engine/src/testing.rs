@@ -23,25 +23,41 @@ use crate::registry::Registry;
 use crate::worker::WorkerPool;
 
 /// Runs each named `async fn name(db: TestDb)` once per backend, as tests
-/// `name::sqlite` and `name::postgres`.
+/// `name::sqlite` and `name::postgres`, on the engine's tables; with `schema = f;` first,
+/// also on an application's, `f` being its [`AppMigrations`] (`jobs::schema::migrator`).
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {$(
+    (schema = $schema:path; $($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(db) = $crate::testing::TestDb::new($crate::Backend::Sqlite).await {
+                if let Some(db) =
+                    $crate::testing::TestDb::with_schema($crate::Backend::Sqlite, $schema).await
+                {
                     super::$name(db).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(db) = $crate::testing::TestDb::new($crate::Backend::Postgres).await {
+                if let Some(db) =
+                    $crate::testing::TestDb::with_schema($crate::Backend::Postgres, $schema).await
+                {
                     super::$name(db).await;
                 }
             }
         }
     )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!(schema = $crate::testing::no_app_migrations; $($name),*);
+    };
+}
+
+/// An application's migrations for a backend, run after the engine's (`jobs::schema::migrator`).
+pub type AppMigrations = fn(Backend) -> sqlx::migrate::Migrator;
+
+/// No application tables: the engine's alone.
+pub fn no_app_migrations(_: Backend) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator::with_migrations(Vec::new())
 }
 
 /// The admin URL for Postgres tests, or `None` to skip them (a panic under `CI`).
@@ -105,9 +121,30 @@ enum Cleanup {
 }
 
 impl TestDb {
-    /// A new database on `backend`, or `None` when that backend is skipped here. With
-    /// `RUST_LOG` set, the test's logs are printed (captured per test by the harness).
+    /// A new database on `backend` with the engine's tables, or `None` when that backend is
+    /// skipped here. With `RUST_LOG` set, the test's logs are printed (captured per test by
+    /// the harness).
     pub async fn new(backend: Backend) -> Option<Self> {
+        Self::with_schema(backend, no_app_migrations).await
+    }
+
+    /// [`TestDb::new`], with an application's tables too.
+    pub async fn with_schema(backend: Backend, app: AppMigrations) -> Option<Self> {
+        let t = Self::blank(backend).await?;
+        db::migrate(&t.db, backend)
+            .await
+            .expect("migrate the test database");
+        let app = app(backend);
+        if app.iter().next().is_some() {
+            app.run(&t.db)
+                .await
+                .expect("migrate the application's tables");
+        }
+        Some(t)
+    }
+
+    /// A new database on `backend` without any table (for migration tests).
+    pub async fn blank(backend: Backend) -> Option<Self> {
         if let Ok(filter) = std::env::var("RUST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -141,9 +178,6 @@ impl TestDb {
         let (db, backend) = db::connect(&url, 8)
             .await
             .expect("connect to the test database");
-        db::migrate(&db, backend)
-            .await
-            .expect("migrate the test database");
         Some(Self {
             db,
             backend,

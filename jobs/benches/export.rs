@@ -138,7 +138,7 @@ async fn seed(db: &engine::Db, user: i64, other: i64, messages: i64, now: i64) {
 }
 
 async fn run(backend: Backend, messages: i64) {
-    let Some(t) = TestDb::new(backend).await else {
+    let Some(t) = TestDb::with_schema(backend, jobs::schema::migrator).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

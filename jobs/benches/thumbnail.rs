@@ -334,7 +334,7 @@ fn engine_burst(jpeg: &[u8]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let Some(t) = TestDb::new(Backend::Sqlite).await else {
+        let Some(t) = TestDb::with_schema(Backend::Sqlite, jobs::schema::migrator).await else {
             return;
         };
         let media = tempfile::tempdir().unwrap();

@@ -34,6 +34,7 @@ pub mod orphan_sweep;
 pub mod payments;
 pub mod reconcile_transfers;
 pub mod reverse_transfer;
+pub mod schema;
 pub mod send_email;
 pub mod thumbnail;
 pub mod tracks;

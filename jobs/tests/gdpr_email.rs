@@ -14,6 +14,7 @@ use jobs::exports::{self, verify_download};
 use jobs::send_email::SendEmail;
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     export_email_arrives_over_smtp_with_a_working_link,
     a_4xx_reply_is_retried_with_backoff,
     a_5xx_reply_fails_at_once,

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     deletion_can_be_cancelled_before_the_deadline,
     cancelling_at_or_after_the_deadline_is_a_conflict,
     hard_delete_after_the_deadline_erases_every_store,

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     export_zip_holds_every_category_and_the_manifest,
     daily_limit_holds_under_parallel_requests,
     download_links_refuse_tampering_and_expire,

@@ -17,6 +17,7 @@ use jobs::hard_delete::HardDelete;
 use jobs::users;
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     a_missing_export_dir_is_created_0700_and_the_zip_is_0600,
     an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed,
     the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_root,

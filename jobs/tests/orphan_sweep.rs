@@ -80,6 +80,7 @@ fn rand_suffix() -> u64 {
 const TWO_HOURS: Duration = Duration::from_secs(7200);
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     stuck_track_without_its_file_is_failed_with_the_message,
     track_whose_file_exists_is_left_alone,
     recent_track_is_left_alone,

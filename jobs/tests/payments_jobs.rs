@@ -20,6 +20,7 @@ use jobs::transfers::{self, TransferStatus};
 use support::{FakeStripe, Fault, Route, World, world, world_with};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     payout_creates_the_transfer_and_completes_the_row,
     transient_payout_errors_are_mirrored_on_the_row_and_retried_with_the_same_key,
     permanent_payout_error_fails_the_transfer_for_good,

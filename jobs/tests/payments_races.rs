@@ -17,6 +17,7 @@ use jobs::transfers::state::{self, Changes};
 use support::{Fault, Route, World, world_with};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     with_30_percent_faults_every_transfer_converges,
     redelivered_refund_racing_the_workers_reverses_each_transfer_once,
     refund_during_an_in_flight_payout_reverses_it,

@@ -12,6 +12,7 @@ use jobs::transfers::TransferStatus;
 use support::world;
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     payment_creates_one_pending_transfer_and_one_payout_job_per_item,
     redelivered_event_has_no_second_effect,
     concurrent_deliveries_of_one_event_are_processed_once,

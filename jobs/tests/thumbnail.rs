@@ -238,6 +238,7 @@ fn permanent(result: Result<Outcome, JobError>) -> String {
 }
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_last,
     pipes_and_oversized_sources_fail_permanently_unread,
     each_format_is_made_into_every_size_and_recorded,

@@ -427,7 +427,9 @@ async fn the_dashboard_in_a_real_browser() {
         eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
         return;
     };
-    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let db = TestDb::with_schema(Backend::Sqlite, jobs::schema::migrator)
+        .await
+        .expect("sqlite");
     let media = tempfile::tempdir().expect("media");
     let work = tempfile::tempdir().expect("work");
     let jobs_config = Arc::new(test_jobs_config(media.path(), work.path()));

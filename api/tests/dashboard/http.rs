@@ -604,6 +604,7 @@ async fn exports_and_deletions_are_shown(db: TestDb) {
 }
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     exports_and_deletions_are_shown,
     transfers_are_shown_and_retried,
     only_admin_keys_sign_in,

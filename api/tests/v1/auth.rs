@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, get, send};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     every_route_of_the_spec_enforces_its_scope,
     missing_unknown_and_revoked_keys_are_refused,
     keys_are_stored_hashed_and_their_use_is_recorded,

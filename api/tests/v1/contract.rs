@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::{Answer, TestApp, get, post, send};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     nul_bytes_in_the_path_query_or_json_body_are_400_and_write_nothing,
     strings_in_json_bodies_are_strings,
     a_thumbnail_source_with_a_too_long_name_is_400,
@@ -28,7 +29,8 @@ fn spec_schema<'a>(spec: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn the_served_spec_says_what_the_server_does() {
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     let app = TestApp::new(db);
@@ -124,7 +126,8 @@ async fn the_served_spec_says_what_the_server_does() {
 
 #[tokio::test]
 async fn a_method_a_path_does_not_have_is_405_with_allow() {
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     let app = TestApp::new(db);

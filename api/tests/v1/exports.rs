@@ -19,6 +19,7 @@ use crate::gdpr_support::{self, Person, Seeded, World, decode_quoted_printable};
 use crate::helpers::{Answer, GENEROUS, TestApp, get, post};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     an_export_is_requested_listed_mailed_downloaded_and_complete,
     the_daily_limit_holds_under_ten_parallel_requests,
     tampered_links_are_403_and_expired_ones_410,

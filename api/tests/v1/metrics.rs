@@ -14,6 +14,7 @@ use engine::Clock;
 use crate::helpers::{GENEROUS, TestApp, get, send};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     metrics_expose_jobs_queues_and_http_requests,
     gauges_are_read_from_the_database_at_most_once_per_window,
 );
@@ -114,7 +115,8 @@ async fn gauges_are_read_from_the_database_at_most_once_per_window(db: TestDb) {
 
 #[tokio::test]
 async fn methods_outside_http_do_not_become_labels() {
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     let app = TestApp::new(db);
@@ -137,7 +139,8 @@ async fn methods_outside_http_do_not_become_labels() {
 
 #[tokio::test]
 async fn with_a_metrics_token_a_scrape_needs_it() {
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     let app = TestApp::new(db).with_http(HttpSettings {

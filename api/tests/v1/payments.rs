@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Answer, GENEROUS, TestApp, get, post};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     bad_signatures_are_400_and_write_nothing,
     a_rotated_secret_is_accepted_and_redeliveries_change_nothing,
     without_a_secret_the_webhook_is_503,

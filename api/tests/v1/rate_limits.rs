@@ -11,6 +11,7 @@ use engine::testing::TestDb;
 use crate::helpers::{TestApp, get, post};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     reads_and_writes_have_separate_budgets_with_honest_headers,
     requests_without_a_valid_key_draw_on_their_address_s_budget,
     with_redis_down_calls_are_503_at_once_and_ready_says_redis,
@@ -98,7 +99,8 @@ async fn requests_without_a_valid_key_draw_on_their_address_s_budget(db: TestDb)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_webhooks_draw_on_their_address_s_budget() {
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     let app = TestApp::with_limiter(db, Limiter::memory(SMALL));
@@ -208,7 +210,8 @@ fn redis_url() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_redis_budget() {
     let Some(url) = redis_url() else { return };
-    let Some(db) = TestDb::new(engine::Backend::Sqlite).await else {
+    let Some(db) = TestDb::with_schema(engine::Backend::Sqlite, jobs::schema::migrator).await
+    else {
         return;
     };
     // A prefix of its own, so reruns and parallel tests start from a whole budget.

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Answer, TestApp, get, post, send};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     jobs_are_listed_inspected_retried_and_cancelled,
     transitions_of_a_row_that_does_not_exist_are_404_like_the_row,
     queues_count_by_state_and_throughput,

@@ -64,7 +64,7 @@ fn run(backend: Backend) {
         .enable_all()
         .build()
         .expect("runtime");
-    let Some(db) = rt.block_on(TestDb::new(backend)) else {
+    let Some(db) = rt.block_on(TestDb::with_schema(backend, jobs::schema::migrator)) else {
         return;
     };
     let app = TestApp::new(db);

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::helpers::{TestApp, get, post};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     a_thumbnail_job_is_enqueued_once_per_track,
     escaping_sources_are_refused_and_nothing_is_enqueued,
     unknown_tracks_and_missing_sources_are_not_found,

@@ -18,6 +18,7 @@ use crate::gdpr_support::{self, Person};
 use crate::helpers::{get, post, send};
 
 backend_tests!(
+    schema = jobs::schema::migrator;
     deletion_is_requested_restored_before_the_deadline_and_refused_after,
     the_daily_schedule_erases_the_account_and_the_receipt_shows_it,
     bad_input_is_refused,

@@ -1,4 +1,4 @@
--- The apalis runtime (engine/src/worker): same logical schema as ../postgres/0009_runtime.sql
+-- The apalis runtime (engine/src/worker): same logical schema as ../postgres/0002_runtime.sql
 -- (see there for why). SQLite cannot alter a CHECK constraint, so job_attempts is rebuilt.
 
 ALTER TABLE jobs ADD COLUMN releases INTEGER NOT NULL DEFAULT 0;

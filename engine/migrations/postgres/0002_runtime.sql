@@ -1,4 +1,4 @@
--- The apalis runtime (engine/src/worker): same logical schema as ../sqlite/0009_runtime.sql.
+-- The apalis runtime (engine/src/worker): same logical schema as ../sqlite/0002_runtime.sql.
 --
 -- * A job carries its backoff (base and cap, ms) beside max_attempts, so any process that
 --   rescues it retries it on the job's own policy, registered or not.
@@ -19,3 +19,7 @@ ALTER TABLE job_attempts ADD CONSTRAINT job_attempts_outcome_check CHECK (outcom
     ('succeeded', 'skipped', 'retrying', 'failed', 'lease_expired', 'released', 'snoozed'));
 
 ALTER TABLE schedules ADD COLUMN expression TEXT;
+
+-- /v1/queues, /metrics and the dashboard count the attempts finished in the last hour.
+-- (IF NOT EXISTS: a database migrated before the engine had its own migrator has it.)
+CREATE INDEX IF NOT EXISTS job_attempts_finished ON job_attempts (finished_at);
