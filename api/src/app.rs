@@ -12,6 +12,7 @@ use engine::shutdown::{ShutdownManager, ShutdownReport};
 use engine::worker::WorkerPool;
 use engine::{Engine, Registry};
 
+use crate::auth::keys::KeyCache;
 use crate::auth::rate_limit::{Limiter, RedisLimiter};
 use crate::config::Config;
 use crate::state::ApiState;
@@ -82,6 +83,7 @@ impl App {
             engine: self.engine.clone(),
             scheduler: Arc::new(self.scheduler()),
             limiter,
+            keys: KeyCache::new(self.config.http.api_key_cache_ttl),
             http: self.config.http.clone(),
             jobs: Arc::new(self.config.jobs.clone()),
         })

@@ -44,6 +44,12 @@ engine::config_var!(
     "Header holding the client's address, set by the reverse proxy in front (X-Real-IP, or X-Forwarded-For, whose last address is taken). Empty: the TCP peer's address. Set it only behind a proxy that overwrites the header, or clients choose their own address."
 );
 engine::config_var!(
+    API_KEY_CACHE_TTL,
+    "API_KEY_CACHE_TTL",
+    "1s",
+    "How long an API key, once checked against the database, is trusted without reading it again (only valid keys are kept). A key revoked through this process's API is refused at once; revoked by the CLI or another API process, it keeps working here for up to this long."
+);
+engine::config_var!(
     METRICS_TOKEN,
     "METRICS_TOKEN",
     "",
@@ -71,6 +77,7 @@ pub const VARS: &[VarSpec] = &[
     RATE_LIMIT_WRITES_PER_HOUR,
     RATE_LIMIT_ANONYMOUS_PER_HOUR,
     CLIENT_IP_HEADER,
+    API_KEY_CACHE_TTL,
     METRICS_TOKEN,
     ADMIN_SESSION_TTL,
     ADMIN_COOKIE_SECURE,
@@ -130,6 +137,7 @@ impl Config {
         let http = crate::state::HttpSettings {
             client_ip,
             metrics_token,
+            api_key_cache_ttl: env.duration(&API_KEY_CACHE_TTL),
         };
         let admin = crate::admin::Settings::read(env);
         let export_signing_key_set = env.raw(&jobs::gdpr::EXPORT_SIGNING_KEY).is_some();

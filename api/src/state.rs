@@ -8,6 +8,7 @@ use engine::scheduler::Scheduler;
 use jobs::JobsConfig;
 
 use crate::auth::ClientIp;
+use crate::auth::keys::KeyCache;
 use crate::auth::rate_limit::Limiter;
 
 /// The HTTP front's settings that are not limits.
@@ -17,6 +18,9 @@ pub struct HttpSettings {
     pub client_ip: ClientIp,
     /// The bearer token `/metrics` asks for (`METRICS_TOKEN`); none: open.
     pub metrics_token: Option<String>,
+    /// How long a verified API key is trusted without a database read
+    /// (`API_KEY_CACHE_TTL`; zero, as in tests built on `Default`: every request reads it).
+    pub api_key_cache_ttl: std::time::Duration,
 }
 
 /// The routes' shared state (cheap to clone).
@@ -28,6 +32,8 @@ pub struct ApiState {
     pub scheduler: Arc<Scheduler>,
     /// Rate limits per key and per client address.
     pub limiter: Limiter,
+    /// The API keys verified lately (see [`KeyCache`]).
+    pub keys: KeyCache,
     /// The HTTP front's own settings (client addresses, the metrics token).
     pub http: HttpSettings,
     /// The job kinds' settings: `MEDIA_ROOT` to check a thumbnail source, the webhook

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use api::auth::keys::KeyCache;
 use api::auth::rate_limit::Limiter;
 use api::config::Config;
 use api::server::{self, Bound, HttpServer, Readiness};
@@ -53,6 +54,7 @@ async fn start(db: &TestDb, readiness: Readiness) -> (SocketAddr, HttpServer) {
         scheduler: Arc::new(Scheduler::new(engine.clone(), Vec::new())),
         engine,
         limiter: Limiter::memory(config.rate_limits),
+        keys: KeyCache::new(config.http.api_key_cache_ttl),
         http: config.http,
         jobs: Arc::new(config.jobs),
     };

@@ -2,6 +2,8 @@
 //! attempt history, and counts per kind and status. (The writes, cancel and retry, are in
 //! [`crate::storage`] with every other status change.)
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -155,35 +157,42 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
 
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {SUMMARY_COLUMNS}, args, locked_by, started_at FROM jobs WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(db)
-    .await?
-    .ok_or(Error::JobNotFound(id))?;
-    let job = summary(&row)?;
+    // One statement, so that the job and its attempts are one snapshot (and one round trip):
+    // the job's columns repeat on each of its attempts' rows (NULLs when it has none).
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let job: Vec<String> = SUMMARY_COLUMNS
+            .split(',')
+            .map(|c| format!("j.{}", c.trim()))
+            .collect();
+        format!(
+            "SELECT {}, j.args, j.locked_by, j.started_at, \
+                    a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error \
+             FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id \
+             WHERE j.id = $1 ORDER BY a.id",
+            job.join(", ")
+        )
+    });
+    let rows = sqlx::query(AssertSqlSafe(SQL.as_str()))
+        .bind(id)
+        .fetch_all(db)
+        .await?;
+    let row = rows.first().ok_or(Error::JobNotFound(id))?;
+    let job = summary(row)?;
     let args: String = row.try_get(12)?;
-    let attempts = sqlx::query(
-        "SELECT attempt, worker_id, started_at, finished_at, outcome, error FROM job_attempts \
-         WHERE job_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(AttemptRecord {
-            attempt: u32::try_from(r.try_get::<i32, _>(0)?).unwrap_or(0),
-            worker_id: r.try_get(1)?,
-            started_at: r.try_get(2)?,
-            finished_at: r.try_get(3)?,
-            outcome: r.try_get(4)?,
-            error: r.try_get(5)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    let mut attempts = attempts;
+    let mut attempts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let Some(attempt) = r.try_get::<Option<i32>, _>(15)? else {
+            continue;
+        };
+        attempts.push(AttemptRecord {
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            worker_id: r.try_get(16)?,
+            started_at: r.try_get(17)?,
+            finished_at: r.try_get(18)?,
+            outcome: r.try_get(19)?,
+            error: r.try_get(20)?,
+        });
+    }
     let locked_by: Option<String> = row.try_get(13)?;
     // An attempt's row is written when it ends: the one running now is read off the job.
     if job.status == JobState::Running {

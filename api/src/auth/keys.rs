@@ -4,6 +4,10 @@
 //! revocation times. Creating and revoking a key writes an audit row (entity `api_key`,
 //! `none → active`, `active → revoked`) with who did it, in the same transaction.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use engine::state_machine::{CREATED, record};
 use engine::{Actor, Db, Millis};
 use poem_openapi::{Enum, Object};
@@ -229,18 +233,37 @@ pub async fn revoke(
     row.as_ref().map(info).transpose()
 }
 
-/// The caller presenting `key`, or `None` for an unknown or revoked key. Looks the key up
-/// by its hash, compares the hashes in constant time, and records the use (at most once a
-/// minute per key).
+/// The caller presenting `key`, or `None` for an unknown or revoked key, always read from
+/// the database (the dashboard's sign-in); `/v1` asks its [`KeyCache`].
 pub async fn authenticate(db: &Db, key: &str, now: Millis) -> Result<Option<Caller>, sqlx::Error> {
-    if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+    if !well_formed(key) {
         return Ok(None);
     }
-    let presented = hash(key);
+    let Some(found) = verify(db, &hash(key)).await? else {
+        return Ok(None);
+    };
+    record_use(db, &found, now).await?;
+    Ok(Some(found.caller))
+}
+
+fn well_formed(key: &str) -> bool {
+    key.starts_with(KEY_PREFIX) && key.len() <= 128
+}
+
+/// A key the database vouched for: who it is, and when its use was last recorded.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    caller: Caller,
+    last_used_at: Option<Millis>,
+}
+
+/// Looks the key up by its hash and compares the hashes in constant time; `None` for an
+/// unknown or revoked key.
+async fn verify(db: &Db, presented: &str) -> Result<Option<Verified>, sqlx::Error> {
     let Some(row) = sqlx::query(
         "SELECT id, scope, key_hash, last_used_at, revoked_at FROM api_keys WHERE key_hash = $1",
     )
-    .bind(&presented)
+    .bind(presented)
     .fetch_optional(db)
     .await?
     else {
@@ -254,23 +277,133 @@ pub async fn authenticate(db: &Db, key: &str, now: Millis) -> Result<Option<Call
     if revoked_at.is_some() {
         return Ok(None);
     }
-    let id: i64 = row.try_get(0)?;
     let scope: String = row.try_get(1)?;
     let Some(scope) = Scope::parse(&scope) else {
         return Ok(None);
     };
-    let last_used_at: Option<Millis> = row.try_get(3)?;
-    if last_used_at.is_none_or(|t| now - t >= LAST_USED_GRANULARITY_MS) {
-        // Guarded so that concurrent requests write it once.
-        sqlx::query(
-            "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 \
-             AND (last_used_at IS NULL OR last_used_at <= $3)",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(now - LAST_USED_GRANULARITY_MS)
-        .execute(db)
-        .await?;
+    Ok(Some(Verified {
+        caller: Caller {
+            key_id: row.try_get(0)?,
+            scope,
+        },
+        last_used_at: row.try_get(3)?,
+    }))
+}
+
+/// Records the use of a key, at most once a minute: `true` when this call wrote it.
+async fn record_use(db: &Db, key: &Verified, now: Millis) -> Result<bool, sqlx::Error> {
+    if key
+        .last_used_at
+        .is_some_and(|t| now - t < LAST_USED_GRANULARITY_MS)
+    {
+        return Ok(false);
     }
-    Ok(Some(Caller { key_id: id, scope }))
+    // Guarded so that concurrent requests write it once.
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 \
+         AND (last_used_at IS NULL OR last_used_at <= $3)",
+    )
+    .bind(key.caller.key_id)
+    .bind(now)
+    .bind(now - LAST_USED_GRANULARITY_MS)
+    .execute(db)
+    .await?;
+    Ok(true)
+}
+
+/// The keys this process verified in the last `API_KEY_CACHE_TTL`, by hash, so that a
+/// request costs no key lookup. Only valid keys are kept (unknown ones are never cached, so
+/// random keys cannot grow it). The trade-off is revocation: a key revoked through this
+/// process's API is forgotten at once ([`KeyCache::forget`]); revoked anywhere else (the
+/// CLI, another API process) it keeps working here for up to the TTL. Uses are still
+/// recorded once a minute.
+#[derive(Debug, Clone)]
+pub struct KeyCache {
+    ttl: Millis,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Key hash → the key and when the database vouched for it.
+    keys: HashMap<String, (Verified, Millis)>,
+    /// Bumped by every [`KeyCache::forget`]: a check that read the database before a
+    /// revocation is not cached after it.
+    forgets: u64,
+}
+
+/// Entries beyond which expired ones are dropped on insert.
+const KEY_CACHE_SWEEP_AT: usize = 1024;
+
+impl KeyCache {
+    /// A cache trusting a verified key for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl: Millis::try_from(ttl.as_millis()).unwrap_or(Millis::MAX),
+            held: Arc::default(),
+        }
+    }
+
+    /// [`authenticate`], answered from the cache while the key's check is younger than the
+    /// TTL.
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<Caller>, sqlx::Error> {
+        if !well_formed(key) {
+            return Ok(None);
+        }
+        let presented = hash(key);
+        let (cached, forgets) = {
+            let held = self.lock();
+            (held.keys.get(&presented).copied(), held.forgets)
+        };
+        let fresh = cached.filter(|(_, checked_at)| (0..self.ttl).contains(&(now - checked_at)));
+        if let Some((found, _)) = fresh {
+            if record_use(db, &found, now).await?
+                && let Some((held, _)) = self.lock().keys.get_mut(&presented)
+            {
+                held.last_used_at = Some(now);
+            }
+            return Ok(Some(found.caller));
+        }
+        let Some(mut found) = verify(db, &presented).await? else {
+            self.lock().keys.remove(&presented);
+            return Ok(None);
+        };
+        if record_use(db, &found, now).await? {
+            found.last_used_at = Some(now);
+        }
+        let mut held = self.lock();
+        if held.forgets == forgets {
+            if held.keys.len() >= KEY_CACHE_SWEEP_AT {
+                held.keys.retain(|_, (_, at)| now - *at < self.ttl);
+            }
+            held.keys.insert(presented, (found, now));
+        }
+        Ok(Some(found.caller))
+    }
+
+    /// Forgets key `id` (just revoked), so that this process refuses it from now on.
+    pub fn forget(&self, id: i64) {
+        let mut held = self.lock();
+        held.forgets += 1;
+        held.keys.retain(|_, (v, _)| v.caller.key_id != id);
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.lock().keys.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }

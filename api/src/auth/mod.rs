@@ -212,7 +212,7 @@ pub async fn auth_middleware<E: Endpoint>(next: E, mut req: Request) -> poem::Re
         ));
     };
     let now = state.engine.clock().now_ms();
-    let caller = match keys::authenticate(state.engine.db(), &key, now).await {
+    let caller = match state.keys.authenticate(state.engine.db(), &key, now).await {
         Ok(Some(caller)) => caller,
         Ok(None) => {
             if let Err(refused) = anonymous_gate(&state, &req).await {

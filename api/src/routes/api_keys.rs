@@ -64,7 +64,10 @@ impl ApiKeysApi {
         let now = self.0.engine.clock().now_ms();
         let actor = Actor::api_key(caller.key_id);
         match keys::revoke(self.0.engine.db(), id.0, &actor, now).await? {
-            Some(info) => Ok(Json(info)),
+            Some(info) => {
+                self.0.keys.forget(id.0);
+                Ok(Json(info))
+            }
             None => Err(ApiError::not_found(format!("API key {} not found", id.0))),
         }
     }

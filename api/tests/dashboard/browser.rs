@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use api::auth::Scope;
 use api::auth::keys;
+use api::auth::keys::KeyCache;
 use api::auth::rate_limit::Limiter;
 use api::server::{self, Bound, HttpServer, Readiness};
 use api::state::ApiState;
@@ -464,6 +465,7 @@ async fn the_dashboard_in_a_real_browser() {
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter: Limiter::memory(GENEROUS),
+        keys: KeyCache::new(Default::default()),
         http: Default::default(),
         jobs: Arc::clone(&jobs_config),
     };

@@ -13,7 +13,88 @@ backend_tests!(
     every_route_of_the_spec_enforces_its_scope,
     missing_unknown_and_revoked_keys_are_refused,
     keys_are_stored_hashed_and_their_use_is_recorded,
+    a_key_revoked_elsewhere_is_trusted_from_the_cache_until_its_ttl,
+    unknown_keys_are_never_cached,
+    a_cached_key_still_records_its_use_once_a_minute,
 );
+
+const TTL_MS: i64 = 1_000;
+
+/// The trade-off `API_KEY_CACHE_TTL` documents: revoked by another process (here straight
+/// in the database, as the CLI does), a key this process checked a moment ago is still
+/// let in until its check is `TTL` old; then the database's answer counts.
+async fn a_key_revoked_elsewhere_is_trusted_from_the_cache_until_its_ttl(db: TestDb) {
+    let cache = keys::KeyCache::new(std::time::Duration::from_millis(TTL_MS as u64));
+    let t0 = 1_700_000_000_000;
+    let created = keys::create(&db.db, "ci", Scope::Read, &Actor::cli(), t0)
+        .await
+        .unwrap();
+    let caller = cache.authenticate(&db.db, &created.key, t0).await.unwrap();
+    assert_eq!(caller.map(|c| c.key_id), Some(created.info.id));
+    keys::revoke(&db.db, created.info.id, &Actor::cli(), t0 + 1)
+        .await
+        .unwrap()
+        .expect("revoked");
+    assert!(
+        cache
+            .authenticate(&db.db, &created.key, t0 + TTL_MS - 1)
+            .await
+            .unwrap()
+            .is_some(),
+        "answered from the cache, not the database"
+    );
+    assert_eq!(
+        cache
+            .authenticate(&db.db, &created.key, t0 + TTL_MS)
+            .await
+            .unwrap(),
+        None,
+        "once the check is TTL old the database is asked, and refuses"
+    );
+    assert!(cache.is_empty(), "the refused key is dropped");
+}
+
+/// Only keys the database vouched for are held: random keys cannot grow the cache.
+async fn unknown_keys_are_never_cached(db: TestDb) {
+    let cache = keys::KeyCache::new(std::time::Duration::from_secs(60));
+    for i in 0..200 {
+        let key = format!("vz_{i:064x}");
+        assert_eq!(cache.authenticate(&db.db, &key, 1).await.unwrap(), None);
+    }
+    assert!(cache.is_empty());
+}
+
+async fn a_cached_key_still_records_its_use_once_a_minute(db: TestDb) {
+    let cache = keys::KeyCache::new(std::time::Duration::from_secs(3600));
+    let t0 = 1_700_000_000_000;
+    let created = keys::create(&db.db, "ci", Scope::Read, &Actor::cli(), t0)
+        .await
+        .unwrap();
+    let last_used = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM api_keys WHERE id = $1")
+            .bind(created.info.id)
+            .fetch_one(&db.db)
+            .await
+            .unwrap()
+    };
+    for (now, expected) in [
+        (t0, t0),
+        (t0 + 30_000, t0),
+        (t0 + 60_000, t0 + 60_000),
+        (t0 + 61_000, t0 + 60_000),
+        (t0 + 125_000, t0 + 125_000),
+    ] {
+        assert!(
+            cache
+                .authenticate(&db.db, &created.key, now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(last_used().await, Some(expected), "at {}", now - t0);
+    }
+    assert_eq!(cache.len(), 1);
+}
 
 /// The scope an operation's doc declares (`Scope: admin.`), or `None` for routes without a
 /// key.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use api::auth::Scope;
 use api::auth::keys;
+use api::auth::keys::KeyCache;
 use api::auth::rate_limit::{Limiter, Limits};
 use api::server::{self, Bound, HttpServer, Readiness};
 use api::state::{ApiState, HttpSettings};
@@ -85,6 +86,7 @@ fn state(
         engine: engine.clone(),
         scheduler: Arc::new(Scheduler::new(engine.clone(), schedules)),
         limiter,
+        keys: KeyCache::new(http.api_key_cache_ttl),
         http: http.clone(),
         jobs: Arc::clone(jobs),
     }
@@ -142,10 +144,16 @@ impl TestApp {
         configure(&mut config);
         let jobs = Arc::new(config);
         let engine = db.engine(registry(&jobs), clock);
+        // The key cache on, as in production, and long enough that a revoked key's refusal
+        // can only come from the revocation forgetting it.
+        let http = HttpSettings {
+            api_key_cache_ttl: Duration::from_secs(60),
+            ..HttpSettings::default()
+        };
         Self {
-            client: router(&engine, limiter.clone(), &jobs, &HttpSettings::default()),
+            client: router(&engine, limiter.clone(), &jobs, &http),
             limiter,
-            http: HttpSettings::default(),
+            http,
             engine,
             db: Arc::new(db),
             media: Arc::new(media),
