@@ -375,7 +375,14 @@ impl Engine {
         if self.backend() == Backend::Postgres {
             self.inner
                 .notifier
-                .get_or_init(|| Notifier::start(self.db().clone(), self.inner.stop.subscribe()))
+                .get_or_init(|| {
+                    Notifier::start(
+                        self.db().clone(),
+                        self.clock().clone(),
+                        self.inner.workers.poll_interval,
+                        self.inner.stop.subscribe(),
+                    )
+                })
                 .notify(kind);
         }
     }

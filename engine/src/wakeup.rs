@@ -7,6 +7,15 @@
 //! per kind for all the commits made while the previous one was being sent — and
 //! [`listen`] turns it into the same wake-up. Polling stays as the fallback for retries
 //! whose backoff ends, scheduled jobs and missed notifications.
+//!
+//! No NOTIFY is sent for a kind while every worker that could take it is busy. No process
+//! sees the others' workers, but the database shows the consequence: the job at the head
+//! of the kind's queue (the one the next claim takes) has been due for longer than a poll
+//! interval, so an idle worker would have claimed it at its last poll, woken or not. Then a
+//! wake-up would find no one free, and the NOTIFY (whose commit takes Postgres' global
+//! notify lock) is skipped; the first worker to free up claims from the backlog at once
+//! anyway. The check is one probe of the claim's own index (`jobs_fetch`, in claim order)
+//! in the NOTIFY's statement; every doubt (a job not yet due at the head) sends it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,6 +25,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::db::Db;
 use crate::storage::NOTIFY_CHANNEL;
 
@@ -98,7 +108,14 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts the sender on `db`; it stops when `stop` changes or its sender is dropped.
-    pub fn start(db: Db, mut stop: watch::Receiver<bool>) -> Self {
+    /// A kind whose oldest pending job has been due for longer than `busy_after` (the
+    /// workers' poll interval) by `clock` gets no NOTIFY (see the module doc).
+    pub fn start(
+        db: Db,
+        clock: Clock,
+        busy_after: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> Self {
         let pending: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let (p, w) = (Arc::clone(&pending), Arc::clone(&wake));
@@ -116,10 +133,16 @@ impl Notifier {
                     continue;
                 }
                 let sent = sqlx::query(
-                    "SELECT pg_notify($1, value) FROM json_array_elements_text($2::json)",
+                    "SELECT pg_notify($1, k.kind) FROM json_array_elements_text($2::json) AS k(kind) \
+                     WHERE NOT EXISTS (\
+                       SELECT 1 FROM (SELECT run_at FROM jobs \
+                                      WHERE kind = k.kind AND status IN ('pending', 'retrying') \
+                                      ORDER BY priority, run_at, id LIMIT 1) AS head \
+                       WHERE head.run_at < $3)",
                 )
                 .bind(NOTIFY_CHANNEL)
                 .bind(serde_json::Value::from(kinds).to_string())
+                .bind(clock.now_ms() - crate::clock::duration_ms(busy_after))
                 .execute(&db)
                 .await;
                 if let Err(e) = sent {

@@ -391,6 +391,74 @@ async fn postgres_commit_wakes_workers_of_other_processes_without_polling() {
         .await;
 }
 
+async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
+/// A second kind, never backlogged: its NOTIFY marks the point after which the first
+/// kind's would have arrived (one sender, in order).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Marker {}
+
+impl engine::Job for Marker {
+    const KIND: &'static str = "marker";
+}
+
+/// Postgres only: no NOTIFY for a kind while its backlog shows every worker busy (the head
+/// of its queue due for longer than a poll interval); one again once it drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sends_no_notify_for_a_kind_whose_backlog_shows_every_worker_busy() {
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let runs = Runs::default();
+    let mut reg = registry(&runs);
+    reg.register::<Marker, _, _>(|_, _| async { Ok(engine::Outcome::Succeeded) });
+    let clock = Clock::manual(start());
+    let producer = t.engine(reg, clock.clone());
+    let mut listener = sqlx::postgres::PgListener::connect(&t.url).await.unwrap();
+    listener
+        .listen(engine::storage::NOTIFY_CHANNEL)
+        .await
+        .unwrap();
+
+    // No backlog: the enqueue wakes the other processes.
+    producer
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    assert_eq!(next_notification(&mut listener).await, "probe");
+
+    // That job has now waited 10 s, far beyond the 50 ms poll: every worker is busy.
+    clock.advance(Duration::from_secs(10));
+    producer
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    producer.enqueue(Marker {}).await.unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await,
+        "marker",
+        "the busy kind's NOTIFY is skipped, the idle kind's sent"
+    );
+
+    // Drained: the next enqueue notifies again.
+    sqlx::query("UPDATE jobs SET status = 'succeeded', finished_at = 1 WHERE kind = 'probe'")
+        .execute(&t.db)
+        .await
+        .unwrap();
+    producer
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap();
+    assert_eq!(next_notification(&mut listener).await, "probe");
+}
+
 /// `Engine::enqueue` group-commits concurrent calls: each caller still gets its own id once
 /// its job is committed, and a unique key contended inside one group has one winner.
 async fn concurrent_enqueues_share_commits_and_each_gets_its_own_answer(t: TestDb) {
