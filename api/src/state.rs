@@ -12,15 +12,26 @@ use crate::auth::keys::KeyCache;
 use crate::auth::rate_limit::Limiter;
 
 /// The HTTP front's settings that are not limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Where the client address of a request without a key is read (`CLIENT_IP_HEADER`).
     pub client_ip: ClientIp,
     /// The bearer token `/metrics` asks for (`METRICS_TOKEN`); none: open.
     pub metrics_token: Option<String>,
     /// How long a verified API key is trusted without a database read
-    /// (`API_KEY_CACHE_TTL`; zero, as in tests built on `Default`: every request reads it).
+    /// (`API_KEY_CACHE_TTL`).
     pub api_key_cache_ttl: std::time::Duration,
+}
+
+impl Default for HttpSettings {
+    /// The variables' defaults.
+    fn default() -> Self {
+        Self {
+            client_ip: ClientIp::Peer,
+            metrics_token: None,
+            api_key_cache_ttl: std::time::Duration::from_secs(1),
+        }
+    }
 }
 
 /// The routes' shared state (cheap to clone).
