@@ -34,6 +34,8 @@ pub struct JobContext {
     /// The engine: database, clock, enqueue.
     pub engine: Engine,
     lease: Lease,
+    /// The attempt's durable steps ([`crate::steps`]).
+    steps: crate::steps::SharedSteps,
 }
 
 /// How the attempt holds its job.
@@ -64,6 +66,7 @@ impl JobContext {
             worker_id: Arc::clone(&engine.workers().worker_id),
             engine,
             lease: Lease::Held(lost),
+            steps: Default::default(),
         }
     }
 
@@ -78,6 +81,7 @@ impl JobContext {
             worker_id: Arc::from("test"),
             engine,
             lease: Lease::Unleased,
+            steps: Default::default(),
         }
     }
 
@@ -99,6 +103,15 @@ impl JobContext {
     /// The actor name recorded in audit rows written by this job: `job:{id}`.
     pub fn actor(&self) -> String {
         format!("job:{}", self.job_id)
+    }
+
+    /// Whether this attempt holds a job of the queue (not [`JobContext::unleased`]).
+    pub(crate) fn is_leased(&self) -> bool {
+        matches!(self.lease, Lease::Held(_))
+    }
+
+    pub(crate) fn steps(&self) -> &crate::steps::SharedSteps {
+        &self.steps
     }
 
     /// True once this attempt has lost its lease: stop, write nothing more.

@@ -5,7 +5,8 @@
 //! the code asks [`Backend`]. Values are kept to the types `Any` carries on both sides:
 //! `BIGINT` milliseconds for time, `TEXT` for JSON and enums, `INTEGER` for counters.
 //!
-//! The engine migrates only its own tables (jobs, job_attempts, schedules, transitions), from
+//! The engine migrates only its own tables (jobs, job_attempts, job_steps, schedules,
+//! transitions), from
 //! `engine/migrations/`, with its own history table ([`ENGINE_MIGRATIONS_TABLE`]): an
 //! application keeps its migrations in sqlx's default `_sqlx_migrations` and runs them after
 //! [`migrate`], without the two ever sharing a version number.

@@ -6,7 +6,8 @@
 //! - [`worker`]: the runtime — the engine's storage as an apalis 1.0 backend
 //!   ([`worker::JobStorage`]), every kind an apalis worker under apalis's `Monitor`
 //!   ([`worker::WorkerPool`]): claims ahead, leases with heartbeats, fenced batched acks.
-//! - [`Registry`] and [`JobContext`]: the kinds a process knows, and what a handler gets.
+//! - [`Registry`] and [`JobContext`]: the kinds a process knows, and what a handler gets;
+//!   [`steps`]: a handler's durable steps (`ctx.step`), never run again once finished.
 //! - [`scheduler`]: named schedules, one job per tick across processes.
 //! - [`state_machine`]: the one way a domain row changes status, with its audit trail.
 //! - [`shutdown`], [`config`], [`telemetry`], [`retention`], and `testing` (feature `test-util`).
@@ -27,6 +28,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
 pub mod state_machine;
+pub mod steps;
 pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "test-util")]

@@ -1,0 +1,243 @@
+//! Durable steps: a handler that does several things in turn names each one
+//! (`ctx.step("build_zip", async || …)`), and each finished step's result is stored with
+//! the job (`job_steps`). When the job runs again — a retry after an error, or another
+//! worker after a crash — every finished step returns its stored result without running,
+//! and the handler resumes at the first unfinished one. A step runs again only if its
+//! attempt ended before the step's result was committed.
+//!
+//! ```text
+//! async fn export(args: Export, ctx: JobContext) -> Result<Outcome, JobError> {
+//!     let zip: ZipInfo = ctx.step("build_zip", async || build_zip(&args).await).await?;
+//!     ctx.step_tx("record", async |tx| record(tx, &zip).await).await?;
+//!     ctx.step("email", async || send_email(&zip).await).await?;
+//!     Ok(Outcome::Succeeded)
+//! }
+//! ```
+//!
+//! Rules, each checked:
+//! - **Determinism.** Steps are matched to their stored results by position; a replay that
+//!   asks for a different name at a position fails the job permanently (its code or args
+//!   changed under it), it never hands one step's result to another.
+//! - **One at a time.** A step started while another is running is refused (their order
+//!   would depend on scheduling).
+//! - **Fenced.** A result is stored only while the attempt still holds its job
+//!   ([`JobContext::fence`], in the transaction that stores it): an attempt that lost its
+//!   lease records nothing and stops with [`JobError::LeaseLost`].
+//! - **With its writes.** [`JobContext::step_tx`] runs the step in a transaction that also
+//!   stores its result: its domain writes and its being finished commit together.
+//!
+//! Results are JSON (`serde`); a step with nothing to return returns `()`. Outside the
+//! queue ([`JobContext::unleased`]) steps run and are remembered for that context only.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+
+use crate::clock::Millis;
+use crate::context::JobContext;
+use crate::db::{Db, DbConn};
+use crate::job::JobError;
+
+/// A finished step, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// Position in the job's step sequence, from 0.
+    pub seq: u32,
+    /// The step's name.
+    pub name: String,
+    /// Its result, as JSON text.
+    pub result: String,
+    /// The attempt that finished it.
+    pub attempt: u32,
+    /// When it finished (ms since the epoch).
+    pub finished_at: Millis,
+}
+
+/// The finished steps of job `id`, in order.
+pub async fn list(db: &Db, job_id: i64) -> crate::Result<Vec<StepRecord>> {
+    let rows = sqlx::query(
+        "SELECT seq, name, result, attempt, finished_at FROM job_steps \
+         WHERE job_id = $1 ORDER BY seq",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StepRecord {
+                seq: u32::try_from(r.try_get::<i32, _>(0)?).unwrap_or(0),
+                name: r.try_get(1)?,
+                result: r.try_get(2)?,
+                attempt: u32::try_from(r.try_get::<i32, _>(3)?).unwrap_or(0),
+                finished_at: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// An attempt's view of its job's steps (shared by the clones of its [`JobContext`]).
+#[derive(Debug, Default)]
+pub(crate) struct Steps {
+    /// The stored steps (read on the first step of the attempt), then those it finishes.
+    done: Option<Vec<(String, String)>>,
+    /// The position of the next step.
+    next: usize,
+    /// A step is running.
+    running: bool,
+}
+
+/// Shared by an attempt's contexts.
+pub(crate) type SharedSteps = Arc<Mutex<Steps>>;
+
+/// What [`begin`] found at the step's position.
+enum Found {
+    /// Finished before: its stored result.
+    Done(String),
+    /// To run, at this position.
+    Run(usize),
+}
+
+impl JobContext {
+    /// Runs step `name` unless it finished before, and returns its result (the stored one
+    /// when it did). See the module doc for the rules.
+    pub async fn step<T, F>(&self, name: &str, run: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: AsyncFnOnce() -> Result<T, JobError>,
+    {
+        let seq = match self.begin_step(name).await? {
+            Found::Done(result) => return self.replayed(name, &result),
+            Found::Run(seq) => seq,
+        };
+        let outcome = async {
+            let value = run().await?;
+            let mut tx = self.db().begin().await?;
+            self.record_step(&mut tx, seq, name, &value).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        self.end_step(name, seq, &outcome);
+        outcome
+    }
+
+    /// [`JobContext::step`] whose work runs in a transaction that also stores its result:
+    /// its domain writes and its being finished commit together, after the fence.
+    pub async fn step_tx<T, F>(&self, name: &str, run: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: AsyncFnOnce(&mut DbConn) -> Result<T, JobError>,
+    {
+        let seq = match self.begin_step(name).await? {
+            Found::Done(result) => return self.replayed(name, &result),
+            Found::Run(seq) => seq,
+        };
+        let outcome = async {
+            let mut tx = self.db().begin().await?;
+            let value = run(&mut tx).await?;
+            self.record_step(&mut tx, seq, name, &value).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        self.end_step(name, seq, &outcome);
+        outcome
+    }
+
+    /// Takes the next position: loads the stored steps on the first call, refuses a step
+    /// while another runs and a name that differs from the stored one.
+    async fn begin_step(&self, name: &str) -> Result<Found, JobError> {
+        let loaded = self.steps().lock().expect("steps lock").done.is_some();
+        if !loaded && self.is_leased() {
+            let stored = list(self.db(), self.job_id).await?;
+            let mut steps = self.steps().lock().expect("steps lock");
+            if steps.done.is_none() {
+                steps.done = Some(stored.into_iter().map(|s| (s.name, s.result)).collect());
+            }
+        }
+        let mut steps = self.steps().lock().expect("steps lock");
+        if steps.running {
+            return Err(JobError::permanent(format!(
+                "step {name:?} started while another step of job {} was running: steps run one at a time",
+                self.job_id
+            )));
+        }
+        let seq = steps.next;
+        let done = steps.done.get_or_insert_with(Vec::new);
+        let found = match done.get(seq) {
+            Some((stored, result)) if stored == name => Found::Done(result.clone()),
+            Some((stored, _)) => {
+                return Err(JobError::permanent(format!(
+                    "job {} is not deterministic: its step {seq} was {stored:?} and is now {name:?} \
+                     (its handler or args changed since that step finished)",
+                    self.job_id
+                )));
+            }
+            None => Found::Run(seq),
+        };
+        steps.next += 1;
+        if matches!(found, Found::Run(_)) {
+            steps.running = true;
+        }
+        Ok(found)
+    }
+
+    /// Ends a step that ran: remembered when it finished; on failure its position is given
+    /// back (the handler is expected to stop; if it goes on, the next step takes it).
+    fn end_step<T: Serialize>(&self, name: &str, seq: usize, outcome: &Result<T, JobError>) {
+        let mut steps = self.steps().lock().expect("steps lock");
+        steps.running = false;
+        match outcome {
+            Ok(value) => {
+                let json = serde_json::to_string(value).unwrap_or_default();
+                steps
+                    .done
+                    .get_or_insert_with(Vec::new)
+                    .push((name.to_owned(), json));
+            }
+            Err(_) => steps.next = seq,
+        }
+    }
+
+    fn replayed<T: DeserializeOwned>(&self, name: &str, result: &str) -> Result<T, JobError> {
+        serde_json::from_str(result).map_err(|e| {
+            JobError::permanent(format!(
+                "the stored result of step {name:?} of job {} does not decode as this step's type: {e}",
+                self.job_id
+            ))
+        })
+    }
+
+    /// Stores a finished step in `tx`, fenced: nothing is stored by an attempt that lost
+    /// its job.
+    async fn record_step<T: Serialize>(
+        &self,
+        tx: &mut DbConn,
+        seq: usize,
+        name: &str,
+        value: &T,
+    ) -> Result<(), JobError> {
+        if !self.is_leased() {
+            return Ok(());
+        }
+        let result = serde_json::to_string(value).map_err(|e| {
+            JobError::permanent(format!("the result of step {name:?} does not encode: {e}"))
+        })?;
+        self.fence(tx).await?;
+        sqlx::query(
+            "INSERT INTO job_steps (job_id, seq, name, result, attempt, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(self.job_id)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(name)
+        .bind(result)
+        .bind(i64::from(self.attempt))
+        .bind(self.now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
