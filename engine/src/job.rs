@@ -174,6 +174,16 @@ pub enum JobError {
         /// What went wrong.
         error: String,
     },
+    /// Not a failure: the job waits until `until` (ms since the epoch) — a durable sleep
+    /// ([`crate::JobContext::sleep`]) — holding no worker and using no attempt; it is
+    /// recorded as a snoozed attempt and resumes at its next unfinished step.
+    #[error("waiting until {until}: {reason}")]
+    Waiting {
+        /// When the job may run again.
+        until: Millis,
+        /// What it waits for.
+        reason: String,
+    },
     /// This attempt no longer holds the job's lease (another worker may run it now): the
     /// handler must stop without writing anything. Returned by [`crate::JobContext::fence`];
     /// nothing is recorded for the attempt by this worker.

@@ -201,6 +201,38 @@ impl JobContext {
         }
     }
 
+    /// A durable sleep: the job waits `duration` from the first time it reaches this point,
+    /// holding no worker ([`JobError::Waiting`]); later attempts see the same deadline (it
+    /// is stored as the step `{name}:until`), and the sleep is a finished step once it has
+    /// passed. Propagate its error with `?`.
+    pub async fn sleep(&self, name: &str, duration: std::time::Duration) -> Result<(), JobError> {
+        let until: Millis = self
+            .step(&format!("{name}:until"), async || {
+                Ok(self
+                    .now_ms()
+                    .saturating_add(crate::clock::duration_ms(duration)))
+            })
+            .await?;
+        self.sleep_until(name, until).await
+    }
+
+    /// A durable sleep until `until` (ms since the epoch; it must be the same on every
+    /// attempt: derive it from args or a step's result, not from the clock).
+    pub async fn sleep_until(&self, name: &str, until: Millis) -> Result<(), JobError> {
+        self.step::<Millis, _>(name, async || {
+            if self.now_ms() >= until {
+                Ok(until)
+            } else {
+                Err(JobError::Waiting {
+                    until,
+                    reason: format!("sleep {name:?}"),
+                })
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
     fn replayed<T: DeserializeOwned>(&self, name: &str, result: &str) -> Result<T, JobError> {
         serde_json::from_str(result).map_err(|e| {
             JobError::permanent(format!(

@@ -17,7 +17,89 @@ backend_tests!(
     a_changed_step_sequence_fails_the_job_loudly,
     a_step_tx_commits_its_writes_with_its_result_once,
     an_attempt_that_lost_its_job_records_no_step,
+    a_durable_sleep_holds_no_worker_and_keeps_its_deadline,
 );
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Nap {}
+
+impl Job for Nap {
+    const KIND: &'static str = "nap";
+}
+
+/// A job that sleeps an hour between two steps goes back to the queue (pending, no
+/// attempt used) until then; earlier drains run nothing; the deadline is the first
+/// attempt's, not recomputed; after it the job resumes with the second step.
+async fn a_durable_sleep_holds_no_worker_and_keeps_its_deadline(t: TestDb) {
+    let ran = Ran::default();
+    let mut registry = Registry::new();
+    let r = ran.clone();
+    registry.register::<Nap, _, _>(move |_, ctx| {
+        let ran = r.clone();
+        async move {
+            ctx.step("a", async || {
+                ran.hit("a");
+                Ok(())
+            })
+            .await?;
+            ran.hit("awake?");
+            ctx.sleep("cool_off", Duration::from_secs(3600)).await?;
+            ctx.step("b", async || {
+                ran.hit("b");
+                Ok(())
+            })
+            .await?;
+            Ok(Outcome::Succeeded)
+        }
+    });
+    let clock = Clock::manual(start());
+    let engine = t.engine(registry, clock.clone());
+    let t0 = clock.now_ms();
+    let id = engine.enqueue(Nap {}).await.unwrap().id();
+    let budget = engine::admin::get_job(engine.db(), id)
+        .await
+        .unwrap()
+        .job
+        .max_attempts;
+
+    drain(&engine).await;
+    let job = engine::admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.status, JobState::Pending, "waiting holds no worker");
+    assert_eq!(job.job.run_at, t0 + 3_600_000);
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("snoozed"));
+    assert_eq!((ran.get("a"), ran.get("b")), (1, 0));
+
+    clock.advance(Duration::from_secs(1800));
+    drain(&engine).await;
+    assert_eq!(ran.get("awake?"), 1, "not due: not run");
+
+    clock.advance(Duration::from_secs(1800));
+    let report = drain(&engine).await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!((ran.get("a"), ran.get("awake?"), ran.get("b")), (1, 2, 1));
+    let job = engine::admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(job.job.attempt, 2);
+    assert_eq!(
+        job.job.max_attempts,
+        budget + 1,
+        "the sleep used no attempt"
+    );
+    let names: Vec<String> = engine::steps::list(engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| format!("{}={}", s.name, s.result))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "a=null".to_owned(),
+            format!("cool_off:until={}", t0 + 3_600_000),
+            format!("cool_off={}", t0 + 3_600_000),
+            "b=null".to_owned()
+        ]
+    );
+}
 
 /// How many times each step ran.
 #[derive(Clone, Default)]

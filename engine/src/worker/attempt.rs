@@ -175,6 +175,11 @@ impl AttemptGuard {
                     run_at: now.saturating_add(crate::clock::duration_ms(after)),
                 });
             }
+            Err(JobError::Waiting { until, .. }) => {
+                return Some(AttemptEnd::Snoozed {
+                    run_at: until.max(now),
+                });
+            }
             Err(JobError::LeaseLost { .. }) => return None,
             Err(JobError::Permanent(error)) => return Some(AttemptEnd::Fail { error }),
             Err(JobError::Transient(error)) => {
