@@ -216,6 +216,26 @@ pub fn job_detail(d: &JobDetail) -> String {
             &rows,
         ));
     }
+    if !d.steps.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = d
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.seq.to_string(),
+                    s.name.clone(),
+                    s.attempt.to_string(),
+                    time_ms(s.finished_at),
+                    s.result.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["STEP", "NAME", "ATTEMPT", "FINISHED", "RESULT"],
+            &rows,
+        ));
+    }
     out
 }
 

@@ -144,3 +144,12 @@ mod tests {
         assert_eq!(redact(&args), args);
     }
 }
+
+/// JSON text (a stored step result), parsed and [`redact`]ed; text that is not JSON is
+/// kept as a string, its addresses and keys redacted.
+pub fn redact_json_text(text: &str) -> serde_json::Value {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => redact(&value),
+        Err(_) => serde_json::Value::String(redact_text(text)),
+    }
+}

@@ -71,6 +71,8 @@ pub struct JobDetail {
     pub locked_by: Option<String>,
     /// Every attempt, oldest first.
     pub attempts: Vec<AttemptRecord>,
+    /// Its finished durable steps ([`crate::steps`]), in order; empty for a job without.
+    pub steps: Vec<crate::steps::StepRecord>,
 }
 
 /// Which jobs to list. Newest first; pass the previous page's `next_cursor` to go on.
@@ -157,19 +159,26 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
 
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
-    // One statement, so that the job and its attempts are one snapshot (and one round trip):
-    // the job's columns repeat on each of its attempts' rows (NULLs when it has none).
+    // One statement, so that the job, its attempts and its steps are one snapshot (and one
+    // round trip): the job's columns repeat on each row; `part` 0 rows carry an attempt
+    // (all NULL when it has none), `part` 1 rows a step.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         let job: Vec<String> = SUMMARY_COLUMNS
             .split(',')
             .map(|c| format!("j.{}", c.trim()))
             .collect();
+        let job = job.join(", ");
         format!(
-            "SELECT {}, j.args, j.locked_by, j.started_at, \
-                    a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error \
-             FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id \
-             WHERE j.id = $1 ORDER BY a.id",
-            job.join(", ")
+            "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
+                    a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
+                    CAST(NULL AS TEXT), CAST(NULL AS TEXT) \
+             FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id WHERE j.id = $1 \
+             UNION ALL \
+             SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
+                    s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
+                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result \
+             FROM jobs j JOIN job_steps s ON s.job_id = j.id WHERE j.id = $1 \
+             ORDER BY part, ord"
         )
     });
     let rows = sqlx::query(AssertSqlSafe(SQL.as_str()))
@@ -180,18 +189,30 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
     let job = summary(row)?;
     let args: String = row.try_get(12)?;
     let mut attempts = Vec::with_capacity(rows.len());
+    let mut steps = Vec::new();
     for r in &rows {
-        let Some(attempt) = r.try_get::<Option<i32>, _>(15)? else {
+        let Some(attempt) = r.try_get::<Option<i32>, _>(17)? else {
             continue;
         };
-        attempts.push(AttemptRecord {
-            attempt: u32::try_from(attempt).unwrap_or(0),
-            worker_id: r.try_get(16)?,
-            started_at: r.try_get(17)?,
-            finished_at: r.try_get(18)?,
-            outcome: r.try_get(19)?,
-            error: r.try_get(20)?,
-        });
+        let attempt = u32::try_from(attempt).unwrap_or(0);
+        if r.try_get::<i32, _>(15)? == 0 {
+            attempts.push(AttemptRecord {
+                attempt,
+                worker_id: r.try_get(18)?,
+                started_at: r.try_get(19)?,
+                finished_at: r.try_get(20)?,
+                outcome: r.try_get(21)?,
+                error: r.try_get(22)?,
+            });
+        } else {
+            steps.push(crate::steps::StepRecord {
+                seq: u32::try_from(r.try_get::<i64, _>(16)?).unwrap_or(0),
+                name: r.try_get(23)?,
+                result: r.try_get(24)?,
+                attempt,
+                finished_at: r.try_get::<Option<Millis>, _>(20)?.unwrap_or_default(),
+            });
+        }
     }
     let locked_by: Option<String> = row.try_get(13)?;
     // An attempt's row is written when it ends: the one running now is read off the job.
@@ -212,6 +233,7 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         args: serde_json::from_str(&args).unwrap_or(serde_json::Value::String(args)),
         locked_by,
         attempts,
+        steps,
     })
 }
 

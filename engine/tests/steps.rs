@@ -248,6 +248,11 @@ async fn a_retried_job_resumes_after_its_last_finished_step(t: TestDb) {
             (2, "c", "null", 2)
         ]
     );
+    // The job's detail carries them, beside its two attempts, from the same statement.
+    let detail = engine::admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(detail.steps, steps);
+    assert_eq!(detail.attempts.len(), 2);
+    assert_eq!(detail.attempts[0].outcome.as_deref(), Some("retrying"));
 }
 
 async fn a_changed_step_sequence_fails_the_job_loudly(t: TestDb) {

@@ -3,6 +3,7 @@
 //! scope, as the dashboard shows them ([`crate::redact`]).
 
 use engine::admin::{self, AttemptRecord, JobDetail, JobFilter, JobSummary};
+use engine::steps::StepRecord;
 use engine::{Actor, JobState};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -11,7 +12,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::{ApiTags, DateTimeParam};
 use crate::auth::{ApiKeyAuth, Scope};
 use crate::problem::ApiError;
-use crate::redact::{redact, redact_text};
+use crate::redact::{redact, redact_json_text, redact_text};
 use crate::state::ApiState;
 
 /// A job's state.
@@ -114,6 +115,33 @@ impl From<JobSummary> for JobView {
     }
 }
 
+/// One finished durable step of the job (`ctx.step`).
+#[derive(Debug, Clone, Object)]
+pub struct StepView {
+    /// Position in the job's step sequence, from 0.
+    pub seq: u32,
+    /// The step's name.
+    pub name: String,
+    /// Its stored result, redacted like the args.
+    pub result: serde_json::Value,
+    /// The attempt that finished it.
+    pub attempt: u32,
+    /// Finished at.
+    pub finished_at: i64,
+}
+
+impl From<StepRecord> for StepView {
+    fn from(s: StepRecord) -> Self {
+        Self {
+            seq: s.seq,
+            name: s.name,
+            result: redact_json_text(&s.result),
+            attempt: s.attempt,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
 /// One attempt.
 #[derive(Debug, Clone, Object)]
 pub struct AttemptView {
@@ -126,7 +154,8 @@ pub struct AttemptView {
     /// Ended at (none while running).
     #[oai(nullable)]
     pub finished_at: Option<i64>,
-    /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired` or `released`.
+    /// `succeeded`, `skipped`, `retrying`, `failed`, `lease_expired`, `released` or
+    /// `snoozed` (the job waited: a snooze or a durable sleep; no attempt used).
     #[oai(nullable)]
     pub outcome: Option<String>,
     /// The error (or the skip reason; addresses and keys in it replaced by `[redacted]`).
@@ -161,6 +190,9 @@ pub struct JobDetailView {
     pub locked_by: Option<String>,
     /// Every attempt, oldest first, with its error.
     pub attempts: Vec<AttemptView>,
+    /// Its finished durable steps, in order (empty for a job without steps): a retry
+    /// resumes after the last one.
+    pub steps: Vec<StepView>,
 }
 
 impl From<JobDetail> for JobDetailView {
@@ -170,6 +202,7 @@ impl From<JobDetail> for JobDetailView {
             args: redact(&d.args),
             locked_by: d.locked_by,
             attempts: d.attempts.into_iter().map(Into::into).collect(),
+            steps: d.steps.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -362,8 +362,21 @@ async fn secrets_in_args_are_redacted(db: TestDb) {
         .expect("enqueue")
         .id();
     drop(conn);
+    let plain = page(&app, &format!("/admin/jobs/{job}"), &cookie).await;
+    assert!(!plain.text.contains("job-steps"), "no steps, no section");
+    // A finished durable step whose result carries an address.
+    sqlx::query(
+        "INSERT INTO job_steps (job_id, seq, name, result, attempt, finished_at) \
+         VALUES ($1, 0, 'notify_seller', '{\"email\":\"jane.doe@example.com\",\"sent\":4243}', 1, 1)",
+    )
+    .bind(job)
+    .execute(app.engine.db())
+    .await
+    .unwrap();
     let a = page(&app, &format!("/admin/jobs/{job}"), &cookie).await;
     assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.text.contains("job-steps") && a.text.contains("notify_seller"));
+    assert!(a.text.contains("4243"), "the step's ordinary values stay");
     for secret in [
         "tok_live_SECRET_1",
         "jane.doe",

@@ -21,7 +21,55 @@ backend_tests!(
     request_ids_are_echoed_or_generated,
     pages_stay_stable_while_jobs_are_inserted,
     a_read_key_gets_job_args_and_errors_redacted,
+    a_job_shows_its_finished_steps_redacted_in_order,
 );
+
+/// `GET /v1/jobs/{id}` lists the job's finished durable steps in order, their results
+/// redacted like args (the steps' own semantics are the engine's tests/steps.rs).
+async fn a_job_shows_its_finished_steps_redacted_in_order(db: TestDb) {
+    let app = TestApp::new(db);
+    let read = app.key(Scope::Read).await;
+    let job = app.enqueue(false).await;
+    let plain = get(&app, &format!("/v1/jobs/{job}"), Some(&read)).await;
+    assert_eq!(plain.body["steps"], json!([]), "{}", plain.text);
+    for (seq, name, result) in [
+        (
+            1,
+            "send_email",
+            r#"{"to":"jane.doe@example.com","message_id":"m-1"}"#,
+        ),
+        (0, "build_zip", r#"{"bytes":1024}"#),
+    ] {
+        sqlx::query(
+            "INSERT INTO job_steps (job_id, seq, name, result, attempt, finished_at) \
+             VALUES ($1, $2, $3, $4, 1, 1700000000000)",
+        )
+        .bind(job)
+        .bind(seq)
+        .bind(name)
+        .bind(result)
+        .execute(app.engine.db())
+        .await
+        .unwrap();
+    }
+    let detail = get(&app, &format!("/v1/jobs/{job}"), Some(&read)).await;
+    assert_eq!(detail.status, 200, "{}", detail.text);
+    assert_eq!(
+        detail.body["steps"],
+        json!([
+            {"seq": 0, "name": "build_zip", "result": {"bytes": 1024}, "attempt": 1,
+             "finished_at": 1_700_000_000_000_i64},
+            {"seq": 1, "name": "send_email",
+             "result": {"to": "[redacted]", "message_id": "m-1"}, "attempt": 1,
+             "finished_at": 1_700_000_000_000_i64},
+        ])
+    );
+    assert_eq!(
+        detail.body["attempts"].as_array().map(Vec::len),
+        Some(0),
+        "steps are not attempts"
+    );
+}
 
 async fn jobs_are_listed_inspected_retried_and_cancelled(db: TestDb) {
     // Arrange: one job that fails for good, one that succeeds, one pending.

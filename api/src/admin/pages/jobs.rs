@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::admin::session::Session;
 use crate::admin::view::{self, Nav};
 use crate::admin::{internal, is_fragment, redirect};
-use crate::redact::{redact, redact_text};
+use crate::redact::{redact, redact_json_text, redact_text};
 use crate::state::ApiState;
 
 /// Jobs per page.
@@ -268,6 +268,20 @@ async fn job_content(
                         }
                     }
                 }
+            }
+        }
+        @if !job.steps.is_empty() {
+            section.card #job-steps {
+                h2 { "Steps" }
+                p.muted.small { "Finished durable steps: a retry resumes after the last one. Results are redacted like the args." }
+                div.scroll { table {
+                    thead { tr { th { "#" } th { "Step" } th { "Attempt" } th { "Finished" } th { "Result" } } }
+                    tbody { @for s in &job.steps { tr {
+                        td.num { (s.seq) } td { code { (s.name) } } td.num { (s.attempt) }
+                        td { (view::when(now, s.finished_at)) }
+                        td { code { (view::clip(&redact_json_text(&s.result).to_string(), 120)) } }
+                    } } }
+                } }
             }
         }
         @if !history.is_empty() {
