@@ -97,6 +97,15 @@ pub fn redact_text(text: &str) -> String {
         .collect()
 }
 
+/// JSON text (a stored step result), parsed and [`redact`]ed; text that is not JSON is
+/// kept as a string, its addresses and keys redacted.
+pub fn redact_json_text(text: &str) -> serde_json::Value {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => redact(&value),
+        Err(_) => serde_json::Value::String(redact_text(text)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,14 +151,5 @@ mod tests {
     fn ordinary_values_are_kept() {
         let args = json!({"transfer_id": 3, "export_id": 9, "kind": "a@b", "path": "covers/1.jpg"});
         assert_eq!(redact(&args), args);
-    }
-}
-
-/// JSON text (a stored step result), parsed and [`redact`]ed; text that is not JSON is
-/// kept as a string, its addresses and keys redacted.
-pub fn redact_json_text(text: &str) -> serde_json::Value {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(value) => redact(&value),
-        Err(_) => serde_json::Value::String(redact_text(text)),
     }
 }
