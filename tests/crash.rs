@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use e2e::{AbortWorker, SleepMs, marker_lines, registry};
+use e2e::{AbortWorker, SleepMs, StepFlow, marker_lines, registry};
 use engine::admin::{self, JobDetail};
 use engine::testing::{TcpProxy, TestDb, fast_worker_settings};
 use engine::worker::WorkerPool;
@@ -24,6 +24,7 @@ backend_tests!(
     job_that_kills_its_worker_every_time_fails_after_max_attempts,
     sigterm_lets_running_jobs_finish_and_exits_zero,
     sigterm_releases_jobs_that_outlast_the_budget,
+    a_workflow_killed_between_every_pair_of_steps_runs_each_step_once,
 );
 
 const SIGKILL: i32 = 9;
@@ -269,6 +270,86 @@ async fn killed_worker_loses_its_lease_and_another_worker_finishes_the_job(t: Te
             format!("start {id} 2 worker-b"),
             format!("end {id} 2 worker-b"),
         ]
+    );
+}
+
+/// A workflow of 4 steps whose worker is SIGKILLed after each step is recorded (in the
+/// pause before the next one), and another worker started: every step ran exactly once
+/// (each line once, none again on a later attempt), the workflow finished, its steps carry
+/// the attempts that finished them.
+async fn a_workflow_killed_between_every_pair_of_steps_runs_each_step_once(t: TestDb) {
+    const STEPS: i64 = 4;
+    let engine = enqueuer(&t);
+    let mut workers = Workers::new(&t);
+    let marker = workers.path("steps.marker");
+    let id = engine
+        .enqueue(StepFlow {
+            steps: u32::try_from(STEPS).unwrap(),
+            gap_ms: 1_500,
+            marker: marker.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap()
+        .id();
+    let recorded = |n: i64| {
+        let engine = engine.clone();
+        async move {
+            let steps: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_steps WHERE job_id = $1")
+                .bind(id)
+                .fetch_one(engine.db())
+                .await
+                .unwrap();
+            steps >= n
+        }
+    };
+    for k in 1..STEPS {
+        let worker = format!("worker-{k}");
+        workers.start(&worker, &[]);
+        assert!(
+            eventually(20, || recorded(k)).await,
+            "step {k} never recorded on {worker}: {:?}",
+            job(&engine, id).await
+        );
+        let status = workers.kill(&worker);
+        assert_eq!(status.signal(), Some(SIGKILL), "{worker}: {status:?}");
+    }
+    workers.start("worker-last", &[]);
+    let done = eventually(30, || async {
+        job(&engine, id).await.job.status == JobState::Succeeded
+    })
+    .await;
+    let j = job(&engine, id).await;
+    assert!(done, "the workflow did not finish: {j:?}");
+
+    let lines = marker_lines(&marker);
+    for i in 0..STEPS {
+        let ran = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("step {i} ")))
+            .count();
+        assert_eq!(ran, 1, "step {i} ran {ran} times: {lines:?}");
+    }
+    let by: Vec<(u32, String)> = j
+        .steps
+        .iter()
+        .map(|s| (s.attempt, s.name.clone()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (1, "s0".to_owned()),
+            (2, "s1".to_owned()),
+            (3, "s2".to_owned()),
+            (4, "s3".to_owned())
+        ],
+        "each attempt finished one step and was killed"
+    );
+    assert_eq!(
+        history(&j)
+            .iter()
+            .filter(|(_, _, o)| o.as_deref() == Some("lease_expired"))
+            .count(),
+        3
     );
 }
 

@@ -6,6 +6,8 @@
 //! - [`SleepMs`]: sleeps, then succeeds; appends `start …` / `end …` lines to a marker file
 //!   so that a test can see an attempt began (and whether it ended).
 //! - [`Noop`]: succeeds at once.
+//! - [`StepFlow`]: a workflow of durable steps, each appending a line to a marker file,
+//!   with a pause between steps (where the crash test kills its worker).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -74,6 +76,24 @@ impl Job for Noop {
     const POLICY: JobPolicy = TEST_POLICY;
 }
 
+/// A workflow of `steps` durable steps (`ctx.step`); step `i` appends
+/// `step <i> <job> <attempt> <worker>` to `marker`, and the handler pauses `gap_ms` after
+/// each step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFlow {
+    /// How many steps.
+    pub steps: u32,
+    /// The pause after each step.
+    pub gap_ms: u64,
+    /// The file each step appends its line to.
+    pub marker: String,
+}
+
+impl Job for StepFlow {
+    const KIND: &'static str = "step_flow";
+    const POLICY: JobPolicy = TEST_POLICY;
+}
+
 /// Appends one line to `path` (created if missing), flushed before returning.
 fn append_line(path: &str, line: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -106,6 +126,17 @@ pub fn registry() -> Registry {
         Ok(Outcome::Succeeded)
     });
     r.register::<Noop, _, _>(|_, _| async { Ok(Outcome::Succeeded) });
+    r.register::<StepFlow, _, _>(|args, ctx| async move {
+        for i in 0..args.steps {
+            ctx.step(&format!("s{i}"), async || {
+                let line = format!("step {i} {} {} {}", ctx.job_id, ctx.attempt, ctx.worker_id);
+                append_line(&args.marker, &line).map_err(engine::JobError::transient)
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
+        }
+        Ok(Outcome::Succeeded)
+    });
     r
 }
 
