@@ -31,6 +31,14 @@ pub enum Error {
         /// The states that would have allowed it.
         expected: &'static str,
     },
+    /// The job was already sent a signal of this name (one per name).
+    #[error("job {id} was already sent the signal {name:?}")]
+    SignalAlreadySent {
+        /// The job.
+        id: i64,
+        /// The signal's name.
+        name: String,
+    },
     /// Retrying the job would give a second unfinished job the same unique key.
     #[error("job {id} cannot be retried: unfinished job {holder} holds its unique key")]
     UniqueKeyHeld {

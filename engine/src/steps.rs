@@ -28,6 +28,14 @@
 //!
 //! Results are JSON (`serde`); a step with nothing to return returns `()`. Outside the
 //! queue ([`JobContext::unleased`]) steps run and are remembered for that context only.
+//!
+//! **Waiting holds no worker.** [`JobContext::sleep`] and [`JobContext::wait_for_signal`]
+//! end the attempt as [`JobError::Waiting`] (a snooze: the job is `pending` again with its
+//! `run_at` at the deadline, no attempt used) and are finished steps once their time has
+//! come or their signal is there. [`Engine::signal`] stores a signal (one per name per job)
+//! and moves a waiting job's `run_at` to now; a signal that arrives while the job is running
+//! marks it (`wake_pending`), and an attempt that then ends waiting is run again at once, so
+//! no signal waits for a deadline.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,7 +46,10 @@ use sqlx::Row;
 use crate::clock::Millis;
 use crate::context::JobContext;
 use crate::db::{Db, DbConn};
-use crate::job::JobError;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::job::{JobError, JobState};
+use crate::state_machine::Actor;
 
 /// A finished step, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -233,6 +244,48 @@ impl JobContext {
         Ok(())
     }
 
+    /// Waits, holding no worker, for the signal `name` ([`Engine::signal`]) for at most
+    /// `timeout` from the first time the job reaches this point: its payload, or `None`
+    /// once the timeout has passed without it. Propagate its error with `?`.
+    pub async fn wait_for_signal<T>(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<T>, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let until: Millis = self
+            .step(&format!("signal:{name}:until"), async || {
+                Ok(self
+                    .now_ms()
+                    .saturating_add(crate::clock::duration_ms(timeout)))
+            })
+            .await?;
+        self.step(&format!("signal:{name}"), async || {
+            let payload: Option<String> = sqlx::query_scalar(
+                "SELECT payload FROM job_signals WHERE job_id = $1 AND name = $2",
+            )
+            .bind(self.job_id)
+            .bind(name)
+            .fetch_optional(self.db())
+            .await?;
+            match payload {
+                Some(payload) => serde_json::from_str(&payload).map(Some).map_err(|e| {
+                    JobError::permanent(format!(
+                        "the payload of signal {name:?} does not decode as this wait's type: {e}"
+                    ))
+                }),
+                None if self.now_ms() >= until => Ok(None),
+                None => Err(JobError::Waiting {
+                    until,
+                    reason: format!("signal {name:?}"),
+                }),
+            }
+        })
+        .await
+    }
+
     fn replayed<T: DeserializeOwned>(&self, name: &str, result: &str) -> Result<T, JobError> {
         serde_json::from_str(result).map_err(|e| {
             JobError::permanent(format!(
@@ -270,6 +323,70 @@ impl JobContext {
         .bind(self.now_ms())
         .execute(&mut *tx)
         .await?;
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Sends the signal `name` with `payload` to job `id` (for its
+    /// [`JobContext::wait_for_signal`]) and wakes the job if it waits: one signal per name
+    /// per job ([`Error::SignalAlreadySent`] for a second), refused for a finished job
+    /// ([`Error::InvalidJobState`]). Sent before the job waits, it is there when it does.
+    pub async fn signal(
+        &self,
+        id: i64,
+        name: &str,
+        payload: &serde_json::Value,
+        actor: &Actor,
+    ) -> crate::Result<()> {
+        let now = self.clock().now_ms();
+        let mut tx = self.db().begin().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT status, kind FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (status, kind) = row.ok_or(Error::JobNotFound(id))?;
+        let state: JobState = status.parse().unwrap_or(JobState::Failed);
+        if state.is_final() {
+            return Err(Error::InvalidJobState {
+                id,
+                state,
+                operation: "signal",
+                expected: "pending, running or retrying",
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO job_signals (job_id, name, payload, sent_at, sent_by) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, name) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(payload.to_string())
+        .bind(now)
+        .bind(actor.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::SignalAlreadySent {
+                id,
+                name: name.to_owned(),
+            });
+        }
+        // A waiting job runs now; a running one is marked, so that its attempt, if it ends
+        // waiting, is run again at once (the ack reads the mark).
+        sqlx::query(
+            "UPDATE jobs SET wake_pending = 1, \
+                 run_at = CASE WHEN status = 'pending' AND run_at > $2 THEN $2 ELSE run_at END \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.wake_everywhere(&kind);
         Ok(())
     }
 }

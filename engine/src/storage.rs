@@ -442,7 +442,8 @@ const ACK_COLUMNS_PG: &str = "id BIGINT, attempt INT, status TEXT, outcome TEXT,
 
 const ACK_SET: &str = "status = a.status, \
      finished_at = CASE WHEN a.status IN ('succeeded', 'failed') THEN $2 ELSE NULL END, \
-     run_at = COALESCE(a.run_at, jobs.run_at), \
+     run_at = CASE WHEN a.outcome = 'snoozed' AND jobs.wake_pending > 0 THEN $2 \
+                   ELSE COALESCE(a.run_at, jobs.run_at) END, \
      last_error = COALESCE(a.error, jobs.last_error), \
      note = COALESCE(a.note, jobs.note), \
      attempt = jobs.attempt - a.unclaim, \
@@ -497,7 +498,7 @@ pub async fn exchange(
                      ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
                  claimed AS ( \
                      UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
-                         lease_expires_at = {lease_now_sql} + $7, started_at = $2 \
+                         lease_expires_at = {lease_now_sql} + $7, started_at = $2, wake_pending = 0 \
                      FROM picked WHERE jobs.id = picked.id \
                      RETURNING {CLAIM_RETURNING}) \
                  SELECT 'a', id, NULL::TEXT, attempt, NULL::INT, NULL::BIGINT, NULL::INT, NULL::BIGINT, NULL::BIGINT \
@@ -537,8 +538,8 @@ pub async fn exchange(
                     sqlite_json_rows(
                         "$1",
                         &[
-                            "id", "attempt", "status", "error", "note", "run_at", "bump",
-                            "released", "unclaim"
+                            "id", "attempt", "status", "outcome", "error", "note", "run_at",
+                            "bump", "released", "unclaim"
                         ]
                     )
                 );
@@ -605,7 +606,7 @@ pub async fn exchange(
                 let lease_at = lease_now.bind().unwrap_or(now);
                 let rows = sqlx::query(AssertSqlSafe(format!(
                     "UPDATE jobs SET status = 'running', attempt = attempt + 1, locked_by = $4, \
-                         lease_expires_at = $2 + $5, started_at = $6 \
+                         lease_expires_at = $2 + $5, started_at = $6, wake_pending = 0 \
                      WHERE id IN ({CLAIM_PICK_SQL}) \
                      RETURNING {}",
                     CLAIM_RETURNING.replace("jobs.", "")

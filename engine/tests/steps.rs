@@ -18,7 +18,151 @@ backend_tests!(
     a_step_tx_commits_its_writes_with_its_result_once,
     an_attempt_that_lost_its_job_records_no_step,
     a_durable_sleep_holds_no_worker_and_keeps_its_deadline,
+    a_signal_wakes_its_waiting_job_with_its_payload_once,
+    a_wait_for_a_signal_that_never_comes_ends_at_its_timeout,
+    a_signal_sent_while_the_attempt_decides_to_wait_is_not_missed,
 );
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Await {
+    /// Attempt 1 holds at the gate after it found no signal, before it ends waiting.
+    gated: bool,
+}
+
+impl Job for Await {
+    const KIND: &'static str = "await";
+}
+
+/// Gates for the racing test: the handler says it reached the gate, the test opens it.
+#[derive(Clone, Default)]
+struct Gate {
+    reached: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+}
+
+fn await_world(t: &TestDb, gate: &Gate) -> (Engine, Clock, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    let (s, g) = (Arc::clone(&seen), gate.clone());
+    registry.register::<Await, _, _>(move |args, ctx| {
+        let (seen, gate) = (Arc::clone(&s), g.clone());
+        async move {
+            let got = ctx
+                .wait_for_signal::<String>("go", Duration::from_secs(3600))
+                .await;
+            if args.gated && ctx.attempt == 1 {
+                gate.reached.notify_one();
+                gate.open.notified().await;
+            }
+            let got = got?;
+            seen.lock().unwrap().push(got);
+            Ok(Outcome::Succeeded)
+        }
+    });
+    let clock = Clock::manual(start());
+    (t.engine(registry, clock.clone()), clock, seen)
+}
+
+async fn a_signal_wakes_its_waiting_job_with_its_payload_once(t: TestDb) {
+    let (engine, clock, seen) = await_world(&t, &Gate::default());
+    let admin = engine::Actor::cli();
+    let id = engine.enqueue(Await { gated: false }).await.unwrap().id();
+    drain(&engine).await;
+    let job = engine::admin::get_job(engine.db(), id).await.unwrap().job;
+    assert_eq!(
+        (job.status, job.run_at),
+        (JobState::Pending, clock.now_ms() + 3_600_000)
+    );
+
+    clock.advance(Duration::from_secs(60));
+    engine
+        .signal(id, "go", &serde_json::json!("refund-7"), &admin)
+        .await
+        .unwrap();
+    let job = engine::admin::get_job(engine.db(), id).await.unwrap().job;
+    assert_eq!(job.run_at, clock.now_ms(), "woken: due now, not in an hour");
+    let again = engine
+        .signal(id, "go", &serde_json::json!("x"), &admin)
+        .await;
+    assert!(
+        matches!(again, Err(engine::Error::SignalAlreadySent { .. })),
+        "{again:?}"
+    );
+    let report = drain(&engine).await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(*seen.lock().unwrap(), [Some("refund-7".to_owned())]);
+
+    let finished = engine
+        .signal(id, "other", &serde_json::json!(1), &admin)
+        .await;
+    assert!(
+        matches!(finished, Err(engine::Error::InvalidJobState { .. })),
+        "{finished:?}"
+    );
+    let unknown = engine
+        .signal(999_999, "go", &serde_json::json!(1), &admin)
+        .await;
+    assert!(
+        matches!(unknown, Err(engine::Error::JobNotFound(999_999))),
+        "{unknown:?}"
+    );
+}
+
+async fn a_wait_for_a_signal_that_never_comes_ends_at_its_timeout(t: TestDb) {
+    let (engine, clock, seen) = await_world(&t, &Gate::default());
+    let id = engine.enqueue(Await { gated: false }).await.unwrap().id();
+    drain(&engine).await;
+    clock.advance(Duration::from_secs(3599));
+    drain(&engine).await;
+    assert!(seen.lock().unwrap().is_empty(), "not yet");
+    clock.advance(Duration::from_secs(1));
+    drain(&engine).await;
+    assert_eq!(*seen.lock().unwrap(), [None]);
+    let steps = engine::steps::list(engine.db(), id).await.unwrap();
+    assert_eq!(steps.last().map(|s| s.result.as_str()), Some("null"));
+}
+
+/// The race a signal must not lose: the attempt looked (no signal), the signal is sent
+/// while the job is still running, then the attempt ends waiting for an hour. The ack sees
+/// the mark the signal left and makes the job due at once.
+async fn a_signal_sent_while_the_attempt_decides_to_wait_is_not_missed(t: TestDb) {
+    let gate = Gate::default();
+    let (engine, _clock, seen) = await_world(&t, &gate);
+    let id = engine.enqueue(Await { gated: true }).await.unwrap().id();
+    let pool = engine::worker::WorkerPool::start(&engine);
+    tokio::time::timeout(Duration::from_secs(10), gate.reached.notified())
+        .await
+        .expect("attempt 1 reached the gate");
+    let status = engine::admin::get_job(engine.db(), id)
+        .await
+        .unwrap()
+        .job
+        .status;
+    assert_eq!(status, JobState::Running);
+    engine
+        .signal(id, "go", &serde_json::json!("late"), &engine::Actor::cli())
+        .await
+        .unwrap();
+    gate.open.notify_one();
+    let mut done = false;
+    for _ in 0..200 {
+        if engine::admin::get_job(engine.db(), id)
+            .await
+            .unwrap()
+            .job
+            .status
+            == JobState::Succeeded
+        {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    assert!(done, "the job waits for its deadline instead of its signal");
+    assert_eq!(*seen.lock().unwrap(), [Some("late".to_owned())]);
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Nap {}
