@@ -78,7 +78,7 @@ pub enum ApiError {
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
     /// The resource's state does not allow the operation (`invalid_job_state`,
-    /// `unique_key_held`).
+    /// `unique_key_held`, `signal_already_sent`, …).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
     /// The resource existed but is no longer available, e.g. an expired export link
@@ -205,6 +205,9 @@ impl From<engine::Error> for ApiError {
                 Self::conflict("invalid_job_state", e.to_string())
             }
             engine::Error::UniqueKeyHeld { .. } => Self::conflict("unique_key_held", e.to_string()),
+            engine::Error::SignalAlreadySent { .. } => {
+                Self::conflict("signal_already_sent", e.to_string())
+            }
             other => Self::internal(&other),
         }
     }

@@ -217,6 +217,15 @@ pub struct JobPageView {
     pub next_cursor: Option<i64>,
 }
 
+/// A signal sent.
+#[derive(Debug, Clone, Object)]
+pub struct SignalView {
+    /// The job.
+    pub id: i64,
+    /// The signal's name.
+    pub signal: String,
+}
+
 /// The state a retry or cancel left the job in.
 #[derive(Debug, Clone, Object)]
 pub struct JobStateView {
@@ -315,6 +324,43 @@ impl JobsApi {
         Ok(Json(JobStateView {
             id: id.0,
             status: state.into(),
+        }))
+    }
+
+    /// Send the signal `name` to a job that waits for it (`ctx.wait_for_signal`): the
+    /// body, any JSON, is its payload, and a job waiting for it runs at once. One signal
+    /// per name per job; sent before the job waits, it is there when it does. Scope: admin.
+    ///
+    /// 400 `bad_request` for a name that is not 1–64 of `a-z 0-9 _ . -`; 404 when no job
+    /// has this id; 409 `signal_already_sent` when the job was already sent it; 409
+    /// `invalid_job_state` when the job is finished.
+    #[oai(path = "/v1/jobs/:id/signals/:name", method = "post")]
+    async fn signal(
+        &self,
+        auth: ApiKeyAuth,
+        id: Path<i64>,
+        name: Path<String>,
+        payload: Json<serde_json::Value>,
+    ) -> Result<Json<SignalView>, ApiError> {
+        let caller = auth.require(Scope::Admin)?;
+        let valid = (1..=64).contains(&name.0.len())
+            && name
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "signal name {:?} is not 1-64 characters of a-z, 0-9, _ . -",
+                name.0
+            )));
+        }
+        self.0
+            .engine
+            .signal(id.0, &name.0, &payload.0, &Actor::api_key(caller.key_id))
+            .await?;
+        Ok(Json(SignalView {
+            id: id.0,
+            signal: name.0,
         }))
     }
 }

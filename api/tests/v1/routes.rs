@@ -22,7 +22,68 @@ backend_tests!(
     pages_stay_stable_while_jobs_are_inserted,
     a_read_key_gets_job_args_and_errors_redacted,
     a_job_shows_its_finished_steps_redacted_in_order,
+    a_signal_is_stored_once_for_an_unfinished_job,
 );
+
+/// `POST /v1/jobs/{id}/signals/{name}`: stored with its payload for an unfinished job,
+/// once; a second is 409, a finished job 409, a bad name 400, an unknown job 404. (How a
+/// waiting job takes it is the engine's tests/steps.rs.)
+async fn a_signal_is_stored_once_for_an_unfinished_job(db: TestDb) {
+    let app = TestApp::new(db);
+    let admin = app.key(Scope::Admin).await;
+    let waiting = app.enqueue(false).await;
+    let path = format!("/v1/jobs/{waiting}/signals/refund.v1");
+    let sent = send(
+        &app,
+        "POST",
+        &path,
+        Some(&admin),
+        Some(json!({"amount": 1200})),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    assert_eq!(sent.body, json!({"id": waiting, "signal": "refund.v1"}));
+    let stored: (String, String) =
+        sqlx::query_as("SELECT payload, sent_by FROM job_signals WHERE job_id = $1")
+            .bind(waiting)
+            .fetch_one(app.engine.db())
+            .await
+            .unwrap();
+    assert_eq!(stored.0, r#"{"amount":1200}"#);
+    assert!(stored.1.starts_with("api_key:"), "{}", stored.1);
+
+    send(&app, "POST", &path, Some(&admin), Some(json!(null)))
+        .await
+        .assert_problem(409, "signal_already_sent");
+    send(
+        &app,
+        "POST",
+        &format!("/v1/jobs/{waiting}/signals/Bad%20Name"),
+        Some(&admin),
+        Some(json!(1)),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+    send(
+        &app,
+        "POST",
+        "/v1/jobs/999999/signals/go",
+        Some(&admin),
+        Some(json!(1)),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    drain(&app.engine).await;
+    send(
+        &app,
+        "POST",
+        &format!("/v1/jobs/{waiting}/signals/late"),
+        Some(&admin),
+        Some(json!(1)),
+    )
+    .await
+    .assert_problem(409, "invalid_job_state");
+}
 
 /// `GET /v1/jobs/{id}` lists the job's finished durable steps in order, their results
 /// redacted like args (the steps' own semantics are the engine's tests/steps.rs).
