@@ -102,7 +102,7 @@ pub(crate) struct Steps {
 /// Shared by an attempt's contexts.
 pub(crate) type SharedSteps = Arc<Mutex<Steps>>;
 
-/// What [`begin`] found at the step's position.
+/// What [`JobContext::begin_step`] found at the step's position.
 enum Found {
     /// Finished before: its stored result.
     Done(String),
