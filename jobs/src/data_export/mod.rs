@@ -791,42 +791,61 @@ impl Writer<'_> {
         self.progress(1).await
     }
 
-    async fn tracks(&mut self) -> Result<(), Failure> {
-        self.start("tracks.ndjson").await?;
-        let mut after = 0i64;
+    /// Writes the NDJSON file `name` from `sql`, the user's rows a page at a time by
+    /// keyset (`$1` the user, `$2` the last id written, `$3` the page size), each row made
+    /// into `(id, line)` by `out`, with progress recorded after each page; returns how
+    /// many rows it wrote. `line_bytes` sizes the page's buffer.
+    async fn ndjson<T: Serialize>(
+        &mut self,
+        name: &'static str,
+        sql: &'static str,
+        line_bytes: usize,
+        out: impl Fn(&AnyRow) -> Result<(i64, T), sqlx::Error>,
+    ) -> Result<i64, Failure> {
+        self.start(name).await?;
+        let (mut after, mut written) = (0i64, 0i64);
         loop {
-            let rows = self
-                .page(
-                    "SELECT id, title, artist_name, status, is_public, file_path, created_at, updated_at \
-                     FROM tracks WHERE owner_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    after,
-                )
-                .await?;
+            let rows = self.page(sql, after).await?;
             if rows.is_empty() {
-                return Ok(());
+                return Ok(written);
             }
-            let mut buf = Vec::with_capacity(rows.len() * 200);
+            let mut buf = Vec::with_capacity(rows.len() * line_bytes);
             for r in &rows {
-                let t = db((|| {
-                    Ok(TrackOut {
-                        id: r.try_get(0)?,
-                        title: r.try_get(1)?,
-                        artist_name: r.try_get(2)?,
-                        status: r.try_get(3)?,
-                        is_public: r.try_get::<i64, _>(4)? != 0,
-                        file_path: r.try_get(5)?,
-                        created_at: r.try_get(6)?,
-                        updated_at: r.try_get(7)?,
-                    })
-                })())?;
-                after = t.id;
-                line(&mut buf, &t)?;
+                let (id, value) = db(out(r))?;
+                after = id;
+                line(&mut buf, &value)?;
             }
             let n = rows.len() as i64;
             self.write(buf).await?;
-            self.counts.tracks += n;
+            written += n;
             self.progress(n).await?;
         }
+    }
+
+    async fn tracks(&mut self) -> Result<(), Failure> {
+        let rows = self
+            .ndjson(
+                "tracks.ndjson",
+                "SELECT id, title, artist_name, status, is_public, file_path, created_at, updated_at \
+                 FROM tracks WHERE owner_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                200,
+                |r| {
+            let t = TrackOut {
+                id: r.try_get(0)?,
+                title: r.try_get(1)?,
+                artist_name: r.try_get(2)?,
+                status: r.try_get(3)?,
+                is_public: r.try_get::<i64, _>(4)? != 0,
+                file_path: r.try_get(5)?,
+                created_at: r.try_get(6)?,
+                updated_at: r.try_get(7)?,
+            };
+                    Ok((t.id, t))
+                },
+            )
+            .await?;
+        self.counts.tracks += rows;
+        Ok(())
     }
 
     async fn playlists(&mut self) -> Result<(), Failure> {
@@ -911,35 +930,27 @@ impl Writer<'_> {
     }
 
     async fn messages(&mut self) -> Result<(), Failure> {
-        self.start("messages.ndjson").await?;
-        let mut after = 0i64;
-        loop {
-            let rows = self
-                .page(
-                    // Each side is a bounded range scan of its own index; a plain
-                    // `sender_id = $1 OR recipient_id = $1` makes SQLite sort every remaining
-                    // row for each page (time and memory growing with the mailbox).
-                    "SELECT id, sender_id, recipient_id, body, created_at, read_at FROM messages \
-                     WHERE id IN ( \
-                       SELECT id FROM (SELECT id FROM messages WHERE sender_id = $1 AND id > $2 \
-                                       ORDER BY id LIMIT $3) AS sent \
-                       UNION ALL \
-                       SELECT id FROM (SELECT id FROM messages WHERE recipient_id = $1 AND id > $2 \
-                                       ORDER BY id LIMIT $3) AS received) \
-                     ORDER BY id LIMIT $3",
-                    after,
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let mut buf = Vec::with_capacity(rows.len() * 200);
-            for r in &rows {
-                let m = db((|| {
+        let user_id = self.user_id;
+        let rows = self
+            .ndjson(
+                "messages.ndjson",
+                // Each side is a bounded range scan of its own index; a plain
+                // `sender_id = $1 OR recipient_id = $1` makes SQLite sort every remaining
+                // row for each page (time and memory growing with the mailbox).
+                "SELECT id, sender_id, recipient_id, body, created_at, read_at FROM messages \
+                 WHERE id IN ( \
+                   SELECT id FROM (SELECT id FROM messages WHERE sender_id = $1 AND id > $2 \
+                                   ORDER BY id LIMIT $3) AS sent \
+                   UNION ALL \
+                   SELECT id FROM (SELECT id FROM messages WHERE recipient_id = $1 AND id > $2 \
+                                   ORDER BY id LIMIT $3) AS received) \
+                 ORDER BY id LIMIT $3",
+                200,
+                |r| {
                     let sender_id: i64 = r.try_get(1)?;
-                    Ok(MessageOut {
+                    let m = MessageOut {
                         id: r.try_get(0)?,
-                        direction: if sender_id == self.user_id {
+                        direction: if sender_id == user_id {
                             "sent"
                         } else {
                             "received"
@@ -949,51 +960,36 @@ impl Writer<'_> {
                         body: r.try_get(3)?,
                         created_at: r.try_get(4)?,
                         read_at: r.try_get(5)?,
-                    })
-                })())?;
-                after = m.id;
-                line(&mut buf, &m)?;
-            }
-            let n = rows.len() as i64;
-            self.write(buf).await?;
-            self.counts.messages += n;
-            self.progress(n).await?;
-        }
+                    };
+                    Ok((m.id, m))
+                },
+            )
+            .await?;
+        self.counts.messages += rows;
+        Ok(())
     }
 
     async fn playback_history(&mut self) -> Result<(), Failure> {
-        self.start("playback_history.ndjson").await?;
-        let mut after = 0i64;
-        loop {
-            let rows = self
-                .page(
-                    "SELECT id, track_id, played_at, duration_ms, client FROM playback_history \
-                     WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    after,
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let mut buf = Vec::with_capacity(rows.len() * 100);
-            for r in &rows {
-                let p = db((|| {
-                    Ok(PlayOut {
+        let rows = self
+            .ndjson(
+                "playback_history.ndjson",
+                "SELECT id, track_id, played_at, duration_ms, client FROM playback_history \
+                 WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                100,
+                |r| {
+                    let p = PlayOut {
                         id: r.try_get(0)?,
                         track_id: r.try_get(1)?,
                         played_at: r.try_get(2)?,
                         duration_ms: r.try_get(3)?,
                         client: r.try_get(4)?,
-                    })
-                })())?;
-                after = p.id;
-                line(&mut buf, &p)?;
-            }
-            let n = rows.len() as i64;
-            self.write(buf).await?;
-            self.counts.playback_history += n;
-            self.progress(n).await?;
-        }
+                    };
+                    Ok((p.id, p))
+                },
+            )
+            .await?;
+        self.counts.playback_history += rows;
+        Ok(())
     }
 
     /// The orders the user bought, each with its items and the refunds recorded for it.
@@ -1082,24 +1078,15 @@ impl Writer<'_> {
 
     /// The payouts to the user as a seller.
     async fn payouts(&mut self) -> Result<(), Failure> {
-        self.start("payouts.ndjson").await?;
-        let mut after = 0i64;
-        loop {
-            let rows = self
-                .page(
-                    "SELECT id, order_id, order_item_id, amount, currency, status, \
-                     stripe_transfer_id, stripe_reversal_id, created_at, updated_at \
-                     FROM seller_transfers WHERE seller_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    after,
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let mut buf = Vec::with_capacity(rows.len() * 200);
-            for r in &rows {
-                let p = db((|| {
-                    Ok(PayoutOut {
+        let rows = self
+            .ndjson(
+                "payouts.ndjson",
+                "SELECT id, order_id, order_item_id, amount, currency, status, \
+                 stripe_transfer_id, stripe_reversal_id, created_at, updated_at \
+                 FROM seller_transfers WHERE seller_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                200,
+                |r| {
+                    let p = PayoutOut {
                         id: r.try_get(0)?,
                         order_id: r.try_get(1)?,
                         order_item_id: r.try_get(2)?,
@@ -1110,16 +1097,13 @@ impl Writer<'_> {
                         stripe_reversal_id: r.try_get(7)?,
                         created_at: r.try_get(8)?,
                         updated_at: r.try_get(9)?,
-                    })
-                })())?;
-                after = p.id;
-                line(&mut buf, &p)?;
-            }
-            let n = rows.len() as i64;
-            self.write(buf).await?;
-            self.counts.payouts += n;
-            self.progress(n).await?;
-        }
+                    };
+                    Ok((p.id, p))
+                },
+            )
+            .await?;
+        self.counts.payouts += rows;
+        Ok(())
     }
 
     /// The stored Stripe events about the user's payments ([`OF_BUYER`]), by event id.
