@@ -118,20 +118,14 @@ impl JobContext {
         T: Serialize + DeserializeOwned,
         F: AsyncFnOnce() -> Result<T, JobError>,
     {
-        let seq = match self.begin_step(name).await? {
-            Found::Done(result) => return self.replayed(name, &result),
-            Found::Run(seq) => seq,
-        };
-        let outcome = async {
+        self.run_step(name, async move |seq| {
             let value = run().await?;
             let mut tx = self.db().begin().await?;
             self.record_step(&mut tx, seq, name, &value).await?;
             tx.commit().await?;
             Ok(value)
-        }
-        .await;
-        self.end_step(name, seq, &outcome);
-        outcome
+        })
+        .await
     }
 
     /// [`JobContext::step`] whose work runs in a transaction that also stores its result:
@@ -141,18 +135,28 @@ impl JobContext {
         T: Serialize + DeserializeOwned,
         F: AsyncFnOnce(&mut DbConn) -> Result<T, JobError>,
     {
-        let seq = match self.begin_step(name).await? {
-            Found::Done(result) => return self.replayed(name, &result),
-            Found::Run(seq) => seq,
-        };
-        let outcome = async {
+        self.run_step(name, async move |seq| {
             let mut tx = self.db().begin().await?;
             let value = run(&mut tx).await?;
             self.record_step(&mut tx, seq, name, &value).await?;
             tx.commit().await?;
             Ok(value)
-        }
-        .await;
+        })
+        .await
+    }
+
+    /// The stored result of step `name` if it finished before; else `body` run at the
+    /// step's position (it stores the result), remembered when it succeeds.
+    async fn run_step<T, B>(&self, name: &str, body: B) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        B: AsyncFnOnce(usize) -> Result<T, JobError>,
+    {
+        let seq = match self.begin_step(name).await? {
+            Found::Done(result) => return self.replayed(name, &result),
+            Found::Run(seq) => seq,
+        };
+        let outcome = body(seq).await;
         self.end_step(name, seq, &outcome);
         outcome
     }
