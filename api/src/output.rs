@@ -224,10 +224,10 @@ pub fn job_detail(d: &JobDetail) -> String {
             .map(|s| {
                 vec![
                     s.seq.to_string(),
-                    s.name.clone(),
+                    one_line(&s.name),
                     s.attempt.to_string(),
                     time_ms(s.finished_at),
-                    s.result.clone(),
+                    one_line(&s.result),
                 ]
             })
             .collect();
@@ -287,6 +287,45 @@ pub fn schedules(list: &[ScheduleInfo], unscheduled: &[(&str, &str)]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_s_steps_follow_its_attempts_escaped_and_none_means_no_table() {
+        let mut detail = JobDetail {
+            job: engine::admin::JobSummary {
+                id: 7,
+                kind: "export".into(),
+                status: engine::JobState::Pending,
+                attempt: 1,
+                max_attempts: 3,
+                priority: 0,
+                run_at: 0,
+                created_at: 0,
+                finished_at: None,
+                last_error: None,
+                note: None,
+                unique_key: None,
+            },
+            args: serde_json::json!({}),
+            locked_by: None,
+            attempts: Vec::new(),
+            steps: Vec::new(),
+        };
+        assert!(!job_detail(&detail).contains("STEP"));
+        detail.steps.push(engine::steps::StepRecord {
+            seq: 0,
+            name: "build\nzip".into(),
+            result: "\"\u{202e}gpj.exe\"".into(),
+            attempt: 1,
+            finished_at: 1_767_225_600_000,
+        });
+        let out = job_detail(&detail);
+        let last = out.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            "0     build zip  1        2026-01-01T00:00:00.000Z  \"\\u{202e}gpj.exe\""
+        );
+        assert!(out.contains("STEP  NAME"), "{out}");
+    }
 
     #[test]
     fn tables_are_aligned_and_unpadded_at_the_end() {
