@@ -130,6 +130,7 @@ impl EncodedJob {
             retry: self.retry,
             run_at: self.run_at,
             unique_key: self.unique_key.as_deref(),
+            parent_id: None,
         }
     }
 }
@@ -294,7 +295,7 @@ impl Engine {
 
     /// `job` ready to insert at `now`: its args encoded, the kind's policy filling what it
     /// leaves unset.
-    fn encode<J: Job>(&self, job: NewJob<J>, now: Millis) -> Result<EncodedJob> {
+    pub(crate) fn encode<J: Job>(&self, job: NewJob<J>, now: Millis) -> Result<EncodedJob> {
         let policy = self.policy_of(J::KIND);
         Ok(EncodedJob {
             kind: J::KIND,
@@ -358,6 +359,7 @@ impl Engine {
             retry: policy.retry,
             run_at: now,
             unique_key,
+            parent_id: None,
         };
         storage::insert_job(conn, &job, now, Notify::InTransaction).await
     }
@@ -518,6 +520,7 @@ impl JobTx {
             retry: policy.retry,
             run_at: now,
             unique_key,
+            parent_id: None,
         };
         let enqueued = storage::insert_job(&mut self.tx, &row, now, Notify::AfterCommit).await?;
         self.note(kind);

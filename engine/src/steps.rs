@@ -36,6 +36,13 @@
 //! and moves a waiting job's `run_at` to now; a signal that arrives while the job is running
 //! marks it (`wake_pending`), and an attempt that then ends waiting is run again at once, so
 //! no signal waits for a deadline.
+//!
+//! **Fan-out, fan-in.** [`JobContext::fan_out`] is a step that enqueues child jobs (in its
+//! transaction, with its being finished) and then waits, holding no worker, until every
+//! child has ended; it returns how each ended ([`ChildOutcome`]: succeeded, failed or
+//! cancelled, with the error), so the parent decides what a failed child means. A child
+//! that ends wakes its parent the way a signal does, from a database trigger on the child's
+//! status (engine migration 0005_children), so that no path to a final state forgets it.
 
 use std::sync::{Arc, Mutex};
 
@@ -45,11 +52,71 @@ use sqlx::Row;
 
 use crate::clock::Millis;
 use crate::context::JobContext;
-use crate::db::{Db, DbConn};
-use crate::engine::Engine;
+use crate::db::{Backend, Db, DbConn};
+use crate::engine::{Engine, JobTx};
 use crate::error::Error;
-use crate::job::{JobError, JobState};
+use crate::job::{Job, JobError, JobState, NewJob};
 use crate::state_machine::Actor;
+
+/// How long a parent waits before it looks at its children again even if none woke it: a
+/// safety net, since every child that ends wakes its parent (a child deduplicated onto a
+/// job that is not this parent's, by its unique key, is seen at the next look only).
+pub const FAN_IN_RECHECK_MS: Millis = 3_600_000;
+
+/// How a child of a [`JobContext::fan_out`] ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChildOutcome {
+    /// The child job.
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// `succeeded` (also when its handler skipped it), `failed` or `cancelled`.
+    pub state: JobState,
+    /// Its last error, if it had one (also for a child that succeeded after a retry).
+    pub error: Option<String>,
+}
+
+impl ChildOutcome {
+    /// Whether it succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.state == JobState::Succeeded
+    }
+}
+
+/// The jobs a [`JobContext::fan_out`] step enqueues, in the step's transaction.
+pub struct Children<'a> {
+    tx: &'a mut JobTx,
+    parent: Option<i64>,
+    ids: Vec<i64>,
+}
+
+impl Children<'_> {
+    /// Enqueues `job` as a child: it exists if and only if the step commits, and its end
+    /// wakes the parent. Returns its id. With a unique key that an unfinished job holds,
+    /// that job is waited for instead (it is not this parent's child, so it does not wake
+    /// it: the parent sees it end at its next look, [`FAN_IN_RECHECK_MS`]).
+    pub async fn enqueue<J: Job>(&mut self, job: impl Into<NewJob<J>>) -> Result<i64, JobError> {
+        let engine = self.tx.engine().clone();
+        let job = engine
+            .encode(job.into(), engine.clock().now_ms())
+            .map_err(JobError::permanent)?;
+        let mut row = job.row();
+        row.parent_id = self.parent;
+        let id = self
+            .tx
+            .insert_row(&row)
+            .await
+            .map_err(JobError::transient)?
+            .id();
+        self.ids.push(id);
+        Ok(id)
+    }
+
+    /// The step's transaction, for writes that must commit with the children.
+    pub fn conn(&mut self) -> &mut DbConn {
+        self.tx
+    }
+}
 
 /// A finished step, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -290,6 +357,50 @@ impl JobContext {
         .await
     }
 
+    /// Fan-out and fan-in, as two steps: `name` runs `spawn`, which enqueues children
+    /// through [`Children::enqueue`], and stores their ids, in one transaction (fenced,
+    /// committed with `spawn`'s own writes through [`Children::conn`]); `{name}:join` waits,
+    /// holding no worker, until every child has ended, and stores how each ended. Returns
+    /// the outcomes in the order the children were enqueued; a failed or cancelled child is
+    /// an outcome, not an error, so the parent decides what it means. Propagate its error
+    /// with `?` (it is [`JobError::Waiting`] while children run).
+    ///
+    /// Outside the queue ([`JobContext::unleased`]) the children are enqueued without a
+    /// parent, and the join waits for them like any other.
+    pub async fn fan_out<F>(&self, name: &str, spawn: F) -> Result<Vec<ChildOutcome>, JobError>
+    where
+        F: AsyncFnOnce(&mut Children<'_>) -> Result<(), JobError>,
+    {
+        let ids: Vec<i64> = self
+            .run_step(name, async move |seq| {
+                let mut tx = self.engine.begin().await.map_err(JobError::transient)?;
+                let mut children = Children {
+                    tx: &mut tx,
+                    parent: self.is_leased().then_some(self.job_id),
+                    ids: Vec::new(),
+                };
+                spawn(&mut children).await?;
+                let ids = children.ids;
+                self.record_step(&mut tx, seq, name, &ids).await?;
+                tx.commit().await.map_err(JobError::transient)?;
+                Ok(ids)
+            })
+            .await?;
+        self.step(&format!("{name}:join"), async || {
+            let outcomes = outcomes_of(self.db(), self.engine.backend(), &ids).await?;
+            let running = outcomes.iter().filter(|c| !c.state.is_final()).count();
+            if running == 0 {
+                Ok(outcomes)
+            } else {
+                Err(JobError::Waiting {
+                    until: self.now_ms().saturating_add(FAN_IN_RECHECK_MS),
+                    reason: format!("{running} of the {} children of {name:?} to end", ids.len()),
+                })
+            }
+        })
+        .await
+    }
+
     fn replayed<T: DeserializeOwned>(&self, name: &str, result: &str) -> Result<T, JobError> {
         serde_json::from_str(result).map_err(|e| {
             JobError::permanent(format!(
@@ -329,6 +440,56 @@ impl JobContext {
         .await?;
         Ok(())
     }
+}
+
+/// How the jobs `ids` stand, in that order (a job no longer there — pruned or deleted — is
+/// reported failed, saying so).
+async fn outcomes_of(
+    db: &Db,
+    backend: Backend,
+    ids: &[i64],
+) -> Result<Vec<ChildOutcome>, JobError> {
+    let ids_json = serde_json::to_string(ids).map_err(JobError::permanent)?;
+    let of_ids = match backend {
+        Backend::Postgres => "SELECT value::BIGINT FROM json_array_elements_text($1::json)",
+        Backend::Sqlite => "SELECT value FROM json_each($1)",
+    };
+    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("SELECT id, kind, status, last_error FROM jobs WHERE id IN ({of_ids})"),
+    ))
+    .bind(ids_json)
+    .fetch_all(db)
+    .await?;
+    Ok(ids
+        .iter()
+        .map(|&id| match rows.iter().find(|r| r.0 == id) {
+            Some((_, kind, status, error)) => ChildOutcome {
+                id,
+                kind: kind.clone(),
+                state: status.parse().unwrap_or(JobState::Failed),
+                error: error.clone(),
+            },
+            None => ChildOutcome {
+                id,
+                kind: String::new(),
+                state: JobState::Failed,
+                error: Some(format!("job {id} no longer exists (pruned or deleted)")),
+            },
+        })
+        .collect())
+}
+
+/// The children of job `parent`: id, kind, state, in the order they were enqueued.
+pub async fn children(db: &Db, parent: i64) -> crate::Result<Vec<(i64, String, JobState)>> {
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, kind, status FROM jobs WHERE parent_id = $1 ORDER BY id")
+            .bind(parent)
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, status)| (id, kind, status.parse().unwrap_or(JobState::Failed)))
+        .collect())
 }
 
 impl Engine {
@@ -382,6 +543,7 @@ impl Engine {
         // waiting, is run again at once (the ack reads the mark).
         sqlx::query(
             "UPDATE jobs SET wake_pending = 1, \
+                 scheduled = CASE WHEN status = 'pending' AND run_at > $2 THEN 0 ELSE scheduled END, \
                  run_at = CASE WHEN status = 'pending' AND run_at > $2 THEN $2 ELSE run_at END \
              WHERE id = $1",
         )

@@ -102,6 +102,8 @@ pub struct InsertJob<'a> {
     pub run_at: Millis,
     /// Unique key, if any.
     pub unique_key: Option<&'a str>,
+    /// The job that waits for this one ([`crate::JobContext::fan_out`]), if any.
+    pub parent_id: Option<i64>,
 }
 
 /// Whether an insert queues a Postgres NOTIFY in the caller's transaction.
@@ -115,7 +117,8 @@ pub enum Notify {
     AfterCommit,
 }
 
-const INSERT_COLUMNS: &str = "kind, args, status, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, unique_key, created_at";
+/// `scheduled`: 1 for a job written to run later (see [`claim_pick_sql`]).
+const INSERT_COLUMNS: &str = "kind, args, status, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, unique_key, created_at, scheduled, parent_id";
 
 /// Inserts a job on `conn` (the caller's transaction, if it has one), or returns the id of
 /// the unfinished job that holds its unique key.
@@ -129,7 +132,7 @@ pub async fn insert_job(
     for _ in 0..3 {
         let inserted: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "INSERT INTO jobs ({INSERT_COLUMNS}) \
-             VALUES ($1, $2, 'pending', $3, 0, $4, $5, $6, $7, $8, $9) \
+             VALUES ($1, $2, 'pending', $3, 0, $4, $5, $6, $7, $8, $9, CASE WHEN $7 > $9 THEN 1 ELSE 0 END, $10) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
              RETURNING id"
         )))
@@ -142,6 +145,7 @@ pub async fn insert_job(
         .bind(job.run_at)
         .bind(job.unique_key)
         .bind(now)
+        .bind(job.parent_id)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = inserted {
@@ -195,8 +199,8 @@ pub const INSERT_CHUNK: usize = 500;
 /// ids in the order of `jobs`: one multi-row INSERT, with bound parameters, per run of up to
 /// [`INSERT_CHUNK`] rows.
 ///
-/// Unique keys are not handled by the batched statement: a row that has one is inserted in
-/// its place through [`insert_job`], so its key is honoured and its id is that of the
+/// Unique keys (and parents) are not handled by the batched statement: a row that has one is
+/// inserted in its place through [`insert_job`], so its key is honoured and its id is that of the
 /// unfinished job holding the key, if one does (as [`Enqueued::id`]). Returns, besides the
 /// ids, the kinds that have a job due now (to wake).
 pub async fn insert_jobs(
@@ -210,7 +214,7 @@ pub async fn insert_jobs(
     let mut due_kinds: Vec<&str> = Vec::new();
     let mut rest = jobs;
     while let Some(first) = rest.first() {
-        if first.unique_key.is_some() {
+        if first.unique_key.is_some() || first.parent_id.is_some() {
             ids.push(insert_job(conn, first, now, notify).await?.id());
             rest = &rest[1..];
             continue;
@@ -218,13 +222,13 @@ pub async fn insert_jobs(
         let run = rest
             .iter()
             .take(INSERT_CHUNK)
-            .take_while(|j| j.unique_key.is_none())
+            .take_while(|j| j.unique_key.is_none() && j.parent_id.is_none())
             .count();
         let (chunk, tail) = rest.split_at(run);
         rest = tail;
 
         let mut sql = format!("INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ");
-        for i in 0..chunk.len() {
+        for (i, job) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
             }
@@ -232,12 +236,14 @@ pub async fn insert_jobs(
                 // Anonymous parameters: SQLite finds the slot of a `$N` by walking its list
                 // of named parameters, so binding N of them costs O(N²) (7× slower at 500
                 // rows a statement).
-                Backend::Sqlite => sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?)"),
+                Backend::Sqlite => {
+                    sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?, ");
+                }
                 Backend::Postgres => {
                     let p = 1 + 8 * i;
                     let _ = write!(
                         sql,
-                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${}, ${}, NULL, ${})",
+                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${}, ${}, NULL, ${}, ",
                         p,
                         p + 1,
                         p + 2,
@@ -249,6 +255,12 @@ pub async fn insert_jobs(
                     );
                 }
             }
+            // The flag as a literal: the common chunk (every job due now) keeps one text.
+            sql.push_str(if job.run_at > now {
+                "1, NULL)"
+            } else {
+                "0, NULL)"
+            });
         }
         sql.push_str(" RETURNING id");
         let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
@@ -431,11 +443,34 @@ pub struct Exchange {
     pub claimed: Vec<ClaimedJob>,
 }
 
-/// The claim's pick: `kind` `$1`, now `$2` (a lease time, see the module doc), limit `$3`.
+/// The claim's pick, as SQL: the ids of up to `limit` jobs of kind `kind` due by `now` (each
+/// a SQL expression), in claim order (priority, then due time, then id), locked with `lock`
+/// (`FOR UPDATE SKIP LOCKED` on Postgres, empty on SQLite), as a `SELECT id …`.
+///
+/// Two reads, merged: the jobs written to run at once, from `jobs_fetch` in claim order,
+/// and the jobs written to run later that have come due, from `jobs_scheduled` in time
+/// order, which stops at the first one not yet due (see migration 0004_scheduled: the jobs
+/// waiting for later are not walked by every claim). Each read takes up to `limit`; the
+/// merge keeps the first `limit` in claim order. Among jobs that come due together, more
+/// than `limit` at once, the earliest due are taken first whatever their priority.
 /// Public for the query-plan test, which explains the statement the code runs.
-pub const CLAIM_PICK_SQL: &str = "SELECT id FROM jobs \
-     WHERE kind = $1 AND status IN ('pending', 'retrying') AND run_at <= $2 \
-     ORDER BY priority, run_at, id LIMIT $3";
+pub fn claim_pick_sql(kind: &str, now: &str, limit: &str, lock: &str) -> String {
+    format!(
+        "SELECT id FROM (\
+             SELECT id, priority, run_at FROM (\
+                 SELECT id, priority, run_at FROM jobs \
+                 WHERE kind = {kind} AND status IN ('pending', 'retrying') AND scheduled = 0 \
+                   AND run_at <= {now} \
+                 ORDER BY priority, run_at, id LIMIT {limit} {lock}) AS due_now \
+             UNION ALL \
+             SELECT id, priority, run_at FROM (\
+                 SELECT id, priority, run_at FROM jobs \
+                 WHERE kind = {kind} AND status IN ('pending', 'retrying') AND scheduled = 1 \
+                   AND run_at <= {now} \
+                 ORDER BY run_at, id LIMIT {limit} {lock}) AS came_due\
+         ) AS due ORDER BY priority, run_at, id LIMIT {limit}"
+    )
+}
 
 const ACK_COLUMNS_PG: &str = "id BIGINT, attempt INT, status TEXT, outcome TEXT, error TEXT, \
      history TEXT, note TEXT, run_at BIGINT, started_at BIGINT, bump INT, released INT, unclaim INT";
@@ -444,6 +479,9 @@ const ACK_SET: &str = "status = a.status, \
      finished_at = CASE WHEN a.status IN ('succeeded', 'failed') THEN $2 ELSE NULL END, \
      run_at = CASE WHEN a.outcome = 'snoozed' AND jobs.wake_pending > 0 THEN $2 \
                    ELSE COALESCE(a.run_at, jobs.run_at) END, \
+     scheduled = CASE WHEN a.outcome = 'snoozed' AND jobs.wake_pending > 0 THEN 0 \
+                      WHEN a.status IN ('pending', 'retrying') AND COALESCE(a.run_at, jobs.run_at) > $2 THEN 1 \
+                      ELSE 0 END, \
      last_error = COALESCE(a.error, jobs.last_error), \
      note = COALESCE(a.note, jobs.note), \
      attempt = jobs.attempt - a.unclaim, \
@@ -480,6 +518,7 @@ pub async fn exchange(
     match backend {
         Backend::Postgres => {
             let lease_now_sql = lease_now_sql(backend, 5);
+            let pick = claim_pick_sql("$4", &lease_now_sql, "$6", "FOR UPDATE SKIP LOCKED");
             let sql = format!(
                 "WITH a AS (SELECT * FROM json_to_recordset($1::json) AS x({ACK_COLUMNS_PG})), \
                  acked AS ( \
@@ -492,10 +531,7 @@ pub async fn exchange(
                      SELECT a.id, a.attempt, $3, a.started_at, $2, a.outcome, a.history \
                      FROM a JOIN acked ON acked.id = a.id AND acked.attempt = a.attempt \
                      WHERE a.outcome IS NOT NULL), \
-                 picked AS ( \
-                     SELECT id FROM jobs \
-                     WHERE kind = $4 AND status IN ('pending', 'retrying') AND run_at <= {lease_now_sql} \
-                     ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
+                 picked AS ({pick}), \
                  claimed AS ( \
                      UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
                          lease_expires_at = {lease_now_sql} + $7, started_at = $2, wake_pending = 0 \
@@ -607,8 +643,9 @@ pub async fn exchange(
                 let rows = sqlx::query(AssertSqlSafe(format!(
                     "UPDATE jobs SET status = 'running', attempt = attempt + 1, locked_by = $4, \
                          lease_expires_at = $2 + $5, started_at = $6, wake_pending = 0 \
-                     WHERE id IN ({CLAIM_PICK_SQL}) \
+                     WHERE id IN ({}) \
                      RETURNING {}",
+                    claim_pick_sql("$1", "$2", "$3", ""),
                     CLAIM_RETURNING.replace("jobs.", "")
                 )))
                 .bind(kind)
@@ -828,7 +865,7 @@ pub async fn rescue(
     };
     let started_at: Option<Millis> = sqlx::query_scalar(AssertSqlSafe(format!(
         "UPDATE jobs SET status = $1, finished_at = $2, run_at = COALESCE($3, run_at), \
-             last_error = $4, locked_by = NULL, lease_expires_at = NULL \
+             scheduled = 1, last_error = $4, locked_by = NULL, lease_expires_at = NULL \
          WHERE id = $5 AND status = 'running' AND attempt = $6 AND lease_expires_at < {} \
          RETURNING started_at",
         lease_now_sql(backend, 7)
@@ -961,7 +998,7 @@ pub async fn retry(db: &Db, id: i64, actor: &crate::Actor, now: Millis) -> Resul
     // A fresh set of attempts: as many more as the job had in all.
     let updated = sqlx::query_scalar::<_, String>(
         "UPDATE jobs SET status = 'pending', max_attempts = attempt + max_attempts - releases, \
-             releases = 0, run_at = $1, finished_at = NULL, note = NULL \
+             releases = 0, run_at = $1, scheduled = 0, finished_at = NULL, note = NULL \
          WHERE id = $2 AND status = $3 RETURNING kind",
     )
     .bind(now)
@@ -1016,7 +1053,8 @@ pub async fn reschedule(db: &Db, id: i64, run_at: Millis) -> Result<()> {
     let mut tx = db.begin().await?;
     write_first(&mut tx, id).await?;
     let n = sqlx::query(
-        "UPDATE jobs SET run_at = $1 WHERE id = $2 AND status IN ('pending', 'retrying')",
+        "UPDATE jobs SET run_at = $1, scheduled = 1 \
+         WHERE id = $2 AND status IN ('pending', 'retrying')",
     )
     .bind(run_at)
     .bind(id)
@@ -1040,7 +1078,8 @@ pub async fn update_waiting(
     write_first(&mut tx, id).await?;
     let n = sqlx::query(
         "UPDATE jobs SET args = $1, priority = COALESCE($2, priority), \
-         max_attempts = COALESCE($3, max_attempts), run_at = COALESCE($4, run_at) \
+         max_attempts = COALESCE($3, max_attempts), run_at = COALESCE($4, run_at), \
+         scheduled = CASE WHEN $4 IS NULL THEN scheduled ELSE 1 END \
          WHERE id = $5 AND status IN ('pending', 'retrying')",
     )
     .bind(args)

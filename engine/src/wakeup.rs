@@ -136,7 +136,7 @@ impl Notifier {
                     "SELECT pg_notify($1, k.kind) FROM json_array_elements_text($2::json) AS k(kind) \
                      WHERE NOT EXISTS (\
                        SELECT 1 FROM (SELECT run_at FROM jobs \
-                                      WHERE kind = k.kind AND status IN ('pending', 'retrying') \
+                                      WHERE kind = k.kind AND status IN ('pending', 'retrying') AND scheduled = 0 \
                                       ORDER BY priority, run_at, id LIMIT 1) AS head \
                        WHERE head.run_at < $3)",
                 )

@@ -322,6 +322,7 @@ impl<A> JobStorage<A> {
                         i64::try_from(secs).unwrap_or(0).saturating_mul(1000)
                     }),
                     unique_key: t.idempotency_key(),
+                    parent_id: None,
                 })
                 .collect();
             let mut tx = engine.begin().await?;
