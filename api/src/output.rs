@@ -184,6 +184,12 @@ pub fn job_detail(d: &JobDetail) -> String {
         ("unique key", opt(j.unique_key.as_deref())),
         ("last error", opt(j.last_error.as_deref())),
         ("note", opt(j.note.as_deref())),
+        ("waiting for", opt(d.waiting_for.as_deref())),
+        (
+            "parent",
+            d.parent_id
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        ),
         ("args", d.args.to_string()),
     ];
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -235,6 +241,22 @@ pub fn job_detail(d: &JobDetail) -> String {
             &["STEP", "NAME", "ATTEMPT", "FINISHED", "RESULT"],
             &rows,
         ));
+    }
+    if !d.children.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = d
+            .children
+            .iter()
+            .map(|c| {
+                vec![
+                    c.id.to_string(),
+                    one_line(&c.kind),
+                    c.status.to_string(),
+                    c.finished_at.map_or_else(|| "-".to_owned(), time_ms),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["CHILD", "KIND", "STATUS", "FINISHED"], &rows));
     }
     out
 }
@@ -309,6 +331,9 @@ mod tests {
             locked_by: None,
             attempts: Vec::new(),
             steps: Vec::new(),
+            parent_id: None,
+            children: Vec::new(),
+            waiting_for: None,
         };
         assert!(!job_detail(&detail).contains("STEP"));
         detail.steps.push(engine::steps::StepRecord {
@@ -325,6 +350,26 @@ mod tests {
             "0     build zip  1        2026-01-01T00:00:00.000Z  \"\\u{202e}gpj.exe\""
         );
         assert!(out.contains("STEP  NAME"), "{out}");
+        assert!(!out.contains("CHILD"), "{out}");
+
+        // A parent waiting for its children: what for, and one row per child, escaped.
+        detail.waiting_for = Some("1 of the 1 children of \"kids\" to end".into());
+        detail.children.push(engine::admin::ChildSummary {
+            id: 9,
+            kind: "thumb\nnail".into(),
+            status: engine::JobState::Running,
+            finished_at: None,
+        });
+        let out = job_detail(&detail);
+        assert!(
+            out.contains("waiting for:  1 of the 1 children of \"kids\" to end"),
+            "{out}"
+        );
+        assert_eq!(
+            out.lines().last(),
+            Some("9      thumb nail  running  -"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -73,7 +73,31 @@ pub struct JobDetail {
     pub attempts: Vec<AttemptRecord>,
     /// Its finished durable steps ([`crate::steps`]), in order; empty for a job without.
     pub steps: Vec<crate::steps::StepRecord>,
+    /// The job that enqueued it with [`crate::JobContext::fan_out`] and waits for it.
+    pub parent_id: Option<i64>,
+    /// The jobs it enqueued with [`crate::JobContext::fan_out`], in order (the first
+    /// [`MAX_CHILDREN_SHOWN`]).
+    pub children: Vec<ChildSummary>,
+    /// What it waits for, while it waits holding no worker ([`crate::JobError::Waiting`]:
+    /// a durable sleep, a signal, its children), until its `run_at` at the latest.
+    pub waiting_for: Option<String>,
 }
+
+/// A child job, as its parent's detail lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildSummary {
+    /// Id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub status: JobState,
+    /// Finished at.
+    pub finished_at: Option<Millis>,
+}
+
+/// How many children a job's detail lists.
+pub const MAX_CHILDREN_SHOWN: usize = 500;
 
 /// Which jobs to list. Newest first; pass the previous page's `next_cursor` to go on.
 #[derive(Debug, Clone, Default)]
@@ -159,9 +183,9 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
 
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
-    // One statement, so that the job, its attempts and its steps are one snapshot (and one
-    // round trip): the job's columns repeat on each row; `part` 0 rows carry an attempt
-    // (all NULL when it has none), `part` 1 rows a step.
+    // One statement, so that the job, its attempts, its steps and its children are one
+    // snapshot (and one round trip): the job's columns repeat on each row; `part` 0 rows
+    // carry an attempt (all NULL when it has none), `part` 1 rows a step, `part` 2 a child.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         let job: Vec<String> = SUMMARY_COLUMNS
             .split(',')
@@ -171,13 +195,20 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         format!(
             "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
                     a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
-                    CAST(NULL AS TEXT), CAST(NULL AS TEXT) \
+                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
              FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id WHERE j.id = $1 \
              UNION ALL \
              SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
                     s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
-                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result \
+                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result, j.parent_id \
              FROM jobs j JOIN job_steps s ON s.job_id = j.id WHERE j.id = $1 \
+             UNION ALL \
+             SELECT {job}, j.args, j.locked_by, j.started_at, 2, c.id, \
+                    CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), c.finished_at, \
+                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), c.kind, c.status, j.parent_id \
+             FROM jobs j, (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
+                           ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
+             WHERE j.id = $1 \
              ORDER BY part, ord"
         )
     });
@@ -190,12 +221,24 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
     let args: String = row.try_get(12)?;
     let mut attempts = Vec::with_capacity(rows.len());
     let mut steps = Vec::new();
+    let mut children = Vec::new();
     for r in &rows {
+        let part: i32 = r.try_get(15)?;
+        if part == 2 {
+            let status: String = r.try_get(24)?;
+            children.push(ChildSummary {
+                id: r.try_get(16)?,
+                kind: r.try_get(23)?,
+                status: status.parse().unwrap_or(JobState::Failed),
+                finished_at: r.try_get(20)?,
+            });
+            continue;
+        }
         let Some(attempt) = r.try_get::<Option<i32>, _>(17)? else {
             continue;
         };
         let attempt = u32::try_from(attempt).unwrap_or(0);
-        if r.try_get::<i32, _>(15)? == 0 {
+        if part == 0 {
             attempts.push(AttemptRecord {
                 attempt,
                 worker_id: r.try_get(18)?,
@@ -215,6 +258,15 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         }
     }
     let locked_by: Option<String> = row.try_get(13)?;
+    let parent_id: Option<i64> = row.try_get(25)?;
+    // Waiting: its latest attempt ended snoozed, saying what for (a snooze without a
+    // reason, `Outcome::Snooze`, waits for nothing but time and says nothing).
+    let waiting_for = match (job.status, attempts.last()) {
+        (JobState::Pending, Some(last)) if last.outcome.as_deref() == Some("snoozed") => {
+            last.error.clone()
+        }
+        _ => None,
+    };
     // An attempt's row is written when it ends: the one running now is read off the job.
     if job.status == JobState::Running {
         attempts.push(AttemptRecord {
@@ -234,6 +286,9 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         locked_by,
         attempts,
         steps,
+        parent_id,
+        children,
+        waiting_for,
     })
 }
 

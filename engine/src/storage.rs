@@ -344,6 +344,8 @@ pub enum AttemptEnd {
     Snoozed {
         /// Next attempt.
         run_at: Millis,
+        /// What it waits for ([`crate::JobError::Waiting`]), kept on its attempt row.
+        waiting_for: Option<String>,
     },
     /// Cut off at shutdown and handed back, due now. While the job has been released fewer
     /// than [`MAX_RELEASES`] times the attempt is given back (`max_attempts + 1`).
@@ -401,7 +403,7 @@ impl Ack {
             AttemptEnd::Succeeded { skipped } => (None, skipped.as_deref().map(sanitize), None),
             AttemptEnd::Retry { error, run_at } => (Some(sanitize(error)), None, Some(*run_at)),
             AttemptEnd::Fail { error } => (Some(sanitize(error)), None, None),
-            AttemptEnd::Snoozed { run_at } => (None, None, Some(*run_at)),
+            AttemptEnd::Snoozed { run_at, .. } => (None, None, Some(*run_at)),
             AttemptEnd::Released { .. } => (
                 Some("released at shutdown before it finished".to_owned()),
                 None,
@@ -420,7 +422,11 @@ impl Ack {
             "outcome": self.end.outcome(),
             // A released job's error goes to its attempt row, not to `last_error`.
             "error": error.clone().filter(|_| !matches!(self.end, AttemptEnd::Released { .. })),
-            "history": error.or(note.clone()),
+            // The attempt row's text: the error, why it skipped or what it waits for.
+            "history": error.or(note.clone()).or_else(|| match &self.end {
+                AttemptEnd::Snoozed { waiting_for, .. } => waiting_for.as_deref().map(sanitize),
+                _ => None,
+            }),
             "note": note,
             "run_at": run_at,
             "started_at": self.started_at,
@@ -1165,7 +1171,11 @@ mod tests {
             Some("released")
         );
         assert_eq!(
-            AttemptEnd::Snoozed { run_at: 1 }.status(),
+            AttemptEnd::Snoozed {
+                run_at: 1,
+                waiting_for: None
+            }
+            .status(),
             JobState::Pending
         );
     }

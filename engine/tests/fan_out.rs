@@ -147,6 +147,24 @@ async fn a_child_cancelled_by_an_admin_wakes_its_waiting_parent(t: TestDb) {
     );
     let kids = engine::steps::children(engine.db(), id).await.unwrap();
     assert_eq!(kids.len(), 2);
+    // What an admin sees: the children, what the parent waits for, each child's parent.
+    let detail = engine::admin::get_job(engine.db(), id).await.unwrap();
+    let shown: Vec<(i64, JobState)> = detail.children.iter().map(|c| (c.id, c.status)).collect();
+    assert_eq!(
+        shown,
+        [
+            (kids[0].0, JobState::Pending),
+            (kids[1].0, JobState::Pending)
+        ]
+    );
+    assert_eq!(
+        detail.waiting_for.as_deref(),
+        Some("2 of the 2 children of \"kids\" to end")
+    );
+    let kid = engine::admin::get_job(engine.db(), kids[0].0)
+        .await
+        .unwrap();
+    assert_eq!((kid.parent_id, kid.waiting_for), (Some(id), None));
 
     clock.advance(Duration::from_secs(5));
     engine
@@ -168,6 +186,8 @@ async fn a_child_cancelled_by_an_admin_wakes_its_waiting_parent(t: TestDb) {
     drain(&engine).await;
     let job = engine::admin::get_job(engine.db(), id).await.unwrap().job;
     assert_eq!(job.status, JobState::Succeeded);
+    let detail = engine::admin::get_job(engine.db(), id).await.unwrap();
+    assert_eq!(detail.waiting_for, None, "no longer waiting");
     let outcomes = seen.outcomes.lock().unwrap().clone();
     let states: Vec<JobState> = outcomes[0].iter().map(|c| c.state).collect();
     assert_eq!(states, [JobState::Cancelled, JobState::Cancelled]);

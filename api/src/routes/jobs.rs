@@ -193,6 +193,30 @@ pub struct JobDetailView {
     /// Its finished durable steps, in order (empty for a job without steps): a retry
     /// resumes after the last one.
     pub steps: Vec<StepView>,
+    /// The job that enqueued this one in a fan-out step and waits for it.
+    #[oai(nullable)]
+    pub parent_id: Option<i64>,
+    /// The jobs this one enqueued in fan-out steps, in order (the first 500): each wakes
+    /// it when it ends.
+    pub children: Vec<ChildView>,
+    /// What it waits for while it waits holding no worker (a durable sleep, a signal, its
+    /// children), until its `run_at` at the latest; none otherwise.
+    #[oai(nullable)]
+    pub waiting_for: Option<String>,
+}
+
+/// A child job, as its parent lists it.
+#[derive(Debug, Clone, Object)]
+pub struct ChildView {
+    /// Id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub status: JobStatus,
+    /// Finished at.
+    #[oai(nullable)]
+    pub finished_at: Option<i64>,
 }
 
 impl From<JobDetail> for JobDetailView {
@@ -203,6 +227,18 @@ impl From<JobDetail> for JobDetailView {
             locked_by: d.locked_by,
             attempts: d.attempts.into_iter().map(Into::into).collect(),
             steps: d.steps.into_iter().map(Into::into).collect(),
+            parent_id: d.parent_id,
+            children: d
+                .children
+                .into_iter()
+                .map(|c| ChildView {
+                    id: c.id,
+                    kind: c.kind,
+                    status: c.status.into(),
+                    finished_at: c.finished_at,
+                })
+                .collect(),
+            waiting_for: d.waiting_for.as_deref().map(redact_text),
         }
     }
 }

@@ -389,6 +389,41 @@ async fn secrets_in_args_are_redacted(db: TestDb) {
     assert!(a.text.contains("[redacted]"));
     assert!(a.text.contains("4242"), "ordinary values stay");
     assert!(a.text.contains("api_token"), "the keys stay");
+
+    // A fan-out parent waiting for its child: the child listed and linked, the wait said
+    // (redacted), and the child's page links back.
+    assert!(!a.text.contains("job-children") && !a.text.contains("job-waiting-for"));
+    let mut conn = app.engine.db().acquire().await.unwrap();
+    let child = app
+        .engine
+        .enqueue_json(&mut conn, "probe", "{}", None)
+        .await
+        .expect("enqueue")
+        .id();
+    drop(conn);
+    for sql in [
+        "UPDATE jobs SET parent_id = $1 WHERE id = $2",
+        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+         VALUES ($1, 1, 'w', 1, 2, 'snoozed', 'signal from bob@example.org')",
+    ] {
+        let q = sqlx::query(sql).bind(job);
+        let q = if sql.contains("parent_id") {
+            q.bind(child)
+        } else {
+            q
+        };
+        q.execute(app.engine.db()).await.unwrap();
+    }
+    let a = page(&app, &format!("/admin/jobs/{job}"), &cookie).await;
+    assert!(a.text.contains("job-children"), "{}", a.text);
+    assert!(a.text.contains(&format!("href=\"/admin/jobs/{child}\"")));
+    assert!(a.text.contains("job-waiting-for") && a.text.contains("signal from [redacted]"));
+    assert!(!a.text.contains("bob@example.org"));
+    let c = page(&app, &format!("/admin/jobs/{child}"), &cookie).await;
+    assert!(
+        c.text.contains(&format!("href=\"/admin/jobs/{job}\"")),
+        "the parent is linked"
+    );
 }
 
 async fn pages_answer_in_html(db: TestDb) {

@@ -23,7 +23,55 @@ backend_tests!(
     a_read_key_gets_job_args_and_errors_redacted,
     a_job_shows_its_finished_steps_redacted_in_order,
     a_signal_is_stored_once_for_an_unfinished_job,
+    a_parent_shows_its_children_and_what_it_waits_for,
 );
+
+/// `GET /v1/jobs/{id}` of a fan-out parent lists its children (with their states), says
+/// what it waits for (redacted like errors), and each child names its parent. (The
+/// fan-out's semantics are the engine's tests/fan_out.rs; here the rows are written as
+/// the engine writes them.)
+async fn a_parent_shows_its_children_and_what_it_waits_for(db: TestDb) {
+    let app = TestApp::new(db);
+    let read = app.key(Scope::Read).await;
+    let parent = app.enqueue(false).await;
+    let kids = [app.enqueue(false).await, app.enqueue(true).await];
+    for kid in kids {
+        sqlx::query("UPDATE jobs SET parent_id = $1 WHERE id = $2")
+            .bind(parent)
+            .bind(kid)
+            .execute(app.engine.db())
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+         VALUES ($1, 1, 'w', 1, 2, 'snoozed', 'signal \"from jane.doe@example.com\"')",
+    )
+    .bind(parent)
+    .execute(app.engine.db())
+    .await
+    .unwrap();
+    let detail = get(&app, &format!("/v1/jobs/{parent}"), Some(&read)).await;
+    assert_eq!(detail.status, 200, "{}", detail.text);
+    assert_eq!(
+        detail.body["waiting_for"],
+        json!("signal \"from [redacted]\""),
+        "{}",
+        detail.text
+    );
+    assert_eq!(detail.body["parent_id"], Value::Null);
+    assert_eq!(
+        detail.body["children"],
+        json!([
+            {"id": kids[0], "kind": detail.body["kind"], "status": "pending", "finished_at": null},
+            {"id": kids[1], "kind": detail.body["kind"], "status": "pending", "finished_at": null},
+        ])
+    );
+    let kid = get(&app, &format!("/v1/jobs/{}", kids[0]), Some(&read)).await;
+    assert_eq!(kid.body["parent_id"], json!(parent));
+    assert_eq!(kid.body["children"], json!([]));
+    assert_eq!(kid.body["waiting_for"], Value::Null, "it never waited");
+}
 
 /// `POST /v1/jobs/{id}/signals/{name}`: stored with its payload for an unfinished job,
 /// once; a second is 409, a finished job 409, a bad name 400, an unknown job 404. (How a

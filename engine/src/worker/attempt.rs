@@ -173,11 +173,13 @@ impl AttemptGuard {
             Ok(Outcome::Snooze(after)) => {
                 return Some(AttemptEnd::Snoozed {
                     run_at: now.saturating_add(crate::clock::duration_ms(after)),
+                    waiting_for: None,
                 });
             }
-            Err(JobError::Waiting { until, .. }) => {
+            Err(JobError::Waiting { until, reason }) => {
                 return Some(AttemptEnd::Snoozed {
                     run_at: until.max(now),
+                    waiting_for: Some(reason),
                 });
             }
             Err(JobError::LeaseLost { .. }) => return None,

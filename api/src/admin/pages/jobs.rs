@@ -229,6 +229,8 @@ async fn job_content(
                 dt { "Enqueued" } dd { (view::when(now, j.created_at)) }
                 dt { "Finished" } dd { (view::when_opt(now, j.finished_at)) }
                 dt { "Priority" } dd { (j.priority) }
+                @if let Some(w) = &job.waiting_for { dt { "Waiting for" } dd #job-waiting-for { (redact_text(w)) } }
+                @if let Some(p) = job.parent_id { dt { "Parent" } dd { a href=(format!("/admin/jobs/{p}")) { "#" (p) } } }
                 @if let Some(k) = &j.unique_key { dt { "Unique key" } dd { code { (k) } } }
                 @if let Some(w) = &job.locked_by { dt { "Held by" } dd { code { (w) } } }
                 @if let Some(n) = &j.note { dt { "Note" } dd { (redact_text(n)) } }
@@ -280,6 +282,20 @@ async fn job_content(
                         td.num { (s.seq) } td { code { (s.name) } } td.num { (s.attempt) }
                         td { (view::when(now, s.finished_at)) }
                         td { code { (view::clip(&redact_json_text(&s.result).to_string(), 120)) } }
+                    } } }
+                } }
+            }
+        }
+        @if !job.children.is_empty() {
+            section.card #job-children {
+                h2 { "Children" }
+                p.muted.small { "Jobs this one enqueued with a fan-out step: each wakes it when it ends." }
+                div.scroll { table {
+                    thead { tr { th { "Job" } th { "Kind" } th { "State" } th { "Finished" } } }
+                    tbody { @for c in &job.children { tr {
+                        td.num { a href=(format!("/admin/jobs/{}", c.id)) { "#" (c.id) } }
+                        td { code { (c.kind) } } td { (view::badge(c.status.as_str())) }
+                        td { (view::when_opt(now, c.finished_at)) }
                     } } }
                 } }
             }
