@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What 10,000 waiting workflows cost an idle `veza-jobs serve` on Postgres: transactions
 # and rows read per second by its database over 20 s, without them and then with them
-# (jobs `pending` with their run_at a day away, as `ctx.sleep` / `ctx.wait_for_signal`
-# leave them, inserted straight into the database). Issue 15's target: no worker slots
+# (jobs `pending` with their run_at a day away and `scheduled = 1`, as `ctx.sleep` /
+# `ctx.wait_for_signal` leave them, inserted straight into the database). Issue 15's target: no worker slots
 # held and no added polling load. Usage: bench/idle_waiting.sh (from the workspace root,
 # after `cargo build --release -p api`; TEST_POSTGRES_URL names a role that may create
 # databases). WAITING changes how many, MEASURE_SECONDS the measure (20).
@@ -48,10 +48,10 @@ PY
 
 measure "idle, no waiting workflows"
 psql "$url" -qc "INSERT INTO jobs (kind, args, status, priority, attempt, max_attempts, \
-    backoff_base_ms, backoff_cap_ms, run_at, created_at) \
+    backoff_base_ms, backoff_cap_ms, run_at, created_at, scheduled) \
     SELECT 'orphan_sweep', '{}', 'pending', 0, 1, 4, 1000, 60000, \
            (extract(epoch FROM now()) * 1000)::bigint + 86400000, \
-           (extract(epoch FROM now()) * 1000)::bigint \
+           (extract(epoch FROM now()) * 1000)::bigint, 1 \
     FROM generate_series(1, $WAITING); ANALYZE jobs"
 measure "idle, $WAITING workflows waiting"
 echo "(the difference is the cost of the waiting; the stats include this script's own reads)"

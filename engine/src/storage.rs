@@ -40,8 +40,11 @@ pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 
 const UNFINISHED: &str = "('pending', 'running', 'retrying')";
 
-/// Milliseconds since the epoch by the database's clock (Postgres).
-const PG_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+/// Milliseconds since the epoch by the database's clock (Postgres), at the start of the
+/// statement. `statement_timestamp()`, not `clock_timestamp()`: a stable value can bound an
+/// index scan, a volatile one cannot — with `clock_timestamp()` the claim's "due by now"
+/// was a filter, and every empty claim read all of a kind's jobs waiting for later.
+const PG_NOW: &str = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT";
 
 /// "Now" for lease arithmetic: the database's clock, or a given time (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +65,10 @@ impl LeaseNow {
     }
 }
 
-/// `COALESCE($n, <database now>)` on Postgres, `$n` on SQLite.
-fn lease_now_sql(backend: Backend, param: usize) -> String {
+/// `COALESCE($n, <database now>)` on Postgres, `$n` on SQLite (public for the query-plan
+/// test, which explains the statement the code runs).
+#[doc(hidden)]
+pub fn lease_now_sql(backend: Backend, param: usize) -> String {
     match backend {
         Backend::Postgres => format!("COALESCE(${param}::BIGINT, {PG_NOW})"),
         Backend::Sqlite => format!("${param}"),

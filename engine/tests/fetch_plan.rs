@@ -93,8 +93,7 @@ async fn an_empty_claim_reads_no_job_waiting_for_later(t: TestDb) {
         return;
     }
     let engine = t.engine(registry(&Runs::default()), Clock::system());
-    let now = engine.clock().now_ms();
-    let later = now + 86_400_000;
+    let later = engine.clock().now_ms() + 86_400_000;
     let jobs: Vec<_> = (0..20_000)
         .map(|i| NewJob::new(Probe::new(Behaviour::Succeed)).run_at(later + i))
         .collect();
@@ -102,10 +101,17 @@ async fn an_empty_claim_reads_no_job_waiting_for_later(t: TestDb) {
     tx.enqueue_many(jobs).await.unwrap();
     tx.commit().await.unwrap();
     sqlx::query("ANALYZE jobs").execute(&t.db).await.unwrap();
-    let pick = claim_pick_sql("'probe'", &now.to_string(), "8", "FOR UPDATE SKIP LOCKED");
+    // "Now" exactly as the claim spells it: the database's clock when no time is bound.
+    let pick = claim_pick_sql(
+        "'probe'",
+        &engine::storage::lease_now_sql(Backend::Postgres, 1),
+        "8",
+        "FOR UPDATE SKIP LOCKED",
+    );
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, FORMAT TEXT) {pick}"
     )))
+    .bind(None::<i64>)
     .fetch_all(&t.db)
     .await
     .unwrap();
