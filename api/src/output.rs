@@ -184,7 +184,7 @@ pub fn job_detail(d: &JobDetail) -> String {
         ("unique key", opt(j.unique_key.as_deref())),
         ("last error", opt(j.last_error.as_deref())),
         ("note", opt(j.note.as_deref())),
-        ("waiting for", opt(d.waiting_for.as_deref())),
+        ("waits for", opt(d.waiting_for.as_deref())),
         (
             "parent",
             d.parent_id
@@ -362,7 +362,7 @@ mod tests {
         });
         let out = job_detail(&detail);
         assert!(
-            out.contains("waiting for:  1 of the 1 children of \"kids\" to end"),
+            out.contains("waits for:   1 of the 1 children of \"kids\" to end"),
             "{out}"
         );
         assert_eq!(
