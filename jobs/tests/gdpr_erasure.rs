@@ -38,6 +38,8 @@ backend_tests!(
     every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcome,
     an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts,
     an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_scan,
+    a_failed_redis_step_is_retried_without_running_the_finished_steps_again,
+    the_closed_receipt_is_built_from_the_stored_step_results,
 );
 
 async fn deletion_can_be_cancelled_before_the_deadline(t: TestDb) {
@@ -1136,4 +1138,210 @@ async fn an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_sca
         })
         .collect();
     assert_eq!(again.len(), 1, "the erasure is enqueued again");
+
+    // The new job has no steps of its own: it resumes from the receipt. Redis is fixed (here,
+    // unset) in the process that runs it.
+    let w2 = world(&t, |_| {});
+    w2.clock
+        .set(chrono::DateTime::from_timestamp_millis(w.now()).unwrap());
+    let report = drain(&w2.engine).await;
+    assert_eq!((report.succeeded, report.failed), (1, 0), "{report:?}");
+    assert_eq!(
+        step_names(&w, again[0].0).await,
+        ["database@1", "files@1", "redis@1", "opensearch@1"]
+    );
+    assert_eq!(
+        erasures(&w, user.id).await,
+        1,
+        "the database step is not run again"
+    );
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.finished_at.is_some());
+    assert_eq!(r.job_id, Some(again[0].0));
+    assert_eq!(
+        r.report.database.users_anonymised, 1,
+        "the first job's counts stay"
+    );
+    assert_eq!(r.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+}
+
+/// The steps the job `id` finished, in order, each as `name@attempt` (the attempt that
+/// finished it).
+async fn step_names(w: &World, id: i64) -> Vec<String> {
+    engine::steps::list(w.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| format!("{}@{}", s.name, s.attempt))
+        .collect()
+}
+
+/// How many times the account went `deletion_requested → erased`.
+async fn erasures(w: &World, user_id: i64) -> usize {
+    engine::state_machine::history(
+        &mut w.db().acquire().await.unwrap(),
+        "user",
+        &user_id.to_string(),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .filter(|a| a.to_status == "erased")
+    .count()
+}
+
+/// Redis down for the first attempt: the database and files steps finish and are kept, and
+/// OpenSearch is still handled; the retry (Redis fixed) runs only the `redis` step and the
+/// `opensearch` step, which finds its work done and sends nothing again.
+async fn a_failed_redis_step_is_retried_without_running_the_finished_steps_again(t: TestDb) {
+    let os = FakeOpenSearch::start().await;
+    let w = world(&t, |s| {
+        s.erasure.redis_url = Some("redis://127.0.0.1:1".into());
+        s.erasure.opensearch_url = Some(os.url());
+    });
+    let (user, other) = (Person::new("lin"), Person::new("mo"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    let seeded = seed(&w, &user, &other).await;
+    past_deadline(&w, &user, Some(true)).await;
+    let job = w
+        .engine
+        .enqueue(HardDelete { user_id: user.id })
+        .await
+        .unwrap()
+        .id();
+
+    let first = drain(&w.engine).await;
+    assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
+    assert_eq!(
+        step_names(&w, job).await,
+        ["database@1", "files@1"],
+        "the finished steps are stored; the failed one is not"
+    );
+    assert_eq!(
+        os.requests().await.len(),
+        4,
+        "OpenSearch was handled despite Redis"
+    );
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.database_at.is_some() && r.opensearch_at.is_some());
+    assert!(r.redis_at.is_none() && r.finished_at.is_none());
+    assert!(r.report.redis.last_error.is_some());
+    for f in &seeded.private_files {
+        assert!(!f.exists(), "{} should be deleted", f.display());
+    }
+
+    // The retry, in a process where Redis is fixed (here, unset).
+    let w2 = world(&t, |s| s.erasure.opensearch_url = Some(os.url()));
+    w2.clock
+        .set(chrono::DateTime::from_timestamp_millis(w.now()).unwrap());
+    w2.clock.advance(Duration::from_secs(600));
+    let second = drain(&w2.engine).await;
+    assert_eq!((second.succeeded, second.failed), (1, 0), "{second:?}");
+    assert_eq!(
+        step_names(&w, job).await,
+        ["database@1", "files@1", "redis@2", "opensearch@2"]
+    );
+    assert_eq!(os.requests().await.len(), 4, "nothing sent again");
+    assert_eq!(erasures(&w, user.id).await, 1);
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.finished_at.is_some());
+    let d = &r.report.database;
+    assert_eq!(
+        (d.private_tracks_deleted, d.public_tracks_anonymised),
+        (2, 2)
+    );
+    assert_eq!(d.media_files_deleted, seeded.private_files.len() as u64);
+    assert_eq!(r.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+    assert_eq!(r.report.opensearch.status, StepStatus::Done);
+}
+
+/// The receipt is closed from the steps' stored results, not from what the steps wrote on
+/// it as they went: rewrite two stored results between the attempts, and the closed
+/// receipt says what they say.
+async fn the_closed_receipt_is_built_from_the_stored_step_results(t: TestDb) {
+    let os = FakeOpenSearch::start().await;
+    os.fail("POST", "/playlists/_delete_by_query", 500, 1).await;
+    let w = world(&t, |s| s.erasure.opensearch_url = Some(os.url()));
+    let (user, other) = (Person::new("nia"), Person::new("oz"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    seed(&w, &user, &other).await;
+    past_deadline(&w, &user, Some(true)).await;
+    let job = w
+        .engine
+        .enqueue(HardDelete { user_id: user.id })
+        .await
+        .unwrap()
+        .id();
+    let first = drain(&w.engine).await;
+    assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
+    assert_eq!(
+        step_names(&w, job).await,
+        ["database@1", "files@1", "redis@1"]
+    );
+
+    for (step, from, to) in [
+        ("redis", REDIS_SKIPPED, "skipped: as the stored step says"),
+        (
+            "database",
+            r#""messages_deleted":5,"#,
+            r#""messages_deleted":55,"#,
+        ),
+    ] {
+        let changed = sqlx::query(
+            "UPDATE job_steps SET result = REPLACE(result, $1, $2) \
+             WHERE job_id = $3 AND name = $4 AND result LIKE $5",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(job)
+        .bind(step)
+        .bind(format!("%{from}%"))
+        .execute(w.db())
+        .await
+        .unwrap()
+        .rows_affected();
+        assert_eq!(changed, 1, "the stored result of {step}");
+    }
+    let before = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert_eq!(before.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+    assert_eq!(before.report.database.messages_deleted, 5);
+
+    w.clock.advance(Duration::from_secs(600));
+    let second = drain(&w.engine).await;
+    assert_eq!((second.succeeded, second.failed), (1, 0), "{second:?}");
+    let r = users::deletion_status(w.db(), user.id)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        r.report.redis.reason.as_deref(),
+        Some("skipped: as the stored step says")
+    );
+    assert_eq!(r.report.database.messages_deleted, 55);
+    assert_eq!(
+        (r.database_at, r.redis_at),
+        (before.database_at, before.redis_at),
+        "the steps' times"
+    );
+    assert_eq!(r.report.opensearch.status, StepStatus::Done);
 }

@@ -1,7 +1,8 @@
 //! The GDPR jobs' files on disk, on both backends: export ZIPs are private to the service's
 //! user (a 0700 `EXPORT_DIR`, 0600 files), and the erasure deletes only what lies inside
 //! `MEDIA_ROOT` (symbolic links are resolved first, and a link leading out is removed
-//! itself, never its target).
+//! itself, never its target), after the rows that named them, from the list recorded with
+//! their deletion.
 
 mod gdpr_support;
 
@@ -14,7 +15,7 @@ use engine::{Actor, Outcome, backend_tests};
 use gdpr_support::*;
 use jobs::exports::{self, ExportStatus};
 use jobs::hard_delete::HardDelete;
-use jobs::users;
+use jobs::users::{self, UserStatus};
 
 backend_tests!(
     schema = jobs::schema::migrator;
@@ -22,6 +23,7 @@ backend_tests!(
     an_open_export_dir_is_tightened_and_a_leftover_part_is_narrowed,
     the_erasure_deletes_links_not_their_targets_and_nothing_outside_media_root,
     the_erasure_deletes_the_tracks_cover_never_a_thumbnail_source_of_someone_else,
+    files_are_removed_after_their_rows_from_the_list_recorded_with_the_deletion,
 );
 
 fn mode(path: &Path) -> u32 {
@@ -252,5 +254,100 @@ async fn the_erasure_deletes_the_tracks_cover_never_a_thumbnail_source_of_someon
     assert!(
         theirs.exists(),
         "the other user's cover is not theirs to erase"
+    );
+}
+
+/// The receipt's internal `collected` column of `user_id`.
+async fn collected_column(w: &World, user_id: i64) -> String {
+    sqlx::query_scalar("SELECT collected FROM erasure_receipts WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(w.db())
+        .await
+        .unwrap()
+}
+
+async fn files_are_removed_after_their_rows_from_the_list_recorded_with_the_deletion(t: TestDb) {
+    // Arrange: a user with a track and an avatar; MEDIA_ROOT is away (unmounted) when the
+    // erasure first runs.
+    let w = world(&t, |_| {});
+    let user = Person::new("ned");
+    insert_user(&w, &user).await;
+    let u = user.id;
+    let media = w.media().to_owned();
+    let audio = format!("uploads/{u}/take-1.mp3");
+    let avatar = format!("avatars/{u}.png");
+    for rel in [&audio, &avatar] {
+        let p = media.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"mine").unwrap();
+    }
+    private_track(&w, u, &audio).await;
+    sqlx::query("INSERT INTO user_profiles (user_id, avatar_path, updated_at) VALUES ($1, $2, $3)")
+        .bind(u)
+        .bind(&avatar)
+        .bind(w.now())
+        .execute(w.db())
+        .await
+        .unwrap();
+    users::request_deletion(&w.engine, &w.settings.accounts, u, None, &Actor::cli())
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let away = media.with_extension("away");
+    std::fs::rename(&media, &away).unwrap();
+    let job = w
+        .engine
+        .enqueue(HardDelete { user_id: u })
+        .await
+        .unwrap()
+        .id();
+
+    // Act 1: the database step commits, the files step fails.
+    let first = drain(&w.engine).await;
+
+    // Assert: the rows are gone, the files are still there and listed on the receipt.
+    assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
+    let steps: Vec<String> = engine::steps::list(w.db(), job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(steps, ["database"]);
+    let st = users::deletion_status(w.db(), u).await.unwrap();
+    assert_eq!(st.status, UserStatus::Erased);
+    let tracks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tracks WHERE owner_id = $1")
+        .bind(u)
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert_eq!(tracks, 0);
+    let listed = collected_column(&w, u).await;
+    assert!(
+        listed.contains(&audio) && listed.contains(&avatar),
+        "{listed}"
+    );
+
+    // Act 2: MEDIA_ROOT is back; the retry.
+    std::fs::rename(&away, &media).unwrap();
+    w.clock.advance(Duration::from_secs(600));
+    let second = drain(&w.engine).await;
+
+    // Assert: the files are gone, counted, and no longer listed.
+    assert_eq!((second.succeeded, second.failed), (1, 0), "{second:?}");
+    for rel in [&audio, &avatar] {
+        assert!(!media.join(rel).exists(), "{rel} is left");
+    }
+    let receipt = users::deletion_status(w.db(), u)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert!(receipt.finished_at.is_some());
+    assert_eq!(receipt.report.database.media_files_deleted, 2);
+    let listed = collected_column(&w, u).await;
+    assert!(
+        !listed.contains(&audio) && !listed.contains(&avatar),
+        "{listed}"
     );
 }

@@ -1,57 +1,60 @@
-//! The database part of an erasure (steps 1 and 2).
+//! The database step of an erasure: one transaction — the step's own
+//! ([`JobContext::step_tx`]), which also stores the step's result after checking that the
+//! attempt still holds its job ([`JobContext::fence`]) — that clears the account's identity
+//! and profile, deletes messages (sent and received), plays, playlists, private tracks and,
+//! unless the user keeps them, public tracks; kept public tracks lose their owner and are
+//! credited to the anonymous artist; the payloads of the Stripe events about the user's
+//! payments are erased; the user's e-mail address is scrubbed from job args and error
+//! texts; the account goes `deletion_requested → erased`. The receipt records, in the same
+//! transaction, the counts, the ids of what was deleted (the OpenSearch step needs them),
+//! the files those rows named (the files step removes them: [`super::files`]) and the
+//! step's time.
 //!
-//! Step 1 reads the ids of the user's tracks, playlists and exports before anything
-//! changes. Step 2 first removes the files those rows point at (audio, cover and
-//! thumbnails of deleted tracks, the avatar, export ZIPs) and the user's outbox e-mails
-//! (see [`super::files`]: never outside their root) — then, in one transaction: clears the account's identity and profile, deletes
-//! messages (sent and received), plays, playlists, private tracks and, unless the user
-//! keeps them, public tracks; kept public tracks lose their owner and are credited to the
-//! anonymous artist; the payloads of the Stripe events about the user's payments are
-//! erased; the user's e-mail address is scrubbed from job args and error texts; the
-//! account goes `deletion_requested → erased`; the receipt records
-//! the counts and the step's time. A retry after a failure before the commit does it all
-//! again; after the commit, the step is not run again.
+//! All of it commits with the step's result or not at all: a failure before the commit
+//! leaves nothing behind and the retry does it all again; after the commit the step never
+//! runs again (a later job of the same user finds it done on the receipt).
 
 use engine::state_machine::{Actor, TransitionError};
-use engine::{DbConn, JobContext, JobError};
+use engine::{DbConn, JobContext, JobError, Millis};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
 
 use super::ErasureSettings;
-use super::files::{remove_export_files, remove_files, remove_outbox};
-use super::receipt::{self, Collected, KeptRecords, Report, Step};
+use super::files::{FileList, TrackFiles};
+use super::receipt::{
+    self, Collected, CollectedColumn, DatabaseReport, KeptRecords, Receipt, Step, StepStatus,
+};
 use crate::payments::event::{OF_BUYER, PAYLOAD_NOT_ERASED, erased_payload};
 use crate::users::state as user_state;
 
-/// Step 1: the ids of what the erasure removes or anonymises, read before anything changes.
-pub(crate) async fn collect(
-    conn: &mut DbConn,
-    user_id: i64,
-    keep_public_tracks: bool,
-) -> Result<Collected, sqlx::Error> {
-    let tracks: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT id, is_public FROM tracks WHERE owner_id = $1 ORDER BY id")
-            .bind(user_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let (keep, delete): (Vec<_>, Vec<_>) = tracks
-        .into_iter()
-        .partition(|(_, public)| keep_public_tracks && *public != 0);
-    let playlist_ids: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM playlists WHERE owner_id = $1 ORDER BY id")
-            .bind(user_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let export_ids: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM data_exports WHERE user_id = $1 ORDER BY id")
-            .bind(user_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(Collected {
-        delete_track_ids: delete.into_iter().map(|(id, _)| id).collect(),
-        keep_track_ids: keep.into_iter().map(|(id, _)| id).collect(),
-        playlist_ids,
-        export_ids,
-        keep_public_tracks,
-    })
+/// The database step's result: ids and counts only (a job's stored steps are served by the
+/// API; the paths of the files to remove stay on the receipt, see [`super::files`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DatabaseDone {
+    /// When the ids were collected (the receipt's `collected_at`; the step's time since the
+    /// ids are read in its transaction).
+    pub(crate) collected_at: Millis,
+    /// When the step was done (`database_at`).
+    pub(crate) at: Millis,
+    /// The counts (its file counts are the files step's).
+    pub(crate) report: DatabaseReport,
+    /// What the erasure keeps on purpose.
+    pub(crate) kept: KeptRecords,
+    /// The ids of what was deleted or anonymised.
+    pub(crate) collected: Collected,
+}
+
+impl DatabaseDone {
+    /// The step as a receipt whose `database_at` is set records it.
+    fn from_receipt(r: Receipt, at: Millis) -> Self {
+        Self {
+            collected_at: r.collected_at.unwrap_or(at),
+            at,
+            report: r.report.database,
+            kept: r.report.kept,
+            collected: r.collected.map(|c| c.ids).unwrap_or_default(),
+        }
+    }
 }
 
 async fn exec(conn: &mut DbConn, sql: &'static str, user_id: i64) -> Result<u64, JobError> {
@@ -167,54 +170,91 @@ async fn scrub_job_texts(conn: &mut DbConn, email: &str) -> Result<(u64, u64), J
     Ok((jobs, attempts))
 }
 
-/// Step 2. `collected` is extended with anything created since step 1 and saved.
+/// The ids in the first column of `rows`, sorted.
+fn ids_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<i64>, sqlx::Error> {
+    let mut ids = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<i64>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Deletes the user's private (`public` false) or public tracks; returns their files.
+async fn delete_tracks(
+    tx: &mut DbConn,
+    user_id: i64,
+    public: bool,
+) -> Result<Vec<TrackFiles>, JobError> {
+    let rows = sqlx::query(
+        "DELETE FROM tracks WHERE owner_id = $1 AND is_public = $2 \
+         RETURNING id, file_path, thumbnails, cover_path",
+    )
+    .bind(user_id)
+    .bind(i64::from(public))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut tracks = rows
+        .iter()
+        .map(|r| {
+            let thumbnails: Option<String> = r.try_get(2)?;
+            Ok(TrackFiles::new(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                thumbnails.as_deref(),
+                r.try_get(3)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    tracks.sort_unstable_by_key(|t| t.id);
+    Ok(tracks)
+}
+
+/// The database step, in the step's transaction `tx`. A receipt whose `database_at` is set
+/// (an earlier job of this user did it) gives back what it records.
 pub(crate) async fn erase(
+    tx: &mut DbConn,
     ctx: &JobContext,
     settings: &ErasureSettings,
     user_id: i64,
-    collected: &mut Collected,
-    report: &mut Report,
-) -> Result<(), JobError> {
-    let keep = collected.keep_public_tracks;
-    let mut conn = ctx.db().acquire().await?;
-    let again = collect(&mut conn, user_id, keep).await?;
-    collected.merge(again);
-    let removed = remove_files(ctx, settings, user_id, collected).await?;
-    report.database.media_files_deleted += removed.media.files;
-    report.database.media_links_removed += removed.media.links;
-    report.database.media_paths_refused += removed.media.refused;
-    report.database.export_files_deleted += removed.exports;
-    report.database.outbox_files_deleted += remove_outbox(settings, user_id).await?;
-    receipt::save(
-        &mut conn,
-        user_id,
-        report,
-        Some(collected),
-        None,
-        ctx.now_ms(),
-    )
-    .await?;
-    // Read before the transaction clears it: job texts quoting it are scrubbed below. (Read
-    // here, not in the transaction, so that the transaction's first statement is the write
-    // that locks the account row.)
+) -> Result<DatabaseDone, JobError> {
+    // Read on other connections, before the transaction's first statement: that one is the
+    // write that locks the account row (on SQLite, a transaction that reads first may be
+    // refused its write). The e-mail address is read before the transaction clears it:
+    // job texts quoting it are scrubbed below.
+    let receipt = receipt::load_open(ctx, user_id).await?;
+    if let Some(at) = receipt.database_at {
+        return Ok(DatabaseDone::from_receipt(receipt, at));
+    }
     let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
         .bind(user_id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(ctx.db())
         .await?
         .flatten();
-    drop(conn);
 
     let now = ctx.now_ms();
-    let d = &mut report.database;
-    let mut tx = ctx.db().begin().await?;
     // The account row first: it locks the row, so a concurrent export finishing for this
     // user waits for this transaction (and then sees the account erased).
-    d.users_anonymised = exec(
-        &mut tx,
-        "UPDATE users SET email = NULL, username = NULL, display_name = NULL WHERE id = $1",
-        user_id,
-    )
-    .await?;
+    let mut d = DatabaseReport {
+        users_anonymised: exec(
+            tx,
+            "UPDATE users SET email = NULL, username = NULL, display_name = NULL WHERE id = $1",
+            user_id,
+        )
+        .await?,
+        ..DatabaseReport::default()
+    };
+    let keep = sqlx::query_scalar::<_, i64>("SELECT keep_public_tracks FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?
+        != 0;
+    let avatar: Option<String> =
+        sqlx::query_scalar("SELECT avatar_path FROM user_profiles WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
     d.profiles_anonymised = sqlx::query(
         "UPDATE user_profiles SET bio = NULL, avatar_path = NULL, location = NULL, \
          website = NULL, links = NULL, updated_at = $2 WHERE user_id = $1",
@@ -225,47 +265,47 @@ pub(crate) async fn erase(
     .await?
     .rows_affected();
     d.messages_deleted = exec(
-        &mut tx,
+        tx,
         "DELETE FROM messages WHERE sender_id = $1 OR recipient_id = $1",
         user_id,
     )
     .await?;
-    d.webhook_payloads_erased = erase_webhook_payloads(&mut tx, user_id).await?;
-    report.kept = count_kept(&mut tx, user_id).await?;
-    let d = &mut report.database;
+    d.webhook_payloads_erased = erase_webhook_payloads(tx, user_id).await?;
+    let kept = count_kept(tx, user_id).await?;
     if let Some(email) = email.as_deref() {
-        let (jobs, attempts) = scrub_job_texts(&mut tx, email).await?;
+        let (jobs, attempts) = scrub_job_texts(tx, email).await?;
         d.job_texts_scrubbed = jobs;
         d.job_attempt_errors_scrubbed = attempts;
     }
     d.playback_history_deleted = exec(
-        &mut tx,
+        tx,
         "DELETE FROM playback_history WHERE user_id = $1",
         user_id,
     )
     .await?;
     d.playlist_items_deleted = exec(
-        &mut tx,
+        tx,
         "DELETE FROM playlist_items WHERE playlist_id IN (SELECT id FROM playlists WHERE owner_id = $1)",
         user_id,
     )
     .await?;
-    d.playlists_deleted = exec(
-        &mut tx,
-        "DELETE FROM playlists WHERE owner_id = $1",
-        user_id,
-    )
-    .await?;
+    let playlist_ids = ids_of(
+        &sqlx::query("DELETE FROM playlists WHERE owner_id = $1 RETURNING id")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?,
+    )?;
+    d.playlists_deleted = playlist_ids.len() as u64;
     if keep {
         d.other_plays_detached = exec(
-            &mut tx,
+            tx,
             "UPDATE playback_history SET track_id = NULL WHERE track_id IN \
              (SELECT id FROM tracks WHERE owner_id = $1 AND is_public = 0)",
             user_id,
         )
         .await?;
         d.other_playlist_items_deleted = exec(
-            &mut tx,
+            tx,
             "DELETE FROM playlist_items WHERE track_id IN \
              (SELECT id FROM tracks WHERE owner_id = $1 AND is_public = 0)",
             user_id,
@@ -273,51 +313,51 @@ pub(crate) async fn erase(
         .await?;
     } else {
         d.other_plays_detached = exec(
-            &mut tx,
+            tx,
             "UPDATE playback_history SET track_id = NULL WHERE track_id IN \
              (SELECT id FROM tracks WHERE owner_id = $1)",
             user_id,
         )
         .await?;
         d.other_playlist_items_deleted = exec(
-            &mut tx,
+            tx,
             "DELETE FROM playlist_items WHERE track_id IN (SELECT id FROM tracks WHERE owner_id = $1)",
             user_id,
         )
         .await?;
     }
-    d.private_tracks_deleted = exec(
-        &mut tx,
-        "DELETE FROM tracks WHERE owner_id = $1 AND is_public = 0",
-        user_id,
-    )
-    .await?;
+    let mut files = FileList {
+        tracks: delete_tracks(tx, user_id, false).await?,
+        avatar,
+    };
+    d.private_tracks_deleted = files.tracks.len() as u64;
+    let mut keep_track_ids = Vec::new();
     if keep {
-        d.public_tracks_anonymised = sqlx::query(
-            "UPDATE tracks SET owner_id = NULL, artist_name = $2, updated_at = $3 \
-             WHERE owner_id = $1 AND is_public = 1",
-        )
-        .bind(user_id)
-        .bind(&settings.anonymous_artist)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        keep_track_ids = ids_of(
+            &sqlx::query(
+                "UPDATE tracks SET owner_id = NULL, artist_name = $2, updated_at = $3 \
+                 WHERE owner_id = $1 AND is_public = 1 RETURNING id",
+            )
+            .bind(user_id)
+            .bind(&settings.anonymous_artist)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        d.public_tracks_anonymised = keep_track_ids.len() as u64;
     } else {
-        d.public_tracks_deleted = exec(
-            &mut tx,
-            "DELETE FROM tracks WHERE owner_id = $1 AND is_public = 1",
-            user_id,
-        )
-        .await?;
+        let public = delete_tracks(tx, user_id, true).await?;
+        d.public_tracks_deleted = public.len() as u64;
+        files.tracks.extend(public);
     }
-    d.exports_deleted = exec(
-        &mut tx,
-        "DELETE FROM data_exports WHERE user_id = $1",
-        user_id,
-    )
-    .await?;
-    match user_state::mark_erased(&mut tx, user_id, &Actor::job(ctx.job_id), now).await {
+    let export_ids = ids_of(
+        &sqlx::query("DELETE FROM data_exports WHERE user_id = $1 RETURNING id")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?,
+    )?;
+    d.exports_deleted = export_ids.len() as u64;
+    match user_state::mark_erased(tx, user_id, &Actor::job(ctx.job_id), now).await {
         Ok(()) => {}
         Err(TransitionError::Database(e)) => return Err(e.into()),
         Err(e) => {
@@ -326,22 +366,39 @@ pub(crate) async fn erase(
             )));
         }
     }
-    d.status = receipt::StepStatus::Done;
+    d.status = StepStatus::Done;
+
+    let mut delete_track_ids: Vec<i64> = files.tracks.iter().map(|t| t.id).collect();
+    delete_track_ids.sort_unstable();
+    let collected = Collected {
+        delete_track_ids,
+        keep_track_ids,
+        playlist_ids,
+        export_ids,
+        keep_public_tracks: keep,
+    };
+    let mut report = receipt.report;
+    report.database = d.clone();
+    report.kept = kept.clone();
+    let column = CollectedColumn {
+        ids: collected.clone(),
+        files_to_remove: Some(files),
+    };
     receipt::save(
-        &mut tx,
+        tx,
         user_id,
-        report,
-        Some(collected),
-        Some(Step::Database),
+        &report,
+        Some(&column),
+        &[Step::Collected, Step::Database],
         now,
     )
     .await?;
-    tx.commit().await?;
-    // An export that became ready just before our transaction may have written its file
-    // after the first pass: remove again (the rows are gone now, no new file can appear).
-    // Likewise an e-mail written meanwhile (a later one sees `erased` and removes its own
-    // file: see `send_email`). The receipt was saved: these are not counted.
-    remove_export_files(settings, &collected.export_ids).await?;
-    remove_outbox(settings, user_id).await?;
-    Ok(())
+    tracing::info!(user_id, "erasure: database step done");
+    Ok(DatabaseDone {
+        collected_at: now,
+        at: now,
+        report: d,
+        kept,
+        collected,
+    })
 }

@@ -1,6 +1,15 @@
-//! The files an erasure removes (part of step 2, before the database transaction): the
-//! audio, cover and thumbnails of the tracks it deletes, the avatar, the export ZIPs and the
-//! outbox e-mails. Idempotent: a missing file is fine.
+//! The files step of an erasure: the audio, cover and thumbnails of the tracks the
+//! database step deleted, the avatar its profile named, the export ZIPs and the outbox
+//! e-mails. Idempotent: a missing file is fine.
+//!
+//! It runs after the database step, from the list that step wrote on the receipt in its
+//! transaction ([`FileList`], read from the rows it deleted): the rows are the only record
+//! of these paths, so they are recorded in the very transaction that deletes the rows and
+//! cannot be lost once the rows are gone; and a file goes only when no row points at it any
+//! more, so one pass is enough: no thumbnail or export file is written for a row that is
+//! gone, an e-mail written after it sees the account erased and removes its own file (see
+//! `send_email`), and a cover another track still uses stays. The list is cleared from the
+//! receipt once the files are removed.
 //!
 //! Nothing outside its root is ever deleted. Under `MEDIA_ROOT` every path is located with
 //! [`locate_for_removal`]: the directories on the way are resolved, and a path that leads
@@ -14,19 +23,68 @@
 use std::path::Path;
 
 use engine::{JobContext, JobError};
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
 use super::ErasureSettings;
-use super::receipt::Collected;
+use super::receipt::{self, DatabaseReport};
 use crate::exports::{file_path_in, part_path_in};
 use crate::media_path::{PathError, Removable, locate_for_removal};
 use crate::send_email::outbox_dir_of;
 
-/// Ids per `IN (…)` list.
-const IN_CHUNK: usize = 500;
+/// The files of the rows the database step deleted, as those rows named them (paths
+/// relative to `MEDIA_ROOT`). Export ZIPs are named by the export ids and outbox e-mails by
+/// the user id, so they need no list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileList {
+    /// The deleted tracks.
+    pub(crate) tracks: Vec<TrackFiles>,
+    /// The avatar the profile named.
+    pub(crate) avatar: Option<String>,
+}
+
+/// A deleted track's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TrackFiles {
+    /// Its id: its thumbnail directory is `thumbnails/{id}`.
+    pub(crate) id: i64,
+    /// `file_path`: the audio.
+    pub(crate) audio: String,
+    /// The `jpg` and `webp` paths of its recorded thumbnails.
+    pub(crate) thumbnails: Vec<String>,
+    /// `cover_path`: its own cover (never `thumbnail_source`, which says what the
+    /// thumbnails were made from; rows of older releases may name someone else's file there).
+    pub(crate) cover: Option<String>,
+}
+
+impl TrackFiles {
+    /// A track row's files; `thumbnails` is the column's JSON (`[{"jpg": …, "webp": …}]`).
+    pub(crate) fn new(
+        id: i64,
+        audio: String,
+        thumbnails: Option<&str>,
+        cover: Option<String>,
+    ) -> Self {
+        let list = thumbnails
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .unwrap_or_default();
+        let thumbnails = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|entry| ["jpg", "webp"].map(|key| entry[key].as_str().map(str::to_owned)))
+            .flatten()
+            .collect();
+        Self {
+            id,
+            audio,
+            thumbnails,
+            cover,
+        }
+    }
+}
 
 /// What was removed from (or refused under) `MEDIA_ROOT`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MediaTally {
     /// Files deleted.
     pub(crate) files: u64,
@@ -37,13 +95,78 @@ pub(crate) struct MediaTally {
     pub(crate) refused: u64,
 }
 
-/// What [`remove_files`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The files step's result: what it removed (counted in the receipt's `database` section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Removed {
     /// Under `MEDIA_ROOT`.
     pub(crate) media: MediaTally,
     /// Export ZIPs under `EXPORT_DIR`.
     pub(crate) exports: u64,
+    /// `.eml` files under `MAIL_OUTBOX_DIR`.
+    pub(crate) outbox: u64,
+}
+
+impl Removed {
+    /// The counts a receipt's `database` section holds.
+    pub(crate) fn from_report(d: &DatabaseReport) -> Self {
+        Self {
+            media: MediaTally {
+                files: d.media_files_deleted,
+                links: d.media_links_removed,
+                refused: d.media_paths_refused,
+            },
+            exports: d.export_files_deleted,
+            outbox: d.outbox_files_deleted,
+        }
+    }
+
+    /// Writes the counts into a receipt's `database` section.
+    pub(crate) fn write_to(self, d: &mut DatabaseReport) {
+        d.media_files_deleted = self.media.files;
+        d.media_links_removed = self.media.links;
+        d.media_paths_refused = self.media.refused;
+        d.export_files_deleted = self.exports;
+        d.outbox_files_deleted = self.outbox;
+    }
+}
+
+/// The files step: removes the files the database step listed on the receipt, then clears
+/// the list there and writes the counts. A receipt without a list (this step ran before
+/// and its result was not recorded, or an earlier job or an older release removed the
+/// files) gives back the counts it holds.
+pub(crate) async fn remove(
+    ctx: &JobContext,
+    settings: &ErasureSettings,
+    user_id: i64,
+) -> Result<Removed, JobError> {
+    let mut receipt = receipt::load_open(ctx, user_id).await?;
+    let mut collected = receipt.collected.take().unwrap_or_default();
+    let Some(list) = collected.files_to_remove.take() else {
+        return Ok(Removed::from_report(&receipt.report.database));
+    };
+    let mut removed = Removed::default();
+    remove_media(ctx, settings, &list, &mut removed.media).await?;
+    removed.exports = remove_export_files(settings, &collected.ids.export_ids).await?;
+    removed.outbox = remove_outbox(settings, user_id).await?;
+    removed.write_to(&mut receipt.report.database);
+    let mut conn = ctx.db().acquire().await?;
+    receipt::save(
+        &mut conn,
+        user_id,
+        &receipt.report,
+        Some(&collected),
+        &[],
+        ctx.now_ms(),
+    )
+    .await?;
+    tracing::info!(
+        user_id,
+        files = removed.media.files,
+        links = removed.media.links,
+        refused = removed.media.refused,
+        "erasure: files step done"
+    );
+    Ok(removed)
 }
 
 /// Unlinks `path` (never following it); `Ok(false)` if it was not there.
@@ -190,82 +313,37 @@ pub(crate) async fn remove_outbox(
     }
 }
 
-/// The placeholders `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Deletes the files of the tracks to delete and of the user's avatar and exports.
-pub(crate) async fn remove_files(
+/// Deletes the files of the deleted tracks and the avatar.
+async fn remove_media(
     ctx: &JobContext,
     settings: &ErasureSettings,
-    user_id: i64,
-    collected: &Collected,
-) -> Result<Removed, JobError> {
+    list: &FileList,
+    media: &mut MediaTally,
+) -> Result<(), JobError> {
     let root = &settings.media_root;
-    let mut media = MediaTally::default();
-    for chunk in collected.delete_track_ids.chunks(IN_CHUNK) {
-        let sql = format!(
-            "SELECT id, file_path, thumbnails, cover_path FROM tracks WHERE id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
+    for track in &list.tracks {
+        remove_media_file(root, &track.audio, media).await?;
+        for thumbnail in &track.thumbnails {
+            remove_media_file(root, thumbnail, media).await?;
         }
-        let rows = q.fetch_all(ctx.db()).await?;
-        for r in rows {
-            let id: i64 = r.try_get(0)?;
-            let file_path: String = r.try_get(1)?;
-            let thumbnails: Option<String> = r.try_get(2)?;
-            let cover: Option<String> = r.try_get(3)?;
-            remove_media_file(root, &file_path, &mut media).await?;
-            if let Some(list) =
-                thumbnails.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            {
-                for entry in list.as_array().into_iter().flatten() {
-                    for key in ["jpg", "webp"] {
-                        if let Some(p) = entry[key].as_str() {
-                            remove_media_file(root, p, &mut media).await?;
-                        }
-                    }
-                }
-            }
-            remove_media_dir(root, &crate::thumbnail::thumbnail_dir(id), &mut media).await?;
-            // The track's own cover (`cover_path`, recorded by the web backend for the owner's
-            // upload), never `thumbnail_source`: that column says what the thumbnails were
-            // made from, and rows of older releases may name someone else's file there.
-            if let Some(cover) = cover {
-                // A cover another remaining track still uses stays.
-                let users: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM tracks WHERE cover_path = $1 AND id <> $2 \
-                     AND (owner_id IS NULL OR owner_id <> $3 OR (is_public = 1 AND $4 = 1))",
-                )
-                .bind(&cover)
-                .bind(id)
-                .bind(user_id)
-                .bind(i64::from(collected.keep_public_tracks))
-                .fetch_one(ctx.db())
-                .await?;
-                if users == 0 {
-                    remove_media_file(root, &cover, &mut media).await?;
-                }
+        remove_media_dir(root, &crate::thumbnail::thumbnail_dir(track.id), media).await?;
+        if let Some(cover) = &track.cover {
+            // A cover another track still uses (someone else's, or a kept public track)
+            // stays.
+            let users: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM tracks WHERE cover_path = $1")
+                    .bind(cover)
+                    .fetch_one(ctx.db())
+                    .await?;
+            if users == 0 {
+                remove_media_file(root, cover, media).await?;
             }
         }
     }
-    let avatar: Option<Option<String>> =
-        sqlx::query_scalar("SELECT avatar_path FROM user_profiles WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(ctx.db())
-            .await?;
-    if let Some(Some(avatar)) = avatar {
-        remove_media_file(root, &avatar, &mut media).await?;
+    if let Some(avatar) = &list.avatar {
+        remove_media_file(root, avatar, media).await?;
     }
-    let exports = remove_export_files(settings, &collected.export_ids).await?;
-    Ok(Removed { media, exports })
+    Ok(())
 }
 
 /// Removes the finished and partial ZIPs of `export_ids` (unlinked: a link is removed as a
@@ -284,4 +362,37 @@ pub(crate) async fn remove_export_files(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_track_rows_thumbnail_paths_are_listed_and_a_bad_column_lists_none() {
+        let t = TrackFiles::new(
+            7,
+            "a.mp3".into(),
+            Some(
+                r#"[{"size":64,"jpg":"thumbnails/7/64.jpg","webp":"thumbnails/7/64.webp"},{"size":128,"jpg":"thumbnails/7/128.jpg"}]"#,
+            ),
+            Some("c.png".into()),
+        );
+        assert_eq!(
+            t.thumbnails,
+            [
+                "thumbnails/7/64.jpg",
+                "thumbnails/7/64.webp",
+                "thumbnails/7/128.jpg"
+            ]
+        );
+        for column in [None, Some("not json"), Some(r#"{"jpg":"x.jpg"}"#)] {
+            assert!(
+                TrackFiles::new(7, "a.mp3".into(), column, None)
+                    .thumbnails
+                    .is_empty(),
+                "{column:?}"
+            );
+        }
+    }
 }

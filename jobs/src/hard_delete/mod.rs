@@ -2,23 +2,41 @@
 //! writes the erasure receipt that proves it.
 //!
 //! Enqueued by the daily `hard_delete` schedule (kind `hard_delete_scan`, see [`scan`]),
-//! one unfinished job per user (unique key `hard_delete:user:{id}`). Steps, each recorded on
-//! the receipt when done, so that a retry resumes the unfinished ones only:
+//! one unfinished job per user (unique key `hard_delete:user:{id}`). One durable step per
+//! store (`ctx.step`, see `engine::steps`), called in this order on every attempt:
 //!
-//! 1. **collect** the ids of the user's tracks, playlists and exports, before anything changes;
-//! 2. **database** ([`database`]): files (media, export ZIPs, outbox e-mails) removed
-//!    ([`files`]: symbolic links resolved first, nothing outside its root deleted),
-//!    identity and profile cleared, messages,
+//! 1. **`database`** ([`database`], `ctx.step_tx`): identity and profile cleared, messages,
 //!    plays, playlists and private tracks deleted, public tracks deleted or kept under the
-//!    anonymous artist, status `erased` — one transaction;
-//! 3. **Redis** ([`redis`]): `SCAN MATCH user:{id}:*` + `UNLINK`, page by page;
-//! 4. **OpenSearch** ([`opensearch`]): the user document, the deleted tracks, the playlists,
-//!    the kept tracks' credit — each part tried even when another fails, each retried alone;
-//! 5. the **receipt** is closed (`finished_at`) once every step is done or skipped.
+//!    anonymous artist, status `erased`, and on the receipt the ids of what went and the
+//!    files those rows named — one transaction, which also stores the step's result;
+//! 2. **`files`** ([`files`]): those files (media, export ZIPs, outbox e-mails) removed,
+//!    once no row points at them (symbolic links resolved first, nothing outside its root
+//!    deleted);
+//! 3. **`redis`** ([`redis`]): `SCAN MATCH user:{id}:*` + `UNLINK`, page by page;
+//! 4. **`opensearch`** ([`opensearch`]): the user document, the deleted tracks, the
+//!    playlists, the kept tracks' credit — each part tried even when another fails, each
+//!    retried alone;
 //!
-//! Steps 3 and 4 are both tried in an attempt even if one fails; the attempt then fails
-//! (transient) and the job retries what is left. With `REDIS_URL` or `OPENSEARCH_URL`
-//! unset, that step is skipped and the receipt says so ("skipped: Redis not configured").
+//! then the **receipt** is closed: its report and time columns rebuilt from the four
+//! steps' results, `finished_at` set.
+//!
+//! A finished step's result is stored with the job: a retry (or another worker after a
+//! crash) gets it back without running the step, and resumes at the first unfinished one.
+//! Each step also writes its part of the receipt as it goes, so an unfinished erasure shows
+//! where it stands, and so that a *later job* of the same user (the scan enqueues one when
+//! a job ended unfinished; it has no steps of its own yet) resumes from the receipt: each
+//! step first looks there, and gives back what it finds done. Parts of an unfinished step
+//! (Redis keys already unlinked, OpenSearch requests already answered) are on the receipt
+//! too, so a retried step does only what is left.
+//!
+//! Redis and OpenSearch are both tried in an attempt even if one fails; the attempt then
+//! fails (transient) and the job retries what is left. When the `redis` step fails, the
+//! OpenSearch work runs outside its step: a step called after a failed one would take the
+//! failed one's place in the job's step sequence, and the retry, asking for `redis` there,
+//! would find `opensearch` and fail the job as not deterministic. That work is on the
+//! receipt, so the `opensearch` step, on the retry, finds it done and sends nothing again.
+//! With `REDIS_URL` or `OPENSEARCH_URL` unset, that step is skipped and the receipt says so
+//! ("skipped: Redis not configured").
 
 pub mod database;
 pub mod files;
@@ -35,8 +53,11 @@ use engine::{Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy}
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use self::database::DatabaseDone;
 use self::opensearch::{DocDeleted, SearchEraser, SearchIndices};
-use self::receipt::{IndexReport, Report, Step, StepStatus};
+use self::receipt::{
+    Collected, IndexReport, OpenSearchReport, RedisReport, Report, Step, StepStatus, StepTimes,
+};
 use self::redis::RedisEraser;
 use crate::users::UserStatus;
 
@@ -143,12 +164,10 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let user_id = args.user_id;
     let now = ctx.now_ms();
-    let row = sqlx::query(
-        "SELECT status, recovery_deadline, keep_public_tracks FROM users WHERE id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(ctx.db())
-    .await?;
+    let row = sqlx::query("SELECT status, recovery_deadline FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(ctx.db())
+        .await?;
     let Some(row) = row else {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} does not exist"),
@@ -156,7 +175,6 @@ pub async fn handle(
     };
     let status: String = row.try_get(0)?;
     let deadline: Option<Millis> = row.try_get(1)?;
-    let keep_public = row.try_get::<i64, _>(2)? != 0;
     match UserStatus::parse(&status) {
         Some(UserStatus::DeletionRequested) => {
             if deadline.is_none_or(|d| now < d) {
@@ -181,7 +199,8 @@ pub async fn handle(
     }
 
     let mut conn = ctx.db().acquire().await?;
-    let mut receipt = receipt::open(&mut conn, user_id, ctx.job_id, now).await?;
+    let receipt = receipt::open(&mut conn, user_id, ctx.job_id, now).await?;
+    drop(conn);
     if receipt.finished_at.is_some() {
         return Ok(Outcome::Skipped {
             reason: format!("user {user_id} is already erased (receipt complete)"),
@@ -193,98 +212,112 @@ pub async fn handle(
         )));
     }
 
-    // 1. Collect.
-    let mut collected = match receipt.collected.take() {
-        Some(c) if receipt.collected_at.is_some() => c,
-        _ => {
-            let c = database::collect(&mut conn, user_id, keep_public).await?;
-            receipt::save(
-                &mut conn,
-                user_id,
-                &receipt.report,
-                Some(&c),
-                Some(Step::Collected),
-                ctx.now_ms(),
-            )
-            .await?;
-            c
+    // 1 and 2: a failure stops the attempt.
+    let settings = &erasure.settings;
+    let db: DatabaseDone = ctx
+        .step_tx("database", async |tx| {
+            database::erase(tx, &ctx, settings, user_id).await
+        })
+        .await?;
+    let files = ctx
+        .step("files", async || {
+            files::remove(&ctx, settings, user_id).await
+        })
+        .await?;
+
+    // 3 and 4: each store is tried even if the other fails; the OpenSearch work runs
+    // outside its step after a failed `redis` step (see the module doc).
+    let redis = store_failure(
+        ctx.step("redis", async || redis_step(&ctx, erasure, user_id).await)
+            .await,
+    )?;
+    let search = async || opensearch_step(&ctx, erasure, user_id, &db.collected).await;
+    let opensearch = store_failure(match redis {
+        Ok(_) => ctx.step("opensearch", search).await,
+        Err(_) => search().await,
+    })?;
+    let (redis, opensearch) = match (redis, opensearch) {
+        (Ok(r), Ok(o)) => (r, o),
+        (r, o) => {
+            let failures: Vec<String> = [r.err(), o.err()].into_iter().flatten().collect();
+            return Err(JobError::Transient(format!(
+                "erasure of user {user_id} unfinished: {}",
+                failures.join("; ")
+            )));
         }
     };
-    drop(conn);
-    let mut report = receipt.report;
 
-    // 2. Database.
-    if receipt.database_at.is_none() {
-        database::erase(
-            &ctx,
-            &erasure.settings,
-            user_id,
-            &mut collected,
-            &mut report,
-        )
-        .await?;
-        tracing::info!(user_id, "erasure: database step done");
-    }
-
-    // 3 and 4: each store is tried even if the other fails.
-    let mut failures = Vec::new();
-    if receipt.redis_at.is_none()
-        && let Err(e) = redis_step(&ctx, erasure, user_id, &mut report).await
-    {
-        failures.push(e);
-    }
-    if receipt.opensearch_at.is_none()
-        && let Err(e) = opensearch_step(&ctx, erasure, user_id, &collected, &mut report).await
-    {
-        failures.push(e);
-    }
-    if !failures.is_empty() {
-        return Err(JobError::Transient(format!(
-            "erasure of user {user_id} unfinished: {}",
-            failures.join("; ")
-        )));
-    }
-
-    // 5. Close the receipt.
+    // 5. Close the receipt, from the steps' results.
+    let mut database = db.report;
+    files.write_to(&mut database);
+    let report = Report {
+        database,
+        redis: redis.report,
+        opensearch: opensearch.report,
+        kept: db.kept,
+    };
+    let times = StepTimes {
+        collected_at: db.collected_at,
+        database_at: db.at,
+        redis_at: redis.at,
+        opensearch_at: opensearch.at,
+    };
     let mut conn = ctx.db().acquire().await?;
-    receipt::save(
-        &mut conn,
-        user_id,
-        &report,
-        None,
-        Some(Step::Finished),
-        ctx.now_ms(),
-    )
-    .await?;
+    receipt::finish(&mut conn, user_id, &report, times, ctx.now_ms()).await?;
     tracing::info!(user_id, "erasure complete");
     Ok(Outcome::Succeeded)
 }
 
-async fn save_step(
-    ctx: &JobContext,
-    user_id: i64,
-    report: &Report,
-    done: Option<Step>,
-) -> Result<(), String> {
+/// A store's step result: its part of the report, and when it was done or skipped (its
+/// receipt column).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoreDone<R> {
+    /// `redis_at` or `opensearch_at`.
+    pub(crate) at: Millis,
+    /// The store's part of the report.
+    pub(crate) report: R,
+}
+
+/// A store step's outcome: `Err` with the reason it stays unfinished when the store failed
+/// (transient: the other store is still tried); any other error stops the attempt.
+fn store_failure<T>(outcome: Result<T, JobError>) -> Result<Result<T, String>, JobError> {
+    match outcome {
+        Ok(done) => Ok(Ok(done)),
+        Err(JobError::Transient(reason)) => Ok(Err(reason)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves the progress of an unfinished store step on the receipt (`report`, the step's part
+/// changed); `Err` says why it could not.
+async fn save_progress(ctx: &JobContext, user_id: i64, report: &Report) -> Result<(), String> {
     let mut conn = ctx.db().acquire().await.map_err(|e| e.to_string())?;
-    receipt::save(&mut conn, user_id, report, None, done, ctx.now_ms())
+    receipt::save(&mut conn, user_id, report, None, &[], ctx.now_ms())
         .await
         .map_err(|e| format!("saving the receipt: {e}"))
 }
 
-/// Step 3. `Err` is the reason the step stays unfinished.
+/// Step 3, `redis`. A receipt whose `redis_at` is set gives back what it records; a
+/// transient `Err` is the reason the step stays unfinished (its progress is saved).
 async fn redis_step(
     ctx: &JobContext,
     erasure: &Erasure,
     user_id: i64,
-    report: &mut Report,
-) -> Result<(), String> {
+) -> Result<StoreDone<RedisReport>, JobError> {
+    let mut receipt = receipt::load_open(ctx, user_id).await?;
+    if let Some(at) = receipt.redis_at {
+        return Ok(StoreDone {
+            at,
+            report: receipt.report.redis,
+        });
+    }
+    let report = &mut receipt.report;
     let r = &mut report.redis;
     let Some(redis) = &erasure.redis else {
         r.status = StepStatus::Skipped;
         r.reason = Some(REDIS_SKIPPED.to_owned());
         tracing::info!(user_id, "erasure: {REDIS_SKIPPED}");
-        return save_step(ctx, user_id, report, Some(Step::Redis)).await;
+        return finished(ctx, user_id, report, Step::Redis, |r| r.redis.clone()).await;
     };
     match redis.erase_user(user_id).await {
         Ok(swept) => {
@@ -298,16 +331,37 @@ async fn redis_step(
                 pages = swept.pages,
                 "erasure: Redis step done"
             );
-            save_step(ctx, user_id, report, Some(Step::Redis)).await
+            finished(ctx, user_id, report, Step::Redis, |r| r.redis.clone()).await
         }
         Err(e) => {
             r.keys_deleted += e.swept.keys_deleted;
             r.last_error = Some(e.error.clone());
-            let saved = save_step(ctx, user_id, report, None).await;
             tracing::warn!(user_id, error = %e.error, "erasure: Redis step failed; will retry");
-            saved.and(Err(format!("Redis: {}", e.error)))
+            let reason = match save_progress(ctx, user_id, report).await {
+                Ok(()) => format!("Redis: {}", e.error),
+                Err(saving) => saving,
+            };
+            Err(JobError::Transient(reason))
         }
     }
+}
+
+/// Saves `report` with `step`'s column stamped now; returns the step's result (`part` of
+/// the report).
+async fn finished<R>(
+    ctx: &JobContext,
+    user_id: i64,
+    report: &Report,
+    step: Step,
+    part: impl FnOnce(&Report) -> R,
+) -> Result<StoreDone<R>, JobError> {
+    let at = ctx.now_ms();
+    let mut conn = ctx.db().acquire().await?;
+    receipt::save(&mut conn, user_id, report, None, &[step], at).await?;
+    Ok(StoreDone {
+        at,
+        report: part(report),
+    })
 }
 
 fn part_done(
@@ -332,23 +386,39 @@ fn part_failed(part: &mut IndexReport, index: &str, requested: usize, error: &st
     error.to_owned()
 }
 
-/// Step 4. `Err` lists the parts that stay unfinished.
+/// Step 4, `opensearch`. A receipt whose `opensearch_at` is set gives back what it records;
+/// each part the receipt shows done is not sent again; a transient `Err` lists the parts
+/// that stay unfinished (their progress is saved).
 async fn opensearch_step(
     ctx: &JobContext,
     erasure: &Erasure,
     user_id: i64,
-    collected: &receipt::Collected,
-    report: &mut Report,
-) -> Result<(), String> {
+    collected: &Collected,
+) -> Result<StoreDone<OpenSearchReport>, JobError> {
+    let mut receipt = receipt::load_open(ctx, user_id).await?;
+    if let Some(at) = receipt.opensearch_at {
+        return Ok(StoreDone {
+            at,
+            report: receipt.report.opensearch,
+        });
+    }
+    let report = &mut receipt.report;
     let os = &mut report.opensearch;
     let search = match &erasure.search {
         None => {
             os.status = StepStatus::Skipped;
             os.reason = Some(OPENSEARCH_SKIPPED.to_owned());
             tracing::info!(user_id, "erasure: {OPENSEARCH_SKIPPED}");
-            return save_step(ctx, user_id, report, Some(Step::OpenSearch)).await;
+            return finished(ctx, user_id, report, Step::OpenSearch, |r| {
+                r.opensearch.clone()
+            })
+            .await;
         }
-        Some(Err(e)) => return Err(format!("OpenSearch: OPENSEARCH_URL cannot be used: {e}")),
+        Some(Err(e)) => {
+            return Err(JobError::Transient(format!(
+                "OpenSearch: OPENSEARCH_URL cannot be used: {e}"
+            )));
+        }
         Some(Ok(s)) => s,
     };
     let idx = &search.indices;
@@ -417,17 +487,18 @@ async fn opensearch_step(
         }
     }
 
-    let done = errors.is_empty();
-    if done {
+    if errors.is_empty() {
         os.status = StepStatus::Done;
         tracing::info!(user_id, "erasure: OpenSearch step done");
-    } else {
-        tracing::warn!(user_id, errors = %errors.join("; "), "erasure: OpenSearch step unfinished; will retry");
+        return finished(ctx, user_id, report, Step::OpenSearch, |r| {
+            r.opensearch.clone()
+        })
+        .await;
     }
-    save_step(ctx, user_id, report, done.then_some(Step::OpenSearch)).await?;
-    if done {
-        Ok(())
-    } else {
-        Err(format!("OpenSearch: {}", errors.join("; ")))
-    }
+    tracing::warn!(user_id, errors = %errors.join("; "), "erasure: OpenSearch step unfinished; will retry");
+    let reason = match save_progress(ctx, user_id, report).await {
+        Ok(()) => format!("OpenSearch: {}", errors.join("; ")),
+        Err(saving) => saving,
+    };
+    Err(JobError::Transient(reason))
 }

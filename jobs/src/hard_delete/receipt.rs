@@ -1,18 +1,22 @@
 //! The erasure receipt: what a hard delete did in each store (counts), what it skipped and
 //! why, and when it started and ended. It holds no personal data: ids, counts, times and
-//! error texts of the stores only.
+//! error texts of the stores only (the paths of the files still to remove are kept in its
+//! internal `collected` column, never served, until the files step has removed them).
 //!
-//! Each step's time column (`collected_at`, `database_at`, `redis_at`, `opensearch_at`) is
-//! set when that step is complete, in the same write as its report, so a retried job
-//! resumes the unfinished steps only. `finished_at` is set once every step is done or
-//! skipped.
+//! Each store's step writes its part of the report as it goes (so an unfinished erasure
+//! shows where it stands) and, once done, its time column (`collected_at` and `database_at`
+//! in the database step's transaction, `redis_at`, `opensearch_at`). The last write,
+//! [`finish`], rewrites the report and the time columns from the steps' results and sets
+//! `finished_at`. A job retried resumes from its stored step results; a later job of the
+//! same user (its steps are not this job's) resumes from these columns.
 
-use engine::{DbConn, Millis};
+use engine::{DbConn, JobContext, JobError, Millis};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-/// The ids read before anything changed: the database step removes the rows, and the
-/// search-index step still needs to know which documents to remove or anonymise.
+/// The ids of the rows the database step deleted or anonymised, read in its transaction: the
+/// OpenSearch step still needs to know which documents to remove or anonymise once the rows
+/// are gone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Collected {
     /// Tracks deleted: the private ones, and the public ones unless they are kept.
@@ -23,23 +27,19 @@ pub struct Collected {
     pub playlist_ids: Vec<i64>,
     /// The user's data exports (their files are deleted).
     pub export_ids: Vec<i64>,
-    /// Whether public tracks were kept (the user's choice when collected).
+    /// Whether public tracks were kept (the user's choice when the database step ran).
     pub keep_public_tracks: bool,
 }
 
-impl Collected {
-    /// Adds ids found later (the database step reads them again before it deletes).
-    pub fn merge(&mut self, other: Collected) {
-        fn union(into: &mut Vec<i64>, more: Vec<i64>) {
-            into.extend(more);
-            into.sort_unstable();
-            into.dedup();
-        }
-        union(&mut self.delete_track_ids, other.delete_track_ids);
-        union(&mut self.keep_track_ids, other.keep_track_ids);
-        union(&mut self.playlist_ids, other.playlist_ids);
-        union(&mut self.export_ids, other.export_ids);
-    }
+/// The `collected` column: the ids, and the files the database step found to remove, until
+/// the files step has removed them (`None` then, and in receipts of older releases, whose
+/// database step removed the files itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CollectedColumn {
+    #[serde(flatten)]
+    pub(crate) ids: Collected,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) files_to_remove: Option<super::files::FileList>,
 }
 
 /// Where a step stands.
@@ -234,7 +234,7 @@ pub struct Receipt {
     /// Per store.
     pub report: Report,
     #[serde(skip)]
-    pub(crate) collected: Option<Collected>,
+    pub(crate) collected: Option<CollectedColumn>,
 }
 
 /// A receipt's step column.
@@ -244,7 +244,6 @@ pub(crate) enum Step {
     Database,
     Redis,
     OpenSearch,
-    Finished,
 }
 
 impl Step {
@@ -254,7 +253,6 @@ impl Step {
             Self::Database => "database_at",
             Self::Redis => "redis_at",
             Self::OpenSearch => "opensearch_at",
-            Self::Finished => "finished_at",
         }
     }
 }
@@ -305,6 +303,14 @@ pub async fn load(conn: &mut DbConn, user_id: i64) -> Result<Option<Receipt>, sq
     row.map_or(Ok(None), |r| from_row(user_id, &r, 0))
 }
 
+/// The receipt of `user_id`, which the handler opened before its steps.
+pub(crate) async fn load_open(ctx: &JobContext, user_id: i64) -> Result<Receipt, JobError> {
+    let mut conn = ctx.db().acquire().await?;
+    load(&mut conn, user_id).await?.ok_or_else(|| {
+        JobError::transient(format!("the erasure receipt of user {user_id} is missing"))
+    })
+}
+
 /// Creates the receipt of `user_id` unless it exists; returns it.
 pub(crate) async fn open(
     conn: &mut DbConn,
@@ -333,20 +339,20 @@ pub(crate) async fn open(
         .ok_or_else(|| sqlx::Error::RowNotFound)
 }
 
-/// Saves `report` (and `collected`, when given); with `done`, stamps that step's column.
+/// Saves `report` (and `collected`, when given); stamps the columns of `done` with `now`.
 pub(crate) async fn save(
     conn: &mut DbConn,
     user_id: i64,
     report: &Report,
-    collected: Option<&Collected>,
-    done: Option<Step>,
+    collected: Option<&CollectedColumn>,
+    done: &[Step],
     now: Millis,
 ) -> Result<(), sqlx::Error> {
     let mut sql = String::from("UPDATE erasure_receipts SET report = $1, updated_at = $2");
     if collected.is_some() {
         sql.push_str(", collected = $4");
     }
-    if let Some(step) = done {
+    for step in done {
         sql.push_str(&format!(", {} = $2", step.column()));
     }
     sql.push_str(" WHERE user_id = $3");
@@ -358,5 +364,40 @@ pub(crate) async fn save(
         q = q.bind(serde_json::to_string(c).expect("ids encode"));
     }
     q.execute(conn).await?;
+    Ok(())
+}
+
+/// When each step was done (or skipped): the receipt's time columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StepTimes {
+    pub(crate) collected_at: Millis,
+    pub(crate) database_at: Millis,
+    pub(crate) redis_at: Millis,
+    pub(crate) opensearch_at: Millis,
+}
+
+/// Closes the receipt: `report` and `times` (built from the steps' results) replace what
+/// the steps wrote as they went, and `finished_at` is set.
+pub(crate) async fn finish(
+    conn: &mut DbConn,
+    user_id: i64,
+    report: &Report,
+    times: StepTimes,
+    now: Millis,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure_receipts SET report = $1, collected_at = $2, database_at = $3, \
+         redis_at = $4, opensearch_at = $5, finished_at = $6, updated_at = $6 \
+         WHERE user_id = $7",
+    )
+    .bind(serde_json::to_string(report).expect("a report encodes"))
+    .bind(times.collected_at)
+    .bind(times.database_at)
+    .bind(times.redis_at)
+    .bind(times.opensearch_at)
+    .bind(now)
+    .bind(user_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
