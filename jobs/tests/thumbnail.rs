@@ -19,7 +19,7 @@ use engine::{
 };
 use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
-use jobs::thumbnail::{Thumbnail, ThumbnailArgs, track_thumbnails};
+use jobs::thumbnail::{Thumbnail, ThumbnailArgs, ThumbnailSizeArgs, track_thumbnails};
 use jobs::{JobsConfig, register_all};
 use serde::{Deserialize, Serialize};
 
@@ -312,6 +312,9 @@ backend_tests!(
     one_unfinished_job_per_track,
     a_missing_track_fails_permanently,
     a_burst_of_thumbnails_does_not_hold_up_other_kinds,
+    each_size_is_made_by_a_child_job_and_all_are_recorded,
+    a_child_that_fails_fails_the_job_and_leaves_nothing_staged,
+    a_cover_changed_while_the_children_ran_skips_and_removes_their_files,
 );
 
 async fn each_format_is_made_into_every_size_and_recorded(t: TestDb) {
@@ -930,4 +933,215 @@ async fn pipes_and_oversized_sources_fail_permanently_unread(t: TestDb) {
         "{oversized}"
     );
     assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+/// The children of job `id`: (kind, parent_id, args), in the order they were enqueued.
+async fn children_of(engine: &Engine, id: i64) -> Vec<(String, Option<i64>, ThumbnailSizeArgs)> {
+    let rows: Vec<(String, Option<i64>, String)> =
+        sqlx::query_as("SELECT kind, parent_id, args FROM jobs WHERE parent_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(engine.db())
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(kind, parent, args)| (kind, parent, serde_json::from_str(&args).unwrap()))
+        .collect()
+}
+
+async fn each_size_is_made_by_a_child_job_and_all_are_recorded(t: TestDb) {
+    // Arrange: four sizes.
+    let w = world_with(&t, &[("THUMBNAIL_SIZES", "32,64,128,256")]);
+    let track = w.track().await;
+    w.put(
+        "covers/four.png",
+        &encode(&quadrants(400, 300), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/four.png").await;
+
+    // Act
+    let id = w
+        .engine
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/four.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    settle(&w.engine).await;
+
+    // Assert: one thumbnail_size child per size, each the job's child, all succeeded;
+    // the track records every size, the directory holds exactly their files.
+    assert_eq!(ended(&w.engine, id).await, Ok(Outcome::Succeeded));
+    let children = children_of(&w.engine, id).await;
+    let expected: Vec<(String, Option<i64>, ThumbnailSizeArgs)> = [32, 64, 128, 256]
+        .into_iter()
+        .map(|size| {
+            (
+                "thumbnail_size".to_owned(),
+                Some(id),
+                ThumbnailSizeArgs {
+                    track_id: track,
+                    source: "covers/four.png".into(),
+                    size,
+                    batch: id,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(children, expected);
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(states, [JobState::Succeeded; 4]);
+    let steps: Vec<String> = engine::steps::list(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(steps, ["check", "plan", "sizes", "sizes:join"]);
+    let sizes: Vec<u32> = w
+        .recorded(track)
+        .await
+        .thumbnails
+        .iter()
+        .map(|t| t.size)
+        .collect();
+    assert_eq!(sizes, [32, 64, 128, 256]);
+    assert_eq!(
+        w.thumbnail_files(track),
+        [
+            "128.jpg", "128.webp", "256.jpg", "256.webp", "32.jpg", "32.webp", "64.jpg", "64.webp"
+        ],
+        "exactly the recorded files, nothing staged left"
+    );
+}
+
+async fn a_child_that_fails_fails_the_job_and_leaves_nothing_staged(t: TestDb) {
+    // Arrange: a good cover; where the 256 px child stages its JPEG, a directory is in
+    // the way, so that child fails on every attempt and the others succeed.
+    let w = world(&t);
+    let track = w.track().await;
+    w.put(
+        "covers/ok.png",
+        &encode(&quadrants(600, 600), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/ok.png").await;
+    let id = w
+        .engine
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/ok.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    let blocker = format!(".256.jpg.tmp-{id}");
+    w.put(&format!("thumbnails/{track}/{blocker}/x"), b"");
+
+    // Act: run until the job has ended, the failing child's retries included.
+    let mut parent = JobState::Pending;
+    for _ in 0..10 {
+        settle(&w.engine).await;
+        parent = engine::admin::get_job(w.engine.db(), id)
+            .await
+            .unwrap()
+            .job
+            .status;
+        if parent.is_final() {
+            break;
+        }
+        w.clock.advance(Duration::from_secs(3600));
+    }
+
+    // Assert: the job failed with the child's error, said which size; the other sizes'
+    // staged files are gone and nothing is recorded.
+    assert_eq!(parent, JobState::Failed);
+    let error = permanent(ended(&w.engine, id).await);
+    assert!(
+        error.contains(&format!("writing thumbnails/{track}/256.jpg: ")),
+        "{error}"
+    );
+    assert!(error.contains("size 256"), "{error}");
+    assert!(error.contains("1 of 3 sizes not made"), "{error}");
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(
+        states,
+        [JobState::Succeeded, JobState::Failed, JobState::Succeeded]
+    );
+    assert_eq!(
+        w.thumbnail_files(track),
+        [blocker],
+        "nothing staged left (only the directory in the way)"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+async fn a_cover_changed_while_the_children_ran_skips_and_removes_their_files(t: TestDb) {
+    // Arrange: the job fans out on an engine that runs only `thumbnail` jobs, so its
+    // children wait; then the owner uploads another cover.
+    let w = world(&t);
+    let track = w.track().await;
+    w.put(
+        "covers/a.png",
+        &encode(&quadrants(300, 300), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/a.png").await;
+    let settings = Arc::new(config(w.media.path(), &[]).thumbnail);
+    let mut parents_only = Registry::new();
+    parents_only.register::<ThumbnailArgs, _, _>(move |args, ctx| {
+        let settings = Arc::clone(&settings);
+        async move { jobs::thumbnail::handle(args, ctx, &settings).await }
+    });
+    let parents = t.engine(parents_only, w.clock.clone());
+    let id = parents
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/a.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    drain(&parents).await;
+    let waiting = engine::admin::get_job(w.engine.db(), id).await.unwrap();
+    assert_eq!(
+        waiting.job.status,
+        JobState::Pending,
+        "waits for its children"
+    );
+    assert_eq!(children_of(&w.engine, id).await.len(), 3);
+    w.set_cover(track, "covers/b.png").await;
+
+    // Act: the children run (and stage their files), then the job is woken.
+    settle(&w.engine).await;
+
+    // Assert: every child made its size, yet the job skipped as stale, recorded nothing
+    // and removed what its children staged.
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(states, [JobState::Succeeded; 3]);
+    let outcome = ended(&w.engine, id).await;
+    assert!(
+        matches!(&outcome, Ok(Outcome::Skipped { reason }) if reason.contains("no longer track")),
+        "{outcome:?}"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+    assert_eq!(
+        w.thumbnail_files(track),
+        Vec::<String>::new(),
+        "nothing staged left"
+    );
 }

@@ -10,10 +10,11 @@
 //! One child job per size, run in parallel, and a fan-in on the parent
 //! ([`JobContext::fan_out`]). The parent, `thumbnail` ([`handle`]):
 //!
-//! 1. checks the track exists and `source` is still its cover (else: skipped, stale; a
-//!    missing track fails for good). It checks again each time it runs, so also after its
-//!    children ended: a cover changed or a track deleted meanwhile is seen there, and the
-//!    files its children staged are removed;
+//! 1. step `check`: the track exists and `source` is still its cover (else: skipped,
+//!    stale; a missing track fails for good). A step, so it is not run again when the
+//!    handler is re-run as each child ends (were it, the job could end stale while other
+//!    children still staged files); a cover changed or a track deleted while the children
+//!    ran is seen by the fan-in (5);
 //! 2. step `plan`: the sizes to make, `THUMBNAIL_SIZES` as the job first saw it (stored, so
 //!    that what is recorded is what its children made even if the setting changes between
 //!    attempts);
@@ -312,20 +313,22 @@ pub async fn handle(
     let ThumbnailArgs { track_id, source } = &args;
     let track_id = *track_id;
     let batch = ctx.job_id;
-    // Runs again when the children have ended (the handler is re-run from the top): a
-    // cover changed or a track deleted while they ran is seen here.
-    let mut conn = ctx.db().acquire().await?;
-    let cover = track_cover(&mut conn, track_id).await?;
-    drop(conn);
+    // A step: the handler is re-run each time one of its children ends, and a check that
+    // ran again there could end the job (stale) while other children still run and stage
+    // files nobody would remove. After the fan-out, the fan-in's own check decides.
+    let cover: Option<Option<String>> = ctx
+        .step("check", async || {
+            let mut conn = ctx.db().acquire().await?;
+            Ok(track_cover(&mut conn, track_id).await?)
+        })
+        .await?;
     match cover {
         None => {
-            discard_staged(settings, track_id, batch).await;
             return Err(JobError::Permanent(format!(
                 "track {track_id} does not exist (deleted?): no thumbnails made"
             )));
         }
         Some(cover) if cover.as_deref() != Some(source.as_str()) => {
-            discard_staged(settings, track_id, batch).await;
             return Ok(stale(track_id, source, cover.as_deref()));
         }
         Some(_) => {}
