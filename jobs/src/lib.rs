@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `orphan_sweep` | [`orphan_sweep`] | schedule: at boot and hourly |
 //! | `thumbnail` | [`thumbnail`] | web backend, after a cover image upload (one per track) |
+//! | `thumbnail_size` | [`thumbnail`] | `thumbnail`, one child per size (fan-out) |
 //! | `prune_jobs` | `engine::retention` | schedule: hourly |
 //! | `transfer_seller` | [`transfer_seller`] | `payment_intent.succeeded` webhook ([`payments`]), one per order item |
 //! | `reverse_transfer` | [`reverse_transfer`] | full-refund webhook ([`payments`]), one per paid-out item |
@@ -180,6 +181,15 @@ pub fn register_all(registry: &mut Registry, config: &JobsConfig) {
         async move { thumbnail::handle(args, ctx, &thumbs).await }
     });
     registry.set_concurrency(thumbnail::ThumbnailArgs::KIND, config.thumbnail.concurrency);
+    let thumbs = Arc::new(config.thumbnail.clone());
+    registry.register::<thumbnail::ThumbnailSizeArgs, _, _>(move |args, ctx| {
+        let thumbs = Arc::clone(&thumbs);
+        async move { thumbnail::handle_size(args, ctx, &thumbs).await }
+    });
+    registry.set_concurrency(
+        thumbnail::ThumbnailSizeArgs::KIND,
+        config.thumbnail.concurrency,
+    );
     payments::register(registry, &config.payments);
     gdpr::register(registry, &config.gdpr);
 }
@@ -203,6 +213,7 @@ pub fn schedules_for(config: &JobsConfig) -> Vec<Schedule> {
 pub const KINDS: &[&str] = &[
     orphan_sweep::OrphanSweep::KIND,
     thumbnail::ThumbnailArgs::KIND,
+    thumbnail::ThumbnailSizeArgs::KIND,
     engine::retention::PruneJobs::KIND,
     transfer_seller::KIND,
     transfer_seller::check::KIND,

@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use engine::config::Env;
-use engine::testing::{TestDb, drain, perform_job};
+use engine::testing::{DrainReport, TestDb, drain};
 use engine::worker::WorkerPool;
-use engine::{Clock, Engine, Enqueued, Job, JobError, JobPolicy, Outcome, Registry, backend_tests};
+use engine::{
+    Clock, Engine, Enqueued, Job, JobError, JobPolicy, JobState, NewJob, Outcome, Registry,
+    backend_tests,
+};
 use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
-use jobs::thumbnail::{Thumbnail, ThumbnailArgs, track_thumbnails};
+use jobs::thumbnail::{Thumbnail, ThumbnailArgs, ThumbnailSizeArgs, track_thumbnails};
 use jobs::{JobsConfig, register_all};
 use serde::{Deserialize, Serialize};
 
@@ -86,12 +89,13 @@ impl World {
             .unwrap();
     }
 
-    /// Records `source` as the cover and runs the job for it.
+    /// Records `source` as the cover and runs the job for it through the engine (its
+    /// children included); returns how it ended, as its handler said.
     async fn run(&self, track_id: i64, source: &str) -> Result<Outcome, JobError> {
         self.set_cover(track_id, source).await;
-        perform_job(
+        run_through(
             &self.engine,
-            &ThumbnailArgs {
+            ThumbnailArgs {
                 track_id,
                 source: source.into(),
             },
@@ -119,7 +123,9 @@ impl World {
         image::open(self.media.path().join(relative)).unwrap()
     }
 
-    /// Enqueues a job and runs everything due; returns (status, attempts, last_error).
+    /// Enqueues a job and runs everything due; returns (status, attempts, last_error),
+    /// counting the attempts that did something (not those that ended waiting for its
+    /// children).
     async fn through_engine(&self, track_id: i64, source: &str) -> (String, i64, String) {
         self.set_cover(track_id, source).await;
         let id = self
@@ -131,12 +137,16 @@ impl World {
             .await
             .unwrap()
             .id();
-        drain(&self.engine).await;
-        sqlx::query_as("SELECT status, attempt, COALESCE(last_error, '') FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(self.engine.db())
-            .await
-            .unwrap()
+        settle(&self.engine).await;
+        sqlx::query_as(
+            "SELECT status, (SELECT COUNT(*) FROM job_attempts a \
+                 WHERE a.job_id = jobs.id AND a.outcome <> 'snoozed'), \
+             COALESCE(last_error, '') FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.engine.db())
+        .await
+        .unwrap()
     }
 
     fn thumbnail_files(&self, track_id: i64) -> Vec<String> {
@@ -237,6 +247,56 @@ fn permanent(result: Result<Outcome, JobError>) -> String {
     }
 }
 
+/// [`drain`] until no job is due or running. One drain can end just as the last child of a
+/// parent ends and makes it due (the parent's kind had already found nothing due in that
+/// round); the next drain runs it.
+async fn settle(engine: &Engine) -> DrainReport {
+    let mut total = DrainReport::default();
+    for _ in 0..50 {
+        let report = drain(engine).await;
+        total.succeeded += report.succeeded;
+        total.retried += report.retried;
+        total.failed += report.failed;
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'running' \
+             OR (status IN ('pending', 'retrying') AND run_at <= $1)",
+        )
+        .bind(engine.clock().now_ms())
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+        if busy == 0 {
+            return total;
+        }
+    }
+    panic!("jobs still due after 50 drains");
+}
+
+/// Enqueues `args` on `engine` and runs everything due (its children included); returns
+/// how the job ended: `Ok` with its outcome, `Err(Permanent)` with its error when it failed.
+async fn run_through(engine: &Engine, args: ThumbnailArgs) -> Result<Outcome, JobError> {
+    let id = engine.enqueue(args).await.unwrap().id();
+    settle(engine).await;
+    ended(engine, id).await
+}
+
+/// How job `id` ended: `Ok` with its outcome, `Err(Permanent)` with its error when it failed.
+async fn ended(engine: &Engine, id: i64) -> Result<Outcome, JobError> {
+    let job = engine::admin::get_job(engine.db(), id).await.unwrap();
+    let last = job.attempts.last().expect("the job ran");
+    match (job.job.status, last.outcome.as_deref()) {
+        (JobState::Succeeded, Some("succeeded")) => Ok(Outcome::Succeeded),
+        (JobState::Succeeded, Some("skipped")) => Ok(Outcome::Skipped {
+            reason: last.error.clone().unwrap_or_default(),
+        }),
+        (JobState::Failed, _) => Err(JobError::Permanent(last.error.clone().unwrap_or_default())),
+        (status, outcome) => Err(JobError::Transient(format!(
+            "job {id} is {status:?} after {outcome:?}: {:?}",
+            last.error
+        ))),
+    }
+}
+
 backend_tests!(
     schema = jobs::schema::migrator;
     a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_last,
@@ -252,6 +312,9 @@ backend_tests!(
     one_unfinished_job_per_track,
     a_missing_track_fails_permanently,
     a_burst_of_thumbnails_does_not_hold_up_other_kinds,
+    each_size_is_made_by_a_child_job_and_all_are_recorded,
+    a_child_that_fails_fails_the_job_and_leaves_nothing_staged,
+    a_cover_changed_while_the_children_ran_skips_and_removes_their_files,
 );
 
 async fn each_format_is_made_into_every_size_and_recorded(t: TestDb) {
@@ -447,15 +510,15 @@ async fn rerunning_replaces_the_thumbnails_atomically(t: TestDb) {
         &config(w.media.path(), &[("THUMBNAIL_SIZES", "128")]),
     );
     let engine = t.engine(registry, w.clock.clone());
-    perform_job(
+    let done = run_through(
         &engine,
-        &ThumbnailArgs {
+        ThumbnailArgs {
             track_id: track,
             source: "covers/same.png".into(),
         },
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(done, Ok(Outcome::Succeeded));
     assert_eq!(w.thumbnail_files(track), ["128.jpg", "128.webp"]);
     let sizes: Vec<u32> = w
         .recorded(track)
@@ -617,7 +680,13 @@ async fn one_unfinished_job_per_track(t: TestDb) {
         w.engine.enqueue(args(b)).await.unwrap(),
         Enqueued::Inserted(_)
     ));
-    assert_eq!(drain(&w.engine).await.succeeded, 2);
+    assert_eq!(settle(&w.engine).await.failed, 0);
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE kind = 'thumbnail' ORDER BY id")
+            .fetch_all(w.engine.db())
+            .await
+            .unwrap();
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
     // Finished: the track may be done again (a new upload).
     assert!(matches!(
         w.engine.enqueue(args(a)).await.unwrap(),
@@ -703,22 +772,25 @@ async fn a_burst_of_thumbnails_does_not_hold_up_other_kinds(t: TestDb) {
             .await
             .unwrap();
     }
-    let count = |status: &'static str| {
+    let count_kind = |kind: &'static str, status: &'static str| {
         let engine = engine.clone();
         async move {
             sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM jobs WHERE kind = 'thumbnail' AND status = $1",
+                "SELECT COUNT(*) FROM jobs WHERE kind = $1 AND status = $2",
             )
+            .bind(kind)
             .bind(status)
             .fetch_one(engine.db())
             .await
             .unwrap()
         }
     };
+    let count = |status: &'static str| count_kind("thumbnail", status);
 
     let pool = WorkerPool::start(&engine);
-    // The burst is under way: both slots hold a thumbnail job.
-    while count("running").await < 2 {
+    // The burst is under way: both slots hold a child making a size (the work; a parent
+    // holds no worker while its children run).
+    while count_kind("thumbnail_size", "running").await < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let enqueued = Instant::now();
@@ -782,13 +854,23 @@ async fn a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_la
         source: source.into(),
     };
     w.set_cover(track, "covers/a.png").await;
-    let job_a = w.engine.enqueue(args("covers/a.png")).await.unwrap();
+    // A's job is due in a minute: B's runs first.
+    let job_a = w
+        .engine
+        .enqueue(NewJob::new(args("covers/a.png")).run_at(w.clock.now_ms() + 60_000))
+        .await
+        .unwrap();
     w.set_cover(track, "covers/b.png").await;
 
     // Act: B is posted while A's job is pending, B's job runs, then A's.
     let job_b = w.engine.enqueue(args("covers/b.png")).await.unwrap();
-    let b = perform_job(&w.engine, &args("covers/b.png")).await.unwrap();
-    let a = perform_job(&w.engine, &args("covers/a.png")).await.unwrap();
+    let report = settle(&w.engine).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    let b = ended(&w.engine, job_b.id()).await;
+    w.clock.advance(Duration::from_secs(60));
+    let report = settle(&w.engine).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    let a = ended(&w.engine, job_a.id()).await;
 
     // Assert: B got its own job; A's, running last, changed nothing.
     assert!(matches!(job_a, Enqueued::Inserted(_)));
@@ -796,26 +878,15 @@ async fn a_newer_cover_gets_its_own_job_and_wins_even_when_the_older_job_runs_la
         matches!(job_b, Enqueued::Inserted(id) if id != job_a.id()),
         "{job_b:?}"
     );
-    assert_eq!(b, Outcome::Succeeded);
+    assert_eq!(b, Ok(Outcome::Succeeded));
     assert!(
-        matches!(&a, Outcome::Skipped { reason } if reason.contains("no longer track")),
+        matches!(&a, Ok(Outcome::Skipped { reason }) if reason.contains("no longer track")),
         "{a:?}"
     );
-    let shows_b = |w: &World| {
-        for name in ["64.jpg", "512.webp"] {
-            let img = w.load(&format!("thumbnails/{track}/{name}"));
-            assert!(close(at(&img, 10, 10), BLUE), "{name} is not from cover B");
-        }
-    };
-    shows_b(&w);
-    assert_eq!(
-        w.recorded(track).await.source.as_deref(),
-        Some("covers/b.png")
-    );
-    // The queued jobs, in order (A's first): the same end.
-    let report = drain(&w.engine).await;
-    assert_eq!(report.failed, 0, "{report:?}");
-    shows_b(&w);
+    for name in ["64.jpg", "512.webp"] {
+        let img = w.load(&format!("thumbnails/{track}/{name}"));
+        assert!(close(at(&img, 10, 10), BLUE), "{name} is not from cover B");
+    }
     assert_eq!(
         w.recorded(track).await.source.as_deref(),
         Some("covers/b.png")
@@ -862,4 +933,215 @@ async fn pipes_and_oversized_sources_fail_permanently_unread(t: TestDb) {
         "{oversized}"
     );
     assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+/// The children of job `id`: (kind, parent_id, args), in the order they were enqueued.
+async fn children_of(engine: &Engine, id: i64) -> Vec<(String, Option<i64>, ThumbnailSizeArgs)> {
+    let rows: Vec<(String, Option<i64>, String)> =
+        sqlx::query_as("SELECT kind, parent_id, args FROM jobs WHERE parent_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(engine.db())
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(kind, parent, args)| (kind, parent, serde_json::from_str(&args).unwrap()))
+        .collect()
+}
+
+async fn each_size_is_made_by_a_child_job_and_all_are_recorded(t: TestDb) {
+    // Arrange: four sizes.
+    let w = world_with(&t, &[("THUMBNAIL_SIZES", "32,64,128,256")]);
+    let track = w.track().await;
+    w.put(
+        "covers/four.png",
+        &encode(&quadrants(400, 300), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/four.png").await;
+
+    // Act
+    let id = w
+        .engine
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/four.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    settle(&w.engine).await;
+
+    // Assert: one thumbnail_size child per size, each the job's child, all succeeded;
+    // the track records every size, the directory holds exactly their files.
+    assert_eq!(ended(&w.engine, id).await, Ok(Outcome::Succeeded));
+    let children = children_of(&w.engine, id).await;
+    let expected: Vec<(String, Option<i64>, ThumbnailSizeArgs)> = [32, 64, 128, 256]
+        .into_iter()
+        .map(|size| {
+            (
+                "thumbnail_size".to_owned(),
+                Some(id),
+                ThumbnailSizeArgs {
+                    track_id: track,
+                    source: "covers/four.png".into(),
+                    size,
+                    batch: id,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(children, expected);
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(states, [JobState::Succeeded; 4]);
+    let steps: Vec<String> = engine::steps::list(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(steps, ["check", "plan", "sizes", "sizes:join"]);
+    let sizes: Vec<u32> = w
+        .recorded(track)
+        .await
+        .thumbnails
+        .iter()
+        .map(|t| t.size)
+        .collect();
+    assert_eq!(sizes, [32, 64, 128, 256]);
+    assert_eq!(
+        w.thumbnail_files(track),
+        [
+            "128.jpg", "128.webp", "256.jpg", "256.webp", "32.jpg", "32.webp", "64.jpg", "64.webp"
+        ],
+        "exactly the recorded files, nothing staged left"
+    );
+}
+
+async fn a_child_that_fails_fails_the_job_and_leaves_nothing_staged(t: TestDb) {
+    // Arrange: a good cover; where the 256 px child stages its JPEG, a directory is in
+    // the way, so that child fails on every attempt and the others succeed.
+    let w = world(&t);
+    let track = w.track().await;
+    w.put(
+        "covers/ok.png",
+        &encode(&quadrants(600, 600), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/ok.png").await;
+    let id = w
+        .engine
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/ok.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    let blocker = format!(".256.jpg.tmp-{id}");
+    w.put(&format!("thumbnails/{track}/{blocker}/x"), b"");
+
+    // Act: run until the job has ended, the failing child's retries included.
+    let mut parent = JobState::Pending;
+    for _ in 0..10 {
+        settle(&w.engine).await;
+        parent = engine::admin::get_job(w.engine.db(), id)
+            .await
+            .unwrap()
+            .job
+            .status;
+        if parent.is_final() {
+            break;
+        }
+        w.clock.advance(Duration::from_secs(3600));
+    }
+
+    // Assert: the job failed with the child's error, said which size; the other sizes'
+    // staged files are gone and nothing is recorded.
+    assert_eq!(parent, JobState::Failed);
+    let error = permanent(ended(&w.engine, id).await);
+    assert!(
+        error.contains(&format!("writing thumbnails/{track}/256.jpg: ")),
+        "{error}"
+    );
+    assert!(error.contains("size 256"), "{error}");
+    assert!(error.contains("1 of 3 sizes not made"), "{error}");
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(
+        states,
+        [JobState::Succeeded, JobState::Failed, JobState::Succeeded]
+    );
+    assert_eq!(
+        w.thumbnail_files(track),
+        [blocker],
+        "nothing staged left (only the directory in the way)"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+}
+
+async fn a_cover_changed_while_the_children_ran_skips_and_removes_their_files(t: TestDb) {
+    // Arrange: the job fans out on an engine that runs only `thumbnail` jobs, so its
+    // children wait; then the owner uploads another cover.
+    let w = world(&t);
+    let track = w.track().await;
+    w.put(
+        "covers/a.png",
+        &encode(&quadrants(300, 300), ImageFormat::Png),
+    );
+    w.set_cover(track, "covers/a.png").await;
+    let settings = Arc::new(config(w.media.path(), &[]).thumbnail);
+    let mut parents_only = Registry::new();
+    parents_only.register::<ThumbnailArgs, _, _>(move |args, ctx| {
+        let settings = Arc::clone(&settings);
+        async move { jobs::thumbnail::handle(args, ctx, &settings).await }
+    });
+    let parents = t.engine(parents_only, w.clock.clone());
+    let id = parents
+        .enqueue(ThumbnailArgs {
+            track_id: track,
+            source: "covers/a.png".into(),
+        })
+        .await
+        .unwrap()
+        .id();
+    drain(&parents).await;
+    let waiting = engine::admin::get_job(w.engine.db(), id).await.unwrap();
+    assert_eq!(
+        waiting.job.status,
+        JobState::Pending,
+        "waits for its children"
+    );
+    assert_eq!(children_of(&w.engine, id).await.len(), 3);
+    w.set_cover(track, "covers/b.png").await;
+
+    // Act: the children run (and stage their files), then the job is woken.
+    settle(&w.engine).await;
+
+    // Assert: every child made its size, yet the job skipped as stale, recorded nothing
+    // and removed what its children staged.
+    let states: Vec<JobState> = engine::steps::children(w.engine.db(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(states, [JobState::Succeeded; 3]);
+    let outcome = ended(&w.engine, id).await;
+    assert!(
+        matches!(&outcome, Ok(Outcome::Skipped { reason }) if reason.contains("no longer track")),
+        "{outcome:?}"
+    );
+    assert!(w.recorded(track).await.thumbnails.is_empty());
+    assert_eq!(
+        w.thumbnail_files(track),
+        Vec::<String>::new(),
+        "nothing staged left"
+    );
 }

@@ -6,32 +6,54 @@
 //! other path): a job cannot make someone else's file this track's public thumbnail. One
 //! unfinished job per track and cover (unique key `thumbnail:track:{id}:cover:{hash of the
 //! path}`), so a new cover posted while the old one's job waits or runs gets its own job.
-//! The handler:
 //!
-//! 1. checks the track exists and `source` is still its cover (else: skipped, stale);
-//! 2. on the blocking pool (so the async workers keep heartbeating and other kinds keep
-//!    running; `THUMBNAIL_CONCURRENCY` jobs at once, one per core by default): resolves
-//!    `source` under `MEDIA_ROOT` with [`resolve_media_path`] (`..`, absolute paths and
-//!    symbolic links out are refused), refuses anything but a regular file (a directory, a
-//!    FIFO, a device) and a file over `THUMBNAIL_MAX_SOURCE_BYTES` (from its size, unread),
-//!    decodes it within [`DecodeLimits`] (a decompression
-//!    bomb is refused from its header, before any pixel is allocated), centre-crops,
-//!    resizes (see [`render`]), turns it upright by its EXIF orientation and encodes
-//!    `{size}.jpg` and `{size}.webp`;
-//! 3. writes each file under a temporary name in `MEDIA_ROOT/thumbnails/{track_id}/` and
-//!    syncs it;
-//! 4. in one transaction, fenced: records the list on the track (`tracks.thumbnails`,
-//!    JSON) with the canonical source and the time, only `WHERE cover_path = source`; that
-//!    UPDATE locks the track's row, and only while holding it are the files renamed over
-//!    the old ones (a reader sees the old file or the new one, never a part; sizes no longer
-//!    configured are removed). So a job of an older cover that finishes after the newer
-//!    one's records nothing and replaces no file: its temporary files are removed and it is
-//!    skipped. If the track was deleted meanwhile, the files are removed instead.
+//! One child job per size, run in parallel, and a fan-in on the parent
+//! ([`JobContext::fan_out`]). The parent, `thumbnail` ([`handle`]):
+//!
+//! 1. step `check`: the track exists and `source` is still its cover (else: skipped,
+//!    stale; a missing track fails for good). A step, so it is not run again when the
+//!    handler is re-run as each child ends (were it, the job could end stale while other
+//!    children still staged files); a cover changed or a track deleted while the children
+//!    ran is seen by the fan-in (5);
+//! 2. step `plan`: the sizes to make, `THUMBNAIL_SIZES` as the job first saw it (stored, so
+//!    that what is recorded is what its children made even if the setting changes between
+//!    attempts);
+//! 3. fan-out `sizes`: one `thumbnail_size` child per size ([`ThumbnailSizeArgs`], with
+//!    `batch` = the parent's job id), then waits for them holding no worker;
+//! 4. if any child failed or was cancelled: removes the files its children staged and fails
+//!    for good, with the first failed child's error (the one a single job would have had:
+//!    `source image "covers/1.png": …`). Retrying the parent could not help: it would see
+//!    the same children;
+//! 5. fan-in, in one transaction, fenced: records the list on the track
+//!    (`tracks.thumbnails`, JSON) with the canonical source and the time, only
+//!    `WHERE cover_path = source`; that UPDATE locks the track's row, and only while
+//!    holding it are the staged files put in place (each hard-linked to a second temporary
+//!    name which is renamed over the final one: a reader sees the old file or the new one,
+//!    never a part; sizes no longer configured are removed). The staged files go once it
+//!    has committed, so a fan-in retried after a failed commit finds them again. A job of an
+//!    older cover that gets here after the newer one's records nothing and replaces no file:
+//!    its staged files are removed and it is skipped. If the track was deleted meanwhile,
+//!    the track's thumbnail directory is removed instead.
+//!
+//! A child, `thumbnail_size` ([`handle_size`]), makes one size on the blocking pool (so the
+//! async workers keep heartbeating and other kinds keep running; `THUMBNAIL_CONCURRENCY`
+//! children at once, one per core by default): resolves `source` under `MEDIA_ROOT` with
+//! [`resolve_media_path`] (`..`, absolute paths and symbolic links out are refused),
+//! refuses anything but a regular file (a directory, a FIFO, a device) and a file over
+//! `THUMBNAIL_MAX_SOURCE_BYTES` (from its size, unread), decodes it within
+//! [`DecodeLimits`] (a decompression bomb is refused from its header, before any pixel is
+//! allocated), centre-crops, resizes (see [`render`]), turns it upright by its EXIF
+//! orientation, encodes `{size}.jpg` and `{size}.webp` and writes each under a temporary
+//! name tied to its batch, `MEDIA_ROOT/thumbnails/{track_id}/.{size}.{ext}.tmp-{batch}`,
+//! synced. The names are the same on every attempt of the child, so a retry overwrites its
+//! own leftovers and the parent knows where to find them. Each child decodes the source
+//! itself: sizes no longer share one pass over the full image (see [`render`]).
 //!
 //! Bad input (missing file, not an image, truncated, unsupported format, over the limits)
-//! is a permanent failure whose message says what to do; I/O and database errors are
-//! transient. Re-running it for the same source replaces the files and the row. It never
-//! changes the track's status.
+//! is a permanent failure of the child, and so of the parent, whose message says what to
+//! do; I/O and database errors are transient (a child retries with its backoff; a child
+//! that runs out of attempts fails its parent). Re-running it for the same source replaces
+//! the files and the row. It never changes the track's status.
 
 pub mod render;
 
@@ -41,7 +63,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::config::Env;
-use engine::{DbConn, Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy};
+use engine::steps::ChildOutcome;
+use engine::{
+    DbConn, Job, JobContext, JobError, JobPolicy, JobState, Millis, Outcome, RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 use self::render::{DecodeLimits, RenderError, RenderSpec};
@@ -70,6 +95,25 @@ impl Job for ThumbnailArgs {
     fn unique_key(&self) -> Option<String> {
         Some(unique_key(self.track_id, &self.source))
     }
+}
+
+/// Args of one child of a [`ThumbnailArgs`] job: one size of the track's cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThumbnailSizeArgs {
+    /// `tracks.id`.
+    pub track_id: i64,
+    /// The source image, relative to `MEDIA_ROOT`, as in the parent's args.
+    pub source: String,
+    /// The side to make, in pixels.
+    pub size: u32,
+    /// The parent job's id: names the staged files, the same on every attempt of the child.
+    pub batch: i64,
+}
+
+impl Job for ThumbnailSizeArgs {
+    const KIND: &'static str = "thumbnail_size";
+    // As the parent's: the work that used to be its own.
+    const POLICY: JobPolicy = ThumbnailArgs::POLICY;
 }
 
 /// The unique key of track `track_id`'s thumbnail job for cover `source`: one unfinished
@@ -168,14 +212,6 @@ impl ThumbnailSettings {
     pub fn canonical_source(&self, source: &str) -> Result<String, PathError> {
         canonical_relative(&self.media_root, source)
     }
-
-    fn render_spec(&self) -> RenderSpec {
-        RenderSpec {
-            sizes: self.sizes.clone(),
-            quality: self.quality,
-            limits: self.limits,
-        }
-    }
 }
 
 /// The number of cores, at least 1.
@@ -267,7 +303,8 @@ fn stale(track_id: i64, source: &str, cover: Option<&str>) -> Outcome {
     }
 }
 
-/// Makes and records the thumbnails of `args.track_id`.
+/// The parent: checks the track, fans out one [`ThumbnailSizeArgs`] child per size, and
+/// records what they made (see the module doc).
 pub async fn handle(
     args: ThumbnailArgs,
     ctx: JobContext,
@@ -275,9 +312,16 @@ pub async fn handle(
 ) -> Result<Outcome, JobError> {
     let ThumbnailArgs { track_id, source } = &args;
     let track_id = *track_id;
-    let mut conn = ctx.db().acquire().await?;
-    let cover = track_cover(&mut conn, track_id).await?;
-    drop(conn);
+    let batch = ctx.job_id;
+    // A step: the handler is re-run each time one of its children ends, and a check that
+    // ran again there could end the job (stale) while other children still run and stage
+    // files nobody would remove. After the fan-out, the fan-in's own check decides.
+    let cover: Option<Option<String>> = ctx
+        .step("check", async || {
+            let mut conn = ctx.db().acquire().await?;
+            Ok(track_cover(&mut conn, track_id).await?)
+        })
+        .await?;
     match cover {
         None => {
             return Err(JobError::Permanent(format!(
@@ -290,23 +334,97 @@ pub async fn handle(
         Some(_) => {}
     }
 
-    // Path checks, decoding, resizing, encoding and writing: all blocking, all on the
-    // blocking pool, at most THUMBNAIL_CONCURRENCY at once (the kind's concurrency).
-    let work = {
-        let settings = Arc::clone(settings);
-        let source = source.clone();
-        let tag = format!("{}-{}", ctx.job_id, ctx.attempt);
-        move || make_and_stage(&settings, track_id, &source, &tag)
-    };
-    let started = std::time::Instant::now();
-    let staged = tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
-        .map_err(|e| e.into_job_error(source))?;
+    let sizes: Vec<u32> = ctx
+        .step("plan", async || Ok(settings.sizes.clone()))
+        .await?;
+    let children = ctx
+        .fan_out("sizes", async |children| {
+            for &size in &sizes {
+                children
+                    .enqueue(ThumbnailSizeArgs {
+                        track_id,
+                        source: source.clone(),
+                        size,
+                        batch,
+                    })
+                    .await?;
+            }
+            Ok(())
+        })
+        .await?;
+    if let Some(error) = failed_children(&sizes, &children) {
+        discard_staged(settings, track_id, batch).await;
+        return Err(error);
+    }
 
-    // Record, and put the files in place, under the track row's lock and only while
-    // `source` is its cover (see the module doc).
-    let json = serde_json::to_string(&staged.recorded).expect("thumbnails encode as JSON");
+    let outcome = fan_in(&ctx, settings, track_id, source, &sizes).await;
+    // Skipped or failed for good: nothing will use the staged files. A transient failure
+    // keeps them for the retry, which replays the fan-out and finds them.
+    if matches!(
+        outcome,
+        Ok(Outcome::Skipped { .. }) | Err(JobError::Permanent(_))
+    ) {
+        discard_staged(settings, track_id, batch).await;
+    }
+    outcome
+}
+
+/// The error of the parent when a child did not succeed: the first such child's own error
+/// (what a job making every size would have said), then which size and how many.
+fn failed_children(sizes: &[u32], children: &[ChildOutcome]) -> Option<JobError> {
+    let failed: Vec<(u32, &ChildOutcome)> = sizes
+        .iter()
+        .copied()
+        .zip(children)
+        .filter(|(_, c)| !c.succeeded())
+        .collect();
+    let (size, first) = failed.first()?;
+    let how = match first.state {
+        JobState::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    Some(JobError::Permanent(format!(
+        "{} (size {size}: thumbnail_size job {} {how}; {} of {} sizes not made)",
+        first.error.as_deref().unwrap_or(how),
+        first.id,
+        failed.len(),
+        sizes.len()
+    )))
+}
+
+/// Records the thumbnails on the track and puts the staged files in place, under the track
+/// row's lock and only while `source` is its cover (see the module doc).
+async fn fan_in(
+    ctx: &JobContext,
+    settings: &Arc<ThumbnailSettings>,
+    track_id: i64,
+    source: &str,
+    sizes: &[u32],
+) -> Result<Outcome, JobError> {
+    let batch = ctx.job_id;
+    let (canonical_source, dir) = {
+        let settings = Arc::clone(settings);
+        let source = source.to_owned();
+        blocking(move || {
+            let canonical = settings
+                .canonical_source(&source)
+                .map_err(|e| path_failure(&source, e))?;
+            let dir = resolve_media_path(&settings.media_root, &thumbnail_dir(track_id))
+                .map_err(|e| WorkError::Path(e).into_job_error(&source))?;
+            Ok((canonical, dir))
+        })
+        .await?
+    };
+    let rel_dir = thumbnail_dir(track_id);
+    let recorded: Vec<Thumbnail> = sizes
+        .iter()
+        .map(|&size| Thumbnail {
+            size,
+            jpg: format!("{rel_dir}/{size}.jpg"),
+            webp: format!("{rel_dir}/{size}.webp"),
+        })
+        .collect();
+    let json = serde_json::to_string(&recorded).expect("thumbnails encode as JSON");
     let mut tx = ctx.db().begin().await?;
     ctx.fence(&mut tx).await?;
     let updated = sqlx::query(
@@ -314,10 +432,10 @@ pub async fn handle(
          WHERE id = $4 AND cover_path = $5",
     )
     .bind(json)
-    .bind(staged.canonical_source.as_str())
+    .bind(canonical_source.as_str())
     .bind(ctx.now_ms())
     .bind(track_id)
-    .bind(source.as_str())
+    .bind(source)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -325,32 +443,79 @@ pub async fn handle(
         drop(tx);
         let mut conn = ctx.db().acquire().await?;
         let cover = track_cover(&mut conn, track_id).await?;
-        drop(staged);
         let Some(cover) = cover else {
-            // Deleted while we worked: take the files away with it.
-            if let Ok(dir) = resolve_media_path(&settings.media_root, &thumbnail_dir(track_id)) {
-                let _ = tokio::fs::remove_dir_all(dir).await;
-            }
+            // Deleted while the children worked: take the files away with it.
+            let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(JobError::Permanent(format!(
                 "track {track_id} was deleted while its thumbnails were made; files removed"
             )));
         };
         return Ok(stale(track_id, source, cover.as_deref()));
     }
-    let sizes = settings.sizes.clone();
-    tokio::task::spawn_blocking(move || staged.publish(&sizes))
-        .await
-        .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
-        .map_err(JobError::Transient)?;
+    {
+        let (dir, sizes) = (dir.clone(), sizes.to_vec());
+        blocking(move || publish(&dir, &sizes, batch)).await?;
+    }
     tx.commit().await?;
+    // Committed: the staged files are no longer needed by a retry.
+    let sizes_done = sizes.to_vec();
+    let _ = tokio::task::spawn_blocking(move || remove_staged(&dir, batch)).await;
     tracing::info!(
         track_id,
-        source = source.as_str(),
-        sizes = ?settings.sizes,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        source,
+        sizes = ?sizes_done,
         "thumbnails made"
     );
     Ok(Outcome::Succeeded)
+}
+
+/// A child: makes one size of the cover and stages its two files (see the module doc).
+pub async fn handle_size(
+    args: ThumbnailSizeArgs,
+    _ctx: JobContext,
+    settings: &Arc<ThumbnailSettings>,
+) -> Result<Outcome, JobError> {
+    if !(1..=MAX_SIZE).contains(&args.size) {
+        return Err(JobError::Permanent(format!(
+            "thumbnail size {} is not from 1 to {MAX_SIZE}",
+            args.size
+        )));
+    }
+    let started = std::time::Instant::now();
+    let settings = Arc::clone(settings);
+    let source = args.source.clone();
+    blocking(move || stage_size(&settings, &args).map_err(|e| e.into_job_error(&args.source)))
+        .await?;
+    tracing::debug!(
+        source,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "thumbnail size staged"
+    );
+    Ok(Outcome::Succeeded)
+}
+
+/// Runs `work` on the blocking pool (path checks, decoding, resizing, encoding, file
+/// writes: all blocking; at most THUMBNAIL_CONCURRENCY at once, the kinds' concurrency).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| JobError::Transient(format!("thumbnail worker thread failed: {e}")))?
+}
+
+/// Removes the files staged by batch `batch` of track `track_id`, if any (never through a
+/// thumbnail directory that leads out of `MEDIA_ROOT`, never creating it).
+async fn discard_staged(settings: &ThumbnailSettings, track_id: i64, batch: i64) {
+    let Ok(dir) = resolve_media_path(&settings.media_root, &thumbnail_dir(track_id)) else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        remove_staged(&dir, batch);
+        // Left empty (the track never got thumbnails): it goes too.
+        let _ = std::fs::remove_dir(&dir);
+    })
+    .await;
 }
 
 fn path_failure(source: &str, e: PathError) -> JobError {
@@ -364,7 +529,7 @@ fn path_failure(source: &str, e: PathError) -> JobError {
     }
 }
 
-/// Why [`make_and_write`] failed.
+/// Why [`stage_size`] failed.
 #[derive(Debug)]
 enum WorkError {
     /// The source path: refused, missing, unreadable.
@@ -398,38 +563,6 @@ impl WorkError {
             )),
             Self::Path(e) => JobError::Transient(e.to_string()),
             Self::Io(e) => JobError::Transient(e),
-        }
-    }
-}
-
-/// Thumbnails written under temporary names, waiting to be put in place; dropped
-/// unpublished, they are removed.
-struct Staged {
-    dir: PathBuf,
-    /// (temporary name, final name) in `dir`.
-    files: Vec<(String, String)>,
-    recorded: Vec<Thumbnail>,
-    canonical_source: String,
-}
-
-impl Staged {
-    /// Renames every file over its final name, then removes the sizes no longer configured.
-    fn publish(mut self, sizes: &[u32]) -> Result<(), String> {
-        for (tmp, name) in std::mem::take(&mut self.files) {
-            if let Err(e) = std::fs::rename(self.dir.join(&tmp), self.dir.join(&name)) {
-                let _ = std::fs::remove_file(self.dir.join(&tmp));
-                return Err(format!("renaming {name} into place: {e}"));
-            }
-        }
-        remove_other_sizes(&self.dir, sizes);
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        for (tmp, _) in &self.files {
-            let _ = std::fs::remove_file(self.dir.join(tmp));
         }
     }
 }
@@ -473,42 +606,106 @@ fn open_source(
     Ok((file, canonical))
 }
 
-/// Checks and reads the source, decodes, renders and writes every file under a temporary
-/// name; returns them with what to record. Runs on the blocking pool. `tag` makes the
-/// temporary names of this attempt unique.
-fn make_and_stage(
-    settings: &ThumbnailSettings,
-    track_id: i64,
-    source: &str,
-    tag: &str,
-) -> Result<Staged, WorkError> {
-    let (file, canonical_source) = open_source(settings, source)?;
-    let bytes = render::read_source(file, settings.max_source_bytes).map_err(WorkError::Render)?;
-    let rendered = render::render(&bytes, &settings.render_spec()).map_err(WorkError::Render)?;
-    drop(bytes);
+/// The staged name of `{size}.{ext}` for batch `batch`, in the thumbnail directory.
+fn staged_name(size: u32, ext: &str, batch: i64) -> String {
+    format!(".{size}.{ext}.tmp-{batch}")
+}
 
-    let rel_dir = thumbnail_dir(track_id);
-    let dir = ensure_media_dir(&settings.media_root, &rel_dir).map_err(WorkError::Path)?;
-    let mut staged = Staged {
-        dir,
-        files: Vec::with_capacity(rendered.len() * 2),
-        recorded: Vec::with_capacity(rendered.len()),
-        canonical_source,
+/// Checks and reads the source, decodes, renders `args.size` and writes its two files under
+/// their staged names ([`staged_name`]), synced. Runs on the blocking pool. On failure,
+/// nothing of it is left.
+fn stage_size(settings: &ThumbnailSettings, args: &ThumbnailSizeArgs) -> Result<(), WorkError> {
+    let (file, _canonical) = open_source(settings, &args.source)?;
+    let bytes = render::read_source(file, settings.max_source_bytes).map_err(WorkError::Render)?;
+    let spec = RenderSpec {
+        sizes: vec![args.size],
+        quality: settings.quality,
+        limits: settings.limits,
     };
-    for r in &rendered {
-        for (ext, bytes) in [("jpg", &r.jpeg), ("webp", &r.webp)] {
-            let name = format!("{}.{ext}", r.size);
-            let tmp = write_temporary(&staged.dir, &name, bytes, tag)
-                .map_err(|e| WorkError::Io(format!("writing {rel_dir}/{name}: {e}")))?;
-            staged.files.push((tmp, name));
+    let rendered = render::render(&bytes, &spec).map_err(WorkError::Render)?;
+    drop(bytes);
+    let Some(r) = rendered.into_iter().find(|r| r.size == args.size) else {
+        return Err(WorkError::Io(format!(
+            "size {} was not rendered (internal error)",
+            args.size
+        )));
+    };
+
+    let rel_dir = thumbnail_dir(args.track_id);
+    let dir = ensure_media_dir(&settings.media_root, &rel_dir).map_err(WorkError::Path)?;
+    let tag = args.batch.to_string();
+    let mut written: Vec<String> = Vec::with_capacity(2);
+    for (ext, bytes) in [("jpg", &r.jpeg), ("webp", &r.webp)] {
+        let name = format!("{}.{ext}", r.size);
+        match write_temporary(&dir, &name, bytes, &tag) {
+            Ok(tmp) => written.push(tmp),
+            Err(e) => {
+                for tmp in &written {
+                    let _ = std::fs::remove_file(dir.join(tmp));
+                }
+                return Err(WorkError::Io(format!("writing {rel_dir}/{name}: {e}")));
+            }
         }
-        staged.recorded.push(Thumbnail {
-            size: r.size,
-            jpg: format!("{rel_dir}/{}.jpg", r.size),
-            webp: format!("{rel_dir}/{}.webp", r.size),
-        });
     }
-    Ok(staged)
+    Ok(())
+}
+
+/// Puts batch `batch`'s staged files of `sizes` in place, then removes the sizes no longer
+/// configured. Each staged file is hard-linked to a second temporary name, renamed over the
+/// final one: the staged file stays until [`remove_staged`], so this can run again (a
+/// fan-in whose commit failed is retried).
+fn publish(dir: &Path, sizes: &[u32], batch: i64) -> Result<(), JobError> {
+    for &size in sizes {
+        for ext in ["jpg", "webp"] {
+            let staged = dir.join(staged_name(size, ext, batch));
+            let name = format!("{size}.{ext}");
+            let linked = dir.join(format!(".{name}.publish-{batch}"));
+            let _ = std::fs::remove_file(&linked);
+            if let Err(e) = std::fs::hard_link(&staged, &linked) {
+                return Err(if e.kind() == std::io::ErrorKind::NotFound {
+                    JobError::Permanent(format!(
+                        "the staged file of {name} is gone (removed from {}): enqueue the thumbnails again",
+                        dir.display()
+                    ))
+                } else {
+                    JobError::Transient(format!("putting {name} in place: {e}"))
+                });
+            }
+            if let Err(e) = std::fs::rename(&linked, dir.join(&name)) {
+                let _ = std::fs::remove_file(&linked);
+                return Err(JobError::Transient(format!(
+                    "renaming {name} into place: {e}"
+                )));
+            }
+        }
+    }
+    remove_other_sizes(dir, sizes);
+    Ok(())
+}
+
+/// Removes every file batch `batch` staged in `dir` (`.{size}.{jpg|webp}.tmp-{batch}`).
+fn remove_staged(dir: &Path, batch: i64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let suffix = format!(".tmp-{batch}");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(suffix.as_str()))
+        else {
+            continue;
+        };
+        if let Some((size, ext)) = rest.split_once('.')
+            && size.parse::<u32>().is_ok()
+            && matches!(ext, "jpg" | "webp")
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `bytes` to `dir/.name.tmp-tag` and syncs it; returns the temporary name. Renamed
