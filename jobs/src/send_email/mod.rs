@@ -23,6 +23,7 @@ use std::time::Duration;
 use engine::{Job, JobContext, JobError, JobPolicy, Outcome, RetryPolicy};
 use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox, SinglePart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::{
     Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
 };
@@ -141,10 +142,24 @@ pub fn outbox_dir_of(outbox_dir: &Path, user_id: i64) -> PathBuf {
 
 impl Mailer {
     /// The mailer `settings` describe; an unusable `SMTP_URL` is an error naming it.
+    ///
+    /// Each message goes over a connection of its own (a pool of size 0: a connection is
+    /// closed after its message, never handed to the next). lettre's pool takes back a
+    /// connection whose send was dropped midway — an attempt cut off by its timeout, a lost
+    /// lease or a shutdown — without knowing it is mid-command: the next message on it
+    /// would read the replies meant for the dropped one (a `503 Bad sequence of commands`,
+    /// read as a permanent refusal). Export e-mails are few; a connection each costs
+    /// nothing that matters.
     pub fn new(settings: &MailSettings) -> Result<Self, String> {
         match &settings.smtp_url {
             Some(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                .map(|b| Mailer::Smtp(b.timeout(Some(settings.timeout)).build()))
+                .map(|b| {
+                    Mailer::Smtp(
+                        b.timeout(Some(settings.timeout))
+                            .pool_config(PoolConfig::new().max_size(0))
+                            .build(),
+                    )
+                })
                 .map_err(|e| format!("SMTP_URL cannot be used: {e}")),
             None => Ok(Mailer::Outbox(settings.outbox_dir.clone())),
         }
