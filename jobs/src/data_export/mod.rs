@@ -113,8 +113,12 @@ pub struct DataExport {
 
 impl Job for DataExport {
     const KIND: &'static str = "data_export";
+    /// The retries are those `send_email` gives an e-mail (10 attempts, 30 s doubling up
+    /// to an hour: about three hours in all), since the e-mail is this job's last step: an
+    /// SMTP outage of more than a few minutes must not lose it. A ZIP that keeps failing
+    /// is retried as long before its export is `failed`.
     const POLICY: JobPolicy = JobPolicy {
-        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(1800), 5),
+        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(3600), 10),
         timeout: Duration::from_secs(3600),
         concurrency: 2,
         priority: 5,
