@@ -253,25 +253,26 @@ impl GdprSettings {
 }
 
 /// Registers the GDPR kinds, with their clients built from `settings` (Redis connects on
-/// first use; a mailer that cannot be built fails each `send_email` job with the reason).
+/// first use; a mailer that cannot be built fails each e-mail — `data_export`'s last step,
+/// a `send_email` job — with the reason).
 pub fn register(registry: &mut Registry, settings: &GdprSettings) {
     let exports = Arc::new(settings.exports.clone());
-    let e = Arc::clone(&exports);
+    let mail = Arc::new(MailContext {
+        mailer: Mailer::new(&settings.mail),
+        settings: settings.mail.clone(),
+        exports: settings.exports.clone(),
+    });
+    let (e, m) = (Arc::clone(&exports), Arc::clone(&mail));
     registry
         .register::<DataExport, _, _>(move |args, ctx| {
-            let e = Arc::clone(&e);
-            async move { data_export::handle(args, ctx, &e).await }
+            let (e, m) = (Arc::clone(&e), Arc::clone(&m));
+            async move { data_export::handle(args, ctx, &e, &m).await }
         })
         .on_discard(data_export::on_discard);
     let e = Arc::clone(&exports);
     registry.register::<ExportCleanup, _, _>(move |args, ctx| {
         let e = Arc::clone(&e);
         async move { export_cleanup::handle(args, ctx, &e).await }
-    });
-    let mail = Arc::new(MailContext {
-        mailer: Mailer::new(&settings.mail),
-        settings: settings.mail.clone(),
-        exports: settings.exports.clone(),
     });
     registry.register::<SendEmail, _, _>(move |args, ctx| {
         let mail = Arc::clone(&mail);

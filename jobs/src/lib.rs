@@ -13,7 +13,7 @@
 //! | `reconcile_transfers` | [`reconcile_transfers`] | schedule: daily |
 //! | `prune_webhook_events` | [`payments::retention`] | schedule: hourly |
 //! | `data_export` | [`data_export`] | [`exports::request_export`] (GDPR export request), one per export |
-//! | `send_email` | [`send_email`] | `data_export`, when an export is ready |
+//! | `send_email` | [`send_email`] | nothing since `data_export` sends its e-mail itself (same code); kept for jobs queued before |
 //! | `export_cleanup` | [`export_cleanup`] | schedule: hourly |
 //! | `hard_delete_scan` | [`hard_delete::scan`] | schedule `hard_delete`: daily at 03:00 UTC |
 //! | `hard_delete` | [`hard_delete`] | `hard_delete_scan`, one per account past its recovery deadline |

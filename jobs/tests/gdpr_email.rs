@@ -1,16 +1,22 @@
-//! `send_email` over real SMTP on both backends: an SMTP server on loopback
-//! (mailin-embedded) receives the export e-mail, whose link then passes the download check;
-//! a 4xx reply is retried with backoff, a 5xx reply fails the job at once.
+//! The export e-mail over real SMTP on both backends: an SMTP server on loopback
+//! (mailin-embedded) receives it, and its link then passes the download check. It is the
+//! last step of the `data_export` workflow (`build_zip`, then `send_email`): a 4xx reply is
+//! retried with backoff, a 5xx reply fails the job at once (the export stays ready); a
+//! failed or cut-off e-mail step is run again without building the ZIP again, and sends one
+//! e-mail — or, when the attempt was cut off after the server took the message, the same
+//! message again. A `send_email` job queued by the previous release still sends its e-mail.
 
 mod gdpr_support;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use engine::testing::{TestDb, drain, enqueued};
+use engine::testing::{TcpProxy, TestDb, drain, enqueued};
 use engine::{Actor, JobState, backend_tests};
-use gdpr_support::smtp_sink::SmtpSink;
+use gdpr_support::smtp_sink::{SmtpSink, Stall};
 use gdpr_support::*;
-use jobs::exports::{self, verify_download};
+use jobs::data_export::DataExport;
+use jobs::exports::{self, ExportRequested, verify_download};
 use jobs::send_email::SendEmail;
 
 backend_tests!(
@@ -18,16 +24,88 @@ backend_tests!(
     export_email_arrives_over_smtp_with_a_working_link,
     a_4xx_reply_is_retried_with_backoff,
     a_5xx_reply_fails_at_once,
+    a_failed_email_step_is_retried_alone_without_building_the_zip_again,
+    an_attempt_cut_off_between_the_steps_sends_one_email,
+    an_attempt_cut_off_after_the_server_took_the_email_sends_the_same_email_again,
+    an_export_made_ready_by_the_previous_release_gets_one_email_from_its_send_email_job,
 );
 
-/// A user with a ready export whose e-mail goes to `sink`; returns (user, export id).
-async fn export_with_mail(w: &World) -> (Person, i64) {
+/// A user with a requested export whose e-mail goes to the world's mailer.
+async fn export_with_mail(w: &World) -> (Person, ExportRequested) {
     let user = Person::new("sam");
     insert_user(w, &user).await;
     let req = exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(1))
         .await
         .unwrap();
-    (user, req.export_id)
+    (user, req)
+}
+
+/// The fields of an export row that building the ZIP again, or a second `ready`, would
+/// change (the tests advance the clock between attempts).
+type ExportRow = (
+    String,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<String>,
+);
+
+async fn export_row(w: &World, id: i64) -> ExportRow {
+    sqlx::query_as(
+        "SELECT status, rows_total, rows_done, size_bytes, sha256, started_at, ready_at, \
+         link_expires_at, updated_at, error FROM data_exports WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(w.db())
+    .await
+    .unwrap()
+}
+
+/// The ZIP file's identity: inode and modification time (a rebuild renames a new file
+/// over it).
+fn zip_identity(w: &World, id: i64) -> (u64, i64, i64) {
+    let meta = std::fs::metadata(exports::export_file_path(&w.settings.exports, id)).unwrap();
+    (meta.ino(), meta.mtime(), meta.mtime_nsec())
+}
+
+/// The job's finished steps as `(name, attempt)`.
+async fn steps(w: &World, job_id: i64) -> Vec<(String, u32)> {
+    engine::steps::list(w.db(), job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.attempt))
+        .collect()
+}
+
+/// The job's state and last error.
+async fn job_state(w: &World, job_id: i64) -> (JobState, String) {
+    let job = engine::admin::get_job(w.db(), job_id).await.unwrap().job;
+    (job.status, job.last_error.unwrap_or_default())
+}
+
+/// How many times export `id` became ready.
+async fn ready_transitions(w: &World, id: i64) -> i64 {
+    count(
+        w,
+        "SELECT COUNT(*) FROM transitions WHERE entity = 'data_export' \
+         AND entity_id = CAST($1 AS TEXT) AND to_status = 'ready'",
+        id,
+    )
+    .await
+}
+
+/// The message's header `name` (first occurrence), without the name.
+fn header<'a>(data: &'a str, name: &str) -> &'a str {
+    let prefix = format!("{name}: ");
+    data.split("\r\n")
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name} header in {data}"))
 }
 
 /// The first `http://…` link in a message.
@@ -65,12 +143,21 @@ async fn export_email_arrives_over_smtp_with_a_working_link(t: TestDb) {
         s.mail.from = "Veza Exports <exports@veza.test>".parse().unwrap();
         s.exports.link_base_url = "http://veza.test/v1/exports".into();
     });
-    let (user, export_id) = export_with_mail(&w).await;
+    let (user, req) = export_with_mail(&w).await;
+    let export_id = req.export_id;
     let report = drain(&w.engine).await;
     assert_eq!(
         (report.succeeded, report.failed, report.retried),
-        (2, 0, 0),
-        "{report:?}"
+        (1, 0, 0),
+        "one data_export job: the ZIP, then the e-mail: {report:?}"
+    );
+    assert_eq!(
+        steps(&w, req.job_id).await,
+        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 1)]
+    );
+    assert!(
+        enqueued::<SendEmail>(&w.engine).await.is_empty(),
+        "the export no longer enqueues a send_email job"
     );
 
     let got = sink.received();
@@ -94,6 +181,11 @@ async fn export_email_arrives_over_smtp_with_a_working_link(t: TestDb) {
             .contains(&format!("Message-ID: <export-ready-{export_id}@veza-jobs>")),
         "{}",
         m.data
+    );
+    assert_eq!(
+        header(&m.data, "Date"),
+        "Fri, 01 May 2026 12:00:00 +0000",
+        "dated when the export became ready, the same on every send"
     );
     assert!(
         m.data
@@ -136,21 +228,16 @@ async fn a_4xx_reply_is_retried_with_backoff(t: TestDb) {
     let sink = SmtpSink::start().await;
     sink.reply_to_data(&["451 4.3.0 Mailbox busy, try later"]);
     let w = world(&t, |s| s.mail.smtp_url = Some(sink.url()));
-    let (user, _) = export_with_mail(&w).await;
+    let (user, req) = export_with_mail(&w).await;
     let first = drain(&w.engine).await;
     assert_eq!(
         (first.succeeded, first.retried, first.failed),
-        (1, 1, 0),
+        (0, 1, 0),
         "{first:?}"
     );
-    let mails = enqueued::<SendEmail>(&w.engine).await;
-    assert_eq!(mails[0].1, JobState::Retrying);
-    let error: Option<String> = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
-        .bind(mails[0].0)
-        .fetch_one(w.db())
-        .await
-        .unwrap();
-    assert!(error.as_deref().unwrap().contains("451"), "{error:?}");
+    let (state, error) = job_state(&w, req.job_id).await;
+    assert_eq!(state, JobState::Retrying);
+    assert!(error.contains("451"), "{error:?}");
     assert!(sink.received().is_empty());
 
     // Not before its backoff (30 s base).
@@ -159,10 +246,7 @@ async fn a_4xx_reply_is_retried_with_backoff(t: TestDb) {
     w.clock.advance(Duration::from_secs(20));
     let second = drain(&w.engine).await;
     assert_eq!((second.succeeded, second.retried), (1, 0), "{second:?}");
-    assert_eq!(
-        enqueued::<SendEmail>(&w.engine).await[0].1,
-        JobState::Succeeded
-    );
+    assert_eq!(job_state(&w, req.job_id).await.0, JobState::Succeeded);
     let got = sink.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
@@ -173,25 +257,22 @@ async fn a_5xx_reply_fails_at_once(t: TestDb) {
     let sink = SmtpSink::start().await;
     sink.reply_to_data(&["554 5.7.1 Message rejected"]);
     let w = world(&t, |s| s.mail.smtp_url = Some(sink.url()));
-    export_with_mail(&w).await;
+    let (_, req) = export_with_mail(&w).await;
     let report = drain(&w.engine).await;
-    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT last_error FROM jobs")
-        .fetch_all(w.db())
-        .await
-        .unwrap();
+    let (state, error) = job_state(&w, req.job_id).await;
     assert_eq!(
         (report.succeeded, report.retried, report.failed),
-        (1, 0, 1),
-        "{report:?} {errors:?}"
+        (0, 0, 1),
+        "{report:?} {error}"
     );
-    let mails = enqueued::<SendEmail>(&w.engine).await;
-    assert_eq!(mails[0].1, JobState::Failed);
-    let error: Option<String> = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
-        .bind(mails[0].0)
-        .fetch_one(w.db())
-        .await
-        .unwrap();
-    assert!(error.as_deref().unwrap().contains("554"), "{error:?}");
+    assert_eq!(state, JobState::Failed);
+    assert!(error.contains("554"), "{error:?}");
+    let row = export_row(&w, req.export_id).await;
+    assert_eq!(
+        (row.0.as_str(), row.9),
+        ("ready", None),
+        "the export is ready, only its e-mail failed"
+    );
     w.clock.advance(Duration::from_secs(3600));
     assert_eq!(
         drain(&w.engine).await,
@@ -199,4 +280,220 @@ async fn a_5xx_reply_fails_at_once(t: TestDb) {
         "never retried"
     );
     assert_eq!(sink.data_replies_given().len(), 1);
+}
+
+/// The SMTP server is unreachable when the e-mail step runs: the job is retried for the
+/// e-mail alone. The retry replays `build_zip` from its stored result — the ZIP is not
+/// written again, the export row is untouched and becomes ready once — and sends one
+/// e-mail.
+async fn a_failed_email_step_is_retried_alone_without_building_the_zip_again(t: TestDb) {
+    let sink = SmtpSink::start().await;
+    let proxy = TcpProxy::start(sink.addr).await;
+    let w = world(&t, |s| {
+        s.mail.smtp_url = Some(format!("smtp://{}", proxy.addr));
+    });
+    let (user, other) = (Person::new("ada"), Person::new("bob"));
+    insert_user(&w, &user).await;
+    insert_user(&w, &other).await;
+    seed(&w, &user, &other).await;
+    let req = exports::request_export(&w.engine, &w.settings.exports, user.id, &Actor::api_key(1))
+        .await
+        .unwrap();
+    proxy.cut();
+
+    let first = drain(&w.engine).await;
+    assert_eq!(
+        (first.succeeded, first.retried, first.failed),
+        (0, 1, 0),
+        "{first:?}"
+    );
+    let (state, error) = job_state(&w, req.job_id).await;
+    assert_eq!(state, JobState::Retrying);
+    assert!(error.contains("SMTP"), "{error}");
+    assert_eq!(steps(&w, req.job_id).await, [("build_zip".to_owned(), 1)]);
+    let ready = export_row(&w, req.export_id).await;
+    assert_eq!(ready.0, "ready");
+    assert_eq!(
+        ready.9, None,
+        "the e-mail's failure is not written on the export"
+    );
+    assert_eq!(ready.2, ready.1.unwrap(), "every row written");
+    let zip = zip_identity(&w, req.export_id);
+    assert!(sink.received().is_empty());
+
+    proxy.restore();
+    w.clock.advance(Duration::from_secs(60));
+    let second = drain(&w.engine).await;
+    assert_eq!(
+        (second.succeeded, second.retried, second.failed),
+        (1, 0, 0),
+        "{second:?}"
+    );
+    assert_eq!(
+        steps(&w, req.job_id).await,
+        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 2)],
+        "build_zip finished on attempt 1 and was not run again"
+    );
+    assert_eq!(
+        export_row(&w, req.export_id).await,
+        ready,
+        "not started over (progress, times, checksum unchanged)"
+    );
+    assert_eq!(
+        zip_identity(&w, req.export_id),
+        zip,
+        "the ZIP was not rewritten"
+    );
+    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "exactly one e-mail");
+    assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
+}
+
+/// The attempt is cut off (its handler dropped, as when its process dies) in the e-mail
+/// step, before the server has the message. The next attempt resumes at the e-mail step:
+/// one e-mail, the ZIP built once.
+async fn an_attempt_cut_off_between_the_steps_sends_one_email(t: TestDb) {
+    let sink = SmtpSink::start().await;
+    sink.stall(Stall::Mail);
+    let w = export_world_with_timeout(&t, Duration::from_secs(5), |s| {
+        s.mail.smtp_url = Some(sink.url());
+    });
+    let (user, req) = export_with_mail(&w).await;
+
+    let first = drain(&w.engine).await;
+    assert_eq!(
+        (first.succeeded, first.retried, first.failed),
+        (0, 1, 0),
+        "{first:?}"
+    );
+    assert_eq!(sink.held(), 1, "the attempt reached the e-mail step");
+    let (state, error) = job_state(&w, req.job_id).await;
+    assert_eq!(state, JobState::Retrying);
+    assert!(error.contains("timed out"), "{error}");
+    assert_eq!(steps(&w, req.job_id).await, [("build_zip".to_owned(), 1)]);
+    let ready = export_row(&w, req.export_id).await;
+    assert_eq!(ready.0, "ready");
+    let zip = zip_identity(&w, req.export_id);
+    sink.release();
+    assert!(sink.received().is_empty());
+
+    w.clock.advance(Duration::from_secs(60));
+    let second = drain(&w.engine).await;
+    assert_eq!(
+        (second.succeeded, second.retried, second.failed),
+        (1, 0, 0),
+        "{second:?} {:?}",
+        job_state(&w, req.job_id).await
+    );
+    assert_eq!(
+        steps(&w, req.job_id).await,
+        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 2)]
+    );
+    assert_eq!(export_row(&w, req.export_id).await, ready);
+    assert_eq!(zip_identity(&w, req.export_id), zip);
+    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "exactly one e-mail");
+    assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
+}
+
+/// The window that remains: the server has taken the message, and the attempt is cut off
+/// before its reply (or before the step's result is committed). The next attempt sends it
+/// again — the same message: same Message-ID (receivers drop the repeat), same Date,
+/// subject and text.
+async fn an_attempt_cut_off_after_the_server_took_the_email_sends_the_same_email_again(t: TestDb) {
+    let sink = SmtpSink::start().await;
+    sink.stall(Stall::DataEnd);
+    let w = export_world_with_timeout(&t, Duration::from_secs(5), |s| {
+        s.mail.smtp_url = Some(sink.url());
+    });
+    let (_, req) = export_with_mail(&w).await;
+
+    let first = drain(&w.engine).await;
+    assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
+    assert_eq!(sink.held(), 1);
+    assert_eq!(sink.received().len(), 1, "the server has the message");
+    assert_eq!(steps(&w, req.job_id).await, [("build_zip".to_owned(), 1)]);
+    sink.release();
+
+    w.clock.advance(Duration::from_secs(60));
+    let second = drain(&w.engine).await;
+    assert_eq!((second.succeeded, second.retried), (1, 0), "{second:?}");
+    let got = sink.received();
+    assert_eq!(got.len(), 2, "sent again: delivery is at least once");
+    assert_eq!(
+        header(&got[0].data, "Message-ID"),
+        format!("<export-ready-{}@veza-jobs>", req.export_id)
+    );
+    assert_eq!(
+        got[0].data, got[1].data,
+        "the repeat is the same message, byte for byte"
+    );
+    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
+}
+
+/// Upgrading while an export is between its `ready` commit and its job's acknowledgement:
+/// the previous release marked it ready and enqueued a `send_email` job in one transaction,
+/// then its worker died. The `data_export` job, run again by this release, finds the export
+/// ready with no finished step: it leaves the export and its file alone and sends nothing;
+/// the queued `send_email` job sends the one e-mail.
+async fn an_export_made_ready_by_the_previous_release_gets_one_email_from_its_send_email_job(
+    t: TestDb,
+) {
+    let sink = SmtpSink::start().await;
+    let w = world(&t, |s| s.mail.smtp_url = Some(sink.url()));
+    let (user, req) = export_with_mail(&w).await;
+    // What the previous release left: a ZIP, the export ready, a send_email job.
+    let file = exports::export_file_path(&w.settings.exports, req.export_id);
+    std::fs::create_dir_all(&w.settings.exports.dir).unwrap();
+    std::fs::write(&file, b"the previous release's ZIP").unwrap();
+    let now = w.now();
+    let actor = Actor::job(req.job_id);
+    let mut tx = w.engine.begin().await.unwrap();
+    exports::state::start(&mut tx, req.export_id, 1, &actor, now)
+        .await
+        .unwrap();
+    let ready = exports::state::ReadyFile {
+        rows: 1,
+        size_bytes: 26,
+        sha256: "0".repeat(64),
+        link_expires_at: now + 7 * 86_400_000,
+        expires_at: now + 7 * 86_400_000,
+    };
+    exports::state::mark_ready(&mut tx, req.export_id, &ready, &actor, now)
+        .await
+        .unwrap();
+    tx.enqueue(SendEmail::export_ready(user.id, req.export_id))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let before = export_row(&w, req.export_id).await;
+
+    let report = drain(&w.engine).await;
+    assert_eq!(
+        (report.succeeded, report.retried, report.failed),
+        (2, 0, 0),
+        "{report:?}"
+    );
+    let export_job = engine::admin::get_job(w.db(), req.job_id).await.unwrap();
+    assert_eq!(
+        export_job.attempts[0].outcome.as_deref(),
+        Some("skipped"),
+        "{export_job:?}"
+    );
+    assert_eq!(
+        steps(&w, req.job_id).await,
+        [("build_zip".to_owned(), 1)],
+        "its one step says the export was ready already"
+    );
+    assert_eq!(export_row(&w, req.export_id).await, before);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"the previous release's ZIP",
+        "the file is left alone"
+    );
+    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
+    assert_eq!(sink.received().len(), 1, "exactly one e-mail");
+    assert!(enqueued::<DataExport>(&w.engine).await[0].1 == JobState::Succeeded);
 }

@@ -1,6 +1,7 @@
-//! Data exports end to end on both backends: the ZIP's content, the daily limit under
-//! parallel requests, signed download links (tampering, expiry), retention cleanup, a full
-//! disk and an erased account.
+//! Data exports end to end on both backends: the ZIP's content and its e-mail (one job, two
+//! steps), the daily limit under parallel requests, signed download links (tampering,
+//! expiry), retention cleanup, a full disk, an erased account, and an e-mail sent again
+//! replacing its outbox file.
 
 mod gdpr_support;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use engine::testing::{TestDb, drain, enqueued, perform_job};
-use engine::{Actor, Job, JobState, Outcome, backend_tests};
+use engine::{Actor, Job, JobContext, JobState, Outcome, backend_tests};
 use gdpr_support::*;
 use jobs::data_export::{DataExport, FILES, SCHEMA_VERSION};
 use jobs::export_cleanup::ExportCleanup;
@@ -19,7 +20,7 @@ use jobs::exports::{
 };
 use jobs::payments::orders::{self, NewOrderItem};
 use jobs::payments::{self, EventOutcome, StripeEvent};
-use jobs::send_email::SendEmail;
+use jobs::send_email::{Delivery, MailContext, Mailer, SendEmail, Via};
 use jobs::transfers::state::{self as transfer_state, NewTransfer};
 use jobs::users;
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ backend_tests!(
     an_erased_account_is_not_exported,
     an_export_whose_job_ends_without_it_fails_with_the_reason,
     the_export_holds_purchases_payouts_and_stored_payment_events,
+    an_email_sent_again_replaces_its_outbox_file,
 );
 
 /// Every entry of the ZIP at `path`, by name.
@@ -80,8 +82,8 @@ async fn export_zip_holds_every_category_and_the_manifest(t: TestDb) {
     let report = drain(&w.engine).await;
     assert_eq!(
         (report.succeeded, report.failed, report.retried),
-        (2, 0, 0),
-        "export + e-mail"
+        (1, 0, 0),
+        "one job: the ZIP, then the e-mail"
     );
 
     let info = &exports::list_exports(w.db(), user.id).await.unwrap()[0];
@@ -196,19 +198,39 @@ async fn export_zip_holds_every_category_and_the_manifest(t: TestDb) {
     let everything = files.values().cloned().collect::<String>();
     assert!(!everything.contains(&other.email));
 
-    // The e-mail was enqueued with the ready export (one transaction) and, without
-    // SMTP_URL, written to the outbox with a working link.
-    let mails = enqueued::<SendEmail>(&w.engine).await;
-    assert_eq!(mails.len(), 1);
-    assert_eq!(mails[0].1, JobState::Succeeded);
-    assert_eq!(mails[0].2, SendEmail::export_ready(user.id, req.export_id));
+    // The job's two steps: the ZIP (its result: what the export became), then the e-mail,
+    // which, without SMTP_URL, is written to the outbox with a working link. No send_email
+    // job any more.
+    let steps = engine::steps::list(w.db(), req.job_id).await.unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["build_zip", "send_email"]);
+    let zip_step: Value = serde_json::from_str(&steps[0].result).unwrap();
+    assert_eq!(zip_step["zip"], "ready");
+    assert_eq!(zip_step["rows"], total);
+    assert_eq!(zip_step["sha256"], info.sha256.as_deref().unwrap());
+    assert_eq!(zip_step["link_expires_at"], info.link_expires_at.unwrap());
+    let mail_step: Delivery = serde_json::from_str(&steps[1].result).unwrap();
+    assert_eq!(
+        mail_step,
+        Delivery::Sent {
+            message_id: format!("<export-ready-{}@veza-jobs>", req.export_id),
+            via: Via::Outbox
+        }
+    );
+    assert!(
+        !steps[1].result.contains(&user.email),
+        "no address in the stored result"
+    );
+    assert!(enqueued::<SendEmail>(&w.engine).await.is_empty());
     let user_outbox = jobs::send_email::outbox_dir_of(&w.settings.mail.outbox_dir, user.id);
     let outbox: Vec<_> = std::fs::read_dir(&user_outbox)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(outbox.len(), 1);
-    assert!(outbox[0].extension().is_some_and(|e| e == "eml"));
+    assert_eq!(
+        outbox,
+        [user_outbox.join(format!("export-ready-{}.eml", req.export_id))]
+    );
     let eml = std::fs::read_to_string(&outbox[0]).unwrap();
     assert!(
         eml.contains(&format!("To: \"{}\" <{}>", user.display_name, user.email)),
@@ -447,15 +469,17 @@ async fn a_full_disk_removes_the_partial_file_and_the_export_retries(t: TestDb) 
     let error = info.error.as_deref().unwrap();
     assert!(error.contains("No space left on device"), "{error}");
     assert!(error.contains("will retry"), "{error}");
+    let steps = engine::steps::list(w.db(), req.job_id).await.unwrap();
+    assert!(steps.is_empty(), "no step finished: {steps:?}");
     assert!(
-        enqueued::<SendEmail>(&w.engine).await.is_empty(),
+        !w.settings.mail.outbox_dir.exists(),
         "no e-mail for a failed export"
     );
 
     // Space is back: the retry completes.
     w.clock.advance(Duration::from_secs(120));
     let second = drain(&w.engine).await;
-    assert_eq!((second.succeeded, second.retried), (2, 0), "{second:?}");
+    assert_eq!((second.succeeded, second.retried), (1, 0), "{second:?}");
     let info = &exports::list_exports(w.db(), user.id).await.unwrap()[0];
     assert_eq!(info.status, ExportStatus::Ready);
     assert_eq!(info.error, None);
@@ -761,4 +785,50 @@ async fn the_export_holds_purchases_payouts_and_stored_payment_events(t: TestDb)
         "profile, purchases, payouts, events"
     );
     assert_eq!(info.progress.rows_done, 1 + 1 + 2 + 1 + 2);
+}
+
+/// The e-mail step run again (its attempt cut off after the outbox file was written, before
+/// its result was committed) writes the same file again, not a second message.
+async fn an_email_sent_again_replaces_its_outbox_file(t: TestDb) {
+    let w = world(&t, |_| {});
+    let user = Person::new("uma");
+    let (id, _) = ready_export(&w, &user).await;
+    let dir = jobs::send_email::outbox_dir_of(&w.settings.mail.outbox_dir, user.id);
+    let file = dir.join(format!("export-ready-{id}.eml"));
+    let first = std::fs::read(&file).unwrap();
+
+    w.clock.advance(Duration::from_secs(3600));
+    let mail = MailContext {
+        mailer: Mailer::new(&w.settings.mail),
+        settings: w.settings.mail.clone(),
+        exports: w.settings.exports.clone(),
+    };
+    let ctx = JobContext::unleased(w.engine.clone(), DataExport::KIND, 2, 5);
+    let again = jobs::send_email::send(&ctx, &mail, &SendEmail::export_ready(user.id, id))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &again,
+            Delivery::Sent {
+                via: Via::Outbox,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files,
+        std::slice::from_ref(&file),
+        "one message, no temporary file left"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        first,
+        "the same message, byte for byte, an hour later"
+    );
 }

@@ -1,7 +1,23 @@
-//! `data_export`: writes one user's personal data into a ZIP under `EXPORT_DIR`.
+//! `data_export`: writes one user's personal data into a ZIP under `EXPORT_DIR`, then
+//! e-mails them its download link.
 //!
 //! Enqueued by [`crate::exports::request_export`] with the export row, one job per export
-//! (unique key `data_export:{id}`). The ZIP holds one file per category plus a manifest:
+//! (unique key `data_export:{id}`). The job is a workflow of two durable steps
+//! ([`engine::steps`]): each finished step's result is stored with the job, and a retry, or
+//! another worker after a crash, gets it back instead of running the step again, resuming
+//! at the first unfinished one.
+//!
+//! 1. **`build_zip`** ([`JobContext::step_tx`]) writes the ZIP, then, in the step's own
+//!    transaction, checks the account is not erased and marks the export `ready` (size,
+//!    SHA-256, expiries). That transaction also stores the step's result ([`ZipStep`]) and
+//!    passes the fence, so the export becomes ready exactly when the step is finished:
+//!    afterwards no attempt writes the ZIP again or marks it ready twice; before, a retry
+//!    starts the ZIP over.
+//! 2. **`send_email`** ([`JobContext::step`]) sends the "export ready" e-mail with the
+//!    signed link ([`crate::send_email::send`]: over SMTP, or into the outbox without
+//!    `SMTP_URL`). Its result ([`Delivery`]) holds the `Message-ID`, not the address.
+//!
+//! The ZIP holds one file per category plus a manifest:
 //!
 //! | file | content |
 //! |---|---|
@@ -24,14 +40,31 @@
 //! Rows are read in keyset pages of `page_size` and streamed into the ZIP (written on a
 //! blocking-pool thread), never collected: memory does not grow with the export. The file
 //! is written as `.{id}.zip.part` and renamed to `{id}.zip` once complete and synced;
-//! progress (`rows_done` of `rows_total`) is updated on the row after every page. Then, in
-//! one transaction, the export becomes `ready` (size, SHA-256, expiries) and the
-//! notification e-mail is enqueued.
+//! progress (`rows_done` of `rows_total`) is updated on the row after every page, each
+//! update committed on its own. The step's transaction stays idle meanwhile (its first
+//! statement is the one that locks the user's row): it holds a pooled connection, no lock.
 //!
-//! A failure removes the partial file and records the error on the export. I/O and
-//! database errors are retried (the export stays `running`, its `error` says what
-//! happened); on the last attempt, or when the account was erased meanwhile, the export
-//! becomes `failed`.
+//! **The e-mail is sent once, or sent again identical.** A retry after `build_zip` finished
+//! runs `send_email` only. The one window left is inside that step: when the attempt ends
+//! after the message was handed over (the SMTP server took it, or its `.eml` was written)
+//! and before the step's result commits — the server's reply lost, the process killed, the
+//! lease lost — the next attempt sends it again. The repeat is the same message (same
+//! `Message-ID` `<export-ready-{id}@veza-jobs>`, which receivers use to drop duplicates;
+//! same `Date`, the time the export became ready; same text), and in the outbox it replaces
+//! the same file, `export-ready-{id}.eml`. An attempt that ends anywhere else sends nothing
+//! twice.
+//!
+//! **Failures.** A failure of `build_zip` removes the partial file and records the error on
+//! the export. I/O and database errors are retried (the export stays `running`, its
+//! `error` says what happened); on the last attempt, or when the account was erased
+//! meanwhile, the export becomes `failed`. A failure of `send_email` leaves the export
+//! `ready` and untouched: the job alone is retried (SMTP `4xx`, connection errors) or fails
+//! (`5xx`), with the error on the job. An erased account is never e-mailed: the e-mail step
+//! reads the account (and the export) when it runs.
+//!
+//! Until this workflow, the export enqueued a `send_email` job with its `ready` change; such
+//! jobs, queued before an upgrade, still run (the kind stays), and an export found `ready`
+//! before its `build_zip` ran is left to that job ([`ZipStep::AlreadyReady`]).
 
 mod zip_sink;
 
@@ -41,7 +74,7 @@ use std::time::Duration;
 use chrono::{Datelike, Timelike};
 use engine::clock::{duration_ms, to_datetime};
 use engine::state_machine::{Actor, TransitionError};
-use engine::{Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy};
+use engine::{DbConn, Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -50,7 +83,7 @@ use self::zip_sink::ZipSink;
 use crate::exports::state::{self, ExportStatus, ReadyFile};
 use crate::exports::{ExportSettings, file_path_in, part_path_in};
 use crate::payments::event::OF_BUYER;
-use crate::send_email::SendEmail;
+use crate::send_email::{self, Delivery, MailContext, SendEmail};
 use crate::users::UserStatus;
 
 /// The version of the archive's layout, in `manifest.json`.
@@ -80,8 +113,12 @@ pub struct DataExport {
 
 impl Job for DataExport {
     const KIND: &'static str = "data_export";
+    /// The retries are those `send_email` gives an e-mail (10 attempts, 30 s doubling up
+    /// to an hour: about three hours in all), since the e-mail is this job's last step: an
+    /// SMTP outage of more than a few minutes must not lose it. A ZIP that keeps failing
+    /// is retried as long before its export is `failed`.
     const POLICY: JobPolicy = JobPolicy {
-        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(1800), 5),
+        retry: RetryPolicy::exponential(Duration::from_secs(30), Duration::from_secs(3600), 10),
         timeout: Duration::from_secs(3600),
         concurrency: 2,
         priority: 5,
@@ -189,11 +226,39 @@ pub fn on_discard<'c>(
     })
 }
 
-/// Runs one export.
+/// What the `build_zip` step did; stored as its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "zip", rename_all = "snake_case")]
+pub enum ZipStep {
+    /// The ZIP was written and the export marked `ready`.
+    Ready(ReadyZip),
+    /// The export was `ready` when the step first ran: an earlier release made it ready and
+    /// enqueued its e-mail as a `send_email` job in the same transaction, and this job was
+    /// cut off before it was acknowledged. Nothing to build or send: the job stops here.
+    AlreadyReady,
+}
+
+/// A ready export, as the `build_zip` step left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyZip {
+    /// Rows written.
+    pub rows: i64,
+    /// The ZIP's size in bytes.
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the ZIP.
+    pub sha256: String,
+    /// When it became ready (the e-mail's `Date`).
+    pub ready_at: Millis,
+    /// When its download link stops working.
+    pub link_expires_at: Millis,
+}
+
+/// Runs one export: the `build_zip` step, then the `send_email` step (see the module doc).
 pub async fn handle(
     args: DataExport,
     ctx: JobContext,
     settings: &ExportSettings,
+    mail: &MailContext,
 ) -> Result<Outcome, JobError> {
     let id = args.export_id;
     let row = sqlx::query("SELECT user_id, status FROM data_exports WHERE id = $1")
@@ -210,24 +275,70 @@ pub async fn handle(
     let status = ExportStatus::parse(&status)
         .ok_or_else(|| JobError::permanent(format!("unknown export status {status:?}")))?;
     match status {
-        ExportStatus::Pending | ExportStatus::Running => {}
-        ExportStatus::Ready | ExportStatus::Expired | ExportStatus::Failed => {
+        // `ready`: either this job's `build_zip` finished (it is replayed below and the
+        // e-mail step runs) or an earlier release made it ready (the step says so).
+        ExportStatus::Pending | ExportStatus::Running | ExportStatus::Ready => {}
+        ExportStatus::Expired | ExportStatus::Failed => {
             return Ok(Outcome::Skipped {
                 reason: format!("export {id} is already {}", status_name(status)),
             });
         }
     }
-    let part = part_path_in(&settings.dir, id);
-    match run(&ctx, settings, id, user_id, status).await {
-        Ok(rows) => {
-            tracing::info!(export_id = id, user_id, rows, "data export ready");
-            Ok(Outcome::Succeeded)
+
+    // Step 1. A failure of our own work is recorded on the export (and its files removed)
+    // once the step's transaction is rolled back; an error of the step itself (the fence
+    // refused the commit, the commit failed) leaves both alone: the export may be ready.
+    let mut failure = None;
+    let built = ctx
+        .step_tx("build_zip", async |tx| {
+            build_zip(&ctx, settings, id, user_id, status, tx)
+                .await
+                .map_err(|f| {
+                    // What the step is told; the job's error is `record_failure`'s, below.
+                    let e = if f.permanent {
+                        JobError::Permanent(f.message.clone())
+                    } else {
+                        JobError::Transient(f.message.clone())
+                    };
+                    failure = Some(f);
+                    e
+                })
+        })
+        .await;
+    let ready = match built {
+        Ok(ZipStep::Ready(ready)) => ready,
+        Ok(ZipStep::AlreadyReady) => {
+            return Ok(Outcome::Skipped {
+                reason: format!("export {id} was already ready (its e-mail is a send_email job)"),
+            });
         }
-        Err(failure) => {
-            remove_quietly(&part).await;
-            Err(record_failure(&ctx, id, failure).await)
+        Err(e) => {
+            let Some(failure) = failure else {
+                return Err(e);
+            };
+            remove_quietly(&part_path_in(&settings.dir, id)).await;
+            remove_quietly(&file_path_in(&settings.dir, id)).await;
+            return Err(record_failure(&ctx, id, failure).await);
         }
+    };
+    tracing::info!(
+        export_id = id,
+        user_id,
+        rows = ready.rows,
+        "data export ready"
+    );
+
+    // Step 2. Its failures leave the export as it is (ready): the job is retried for the
+    // e-mail alone.
+    let delivery = ctx
+        .step("send_email", async || {
+            send_email::send(&ctx, mail, &SendEmail::export_ready(user_id, id)).await
+        })
+        .await?;
+    if let Delivery::NotSent { reason } = &delivery {
+        tracing::info!(export_id = id, user_id, reason, "export e-mail not sent");
     }
+    Ok(Outcome::Succeeded)
 }
 
 fn status_name(s: ExportStatus) -> &'static str {
@@ -296,13 +407,22 @@ async fn user_status(ctx: &JobContext, user_id: i64) -> Result<Option<UserStatus
 
 const ERASED: &str = "the account was erased; its data can no longer be exported";
 
-async fn run(
+/// The body of the `build_zip` step: writes the ZIP, then marks the export ready in `tx`
+/// (the step's transaction, which also stores the result). `tx` is left untouched until
+/// then: its first statement is the write that locks the user's row, so while the ZIP is
+/// written it holds no lock and no snapshot (on SQLite a read first would pin a snapshot
+/// that the progress writes then make stale), only a pooled connection.
+async fn build_zip(
     ctx: &JobContext,
     settings: &ExportSettings,
     id: i64,
     user_id: i64,
     status: ExportStatus,
-) -> Result<i64, Failure> {
+    tx: &mut DbConn,
+) -> Result<ZipStep, Failure> {
+    if status == ExportStatus::Ready {
+        return Ok(ZipStep::AlreadyReady);
+    }
     match user_status(ctx, user_id).await? {
         Some(UserStatus::Active | UserStatus::DeletionRequested) => {}
         Some(UserStatus::Erased) | None => return Err(Failure::permanent(ERASED)),
@@ -379,18 +499,12 @@ async fn run(
     tokio::fs::rename(&part, &file)
         .await
         .map_err(|e| Failure::io("renaming the finished ZIP", &e))?;
-
-    match mark_ready(ctx, settings, id, user_id, &counts, &finished).await {
-        Ok(()) => Ok(counts.total()),
-        Err(failure) => {
-            remove_quietly(&file).await;
-            Err(failure)
-        }
-    }
+    let ready = mark_ready(ctx, settings, id, user_id, &counts, &finished, tx).await?;
+    Ok(ZipStep::Ready(ready))
 }
 
-/// In one transaction: checks the account is not erased (locking its row, so a concurrent
-/// erasure waits for us or we see it), marks the export ready and enqueues the e-mail.
+/// In `tx`: checks the account is not erased (locking its row, so a concurrent erasure
+/// waits for us or we see it) and marks the export ready. The caller commits.
 async fn mark_ready(
     ctx: &JobContext,
     settings: &ExportSettings,
@@ -398,13 +512,9 @@ async fn mark_ready(
     user_id: i64,
     counts: &Counts,
     finished: &zip_sink::Finished,
-) -> Result<(), Failure> {
+    tx: &mut DbConn,
+) -> Result<ReadyZip, Failure> {
     let now = ctx.now_ms();
-    let mut tx = ctx
-        .engine
-        .begin()
-        .await
-        .map_err(|e| Failure::transient(format!("beginning: {e}")))?;
     let alive = sqlx::query(
         "UPDATE users SET updated_at = updated_at WHERE id = $1 AND status <> 'erased'",
     )
@@ -423,7 +533,7 @@ async fn mark_ready(
         link_expires_at: now.saturating_add(duration_ms(settings.link_ttl)),
         expires_at: now.saturating_add(duration_ms(settings.retention)),
     };
-    match state::mark_ready(&mut tx, id, &ready, &Actor::job(ctx.job_id), now).await {
+    match state::mark_ready(tx, id, &ready, &Actor::job(ctx.job_id), now).await {
         Ok(()) => {}
         Err(TransitionError::Database(e)) => return Err(Failure::db(&e)),
         Err(e) => {
@@ -432,13 +542,13 @@ async fn mark_ready(
             )));
         }
     }
-    tx.enqueue(SendEmail::export_ready(user_id, id))
-        .await
-        .map_err(|e| Failure::transient(format!("enqueueing the e-mail: {e}")))?;
-    tx.commit()
-        .await
-        .map_err(|e| Failure::transient(format!("committing: {e}")))?;
-    Ok(())
+    Ok(ReadyZip {
+        rows: ready.rows,
+        size_bytes: ready.size_bytes,
+        sha256: ready.sha256,
+        ready_at: now,
+        link_expires_at: ready.link_expires_at,
+    })
 }
 
 async fn count_rows(ctx: &JobContext, user_id: i64) -> Result<Counts, Failure> {

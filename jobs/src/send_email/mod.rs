@@ -12,20 +12,29 @@
 //! mail, and no e-mail address sits in the jobs table), and the message is rendered then
 //! (for an export, its signed download link).
 //!
-//! SMTP replies: `4xx` is transient (retried with the kind's backoff), `5xx` is permanent
+//! The sending itself is [`send`]: this kind's handler calls it, and so does `data_export`,
+//! whose last step e-mails the export it made (the export no longer enqueues this kind;
+//! the kind stays for the jobs already queued and for other messages to come).
+//!
+//! SMTP replies: `4xx` is transient (retried with the caller's backoff), `5xx` is permanent
 //! (the job fails at once); connection errors and timeouts are transient. Delivery is at
-//! least once: each message carries a `Message-ID` derived from what it is about, so that a
-//! retried send after a lost reply can be recognised as a duplicate.
+//! least once, and a repeat is the same message: everything in it is derived from what it
+//! is about, never from when or how often it is sent — its `Message-ID`
+//! (`<export-ready-{id}@veza-jobs>`, so that receivers recognise a duplicate), its `Date`
+//! (when the export became ready), its text, and its outbox file name
+//! (`export-ready-{id}.eml`, written to a temporary name and renamed over, so a repeat
+//! replaces the file instead of adding a second one). A send is repeated only when the
+//! attempt ends between the hand-over and the caller recording it: SMTP's answer lost, or
+//! the process gone before the caller commits.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engine::{Job, JobContext, JobError, JobPolicy, Outcome, RetryPolicy};
+use engine::{Job, JobContext, JobError, JobPolicy, Millis, Outcome, RetryPolicy};
 use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox, SinglePart};
-use lettre::{
-    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -141,10 +150,24 @@ pub fn outbox_dir_of(outbox_dir: &Path, user_id: i64) -> PathBuf {
 
 impl Mailer {
     /// The mailer `settings` describe; an unusable `SMTP_URL` is an error naming it.
+    ///
+    /// Each message goes over a connection of its own (a pool of size 0: a connection is
+    /// closed after its message, never handed to the next). lettre's pool takes back a
+    /// connection whose send was dropped midway — an attempt cut off by its timeout, a lost
+    /// lease or a shutdown — without knowing it is mid-command: the next message on it
+    /// would read the replies meant for the dropped one (a `503 Bad sequence of commands`,
+    /// read as a permanent refusal). Export e-mails are few; a connection each costs
+    /// nothing that matters.
     pub fn new(settings: &MailSettings) -> Result<Self, String> {
         match &settings.smtp_url {
             Some(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                .map(|b| Mailer::Smtp(b.timeout(Some(settings.timeout)).build()))
+                .map(|b| {
+                    Mailer::Smtp(
+                        b.timeout(Some(settings.timeout))
+                            .pool_config(PoolConfig::new().max_size(0))
+                            .build(),
+                    )
+                })
                 .map_err(|e| format!("SMTP_URL cannot be used: {e}")),
             None => Ok(Mailer::Outbox(settings.outbox_dir.clone())),
         }
@@ -166,46 +189,77 @@ pub struct MailContext {
 struct Rendered {
     subject: String,
     body: String,
-    message_id: String,
+    /// What the message is about, e.g. `export-ready-42`: its `Message-ID` is
+    /// `<{key}@veza-jobs>` and its outbox file `{key}.eml`.
+    key: String,
+    /// Its `Date`: when what it announces happened (the same on every send).
+    date: Millis,
 }
 
-/// Sends one message.
-pub async fn handle(
-    args: SendEmail,
-    ctx: JobContext,
+/// Where a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Accepted by the SMTP server (a `2xx` reply to its data).
+    Smtp,
+    /// Written as an `.eml` file into the recipient's outbox directory.
+    Outbox,
+}
+
+/// What [`send`] did. Holds no address or content: it is stored as a step result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "delivery", rename_all = "snake_case")]
+pub enum Delivery {
+    /// Sent.
+    Sent {
+        /// Its `Message-ID`, the same on every send of this message.
+        message_id: String,
+        /// Where it went.
+        via: Via,
+    },
+    /// Not sent, and there is nothing to send any more (the recipient is erased or has no
+    /// address, the export is gone or no longer ready): why.
+    NotSent {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sends one message: `Ok(Sent)` once it is handed over, `Ok(NotSent)` when there is nothing
+/// to send any more, `Err` when it should be tried again (transient) or cannot be sent
+/// (permanent). Sending the same `args` again sends the same message (see the module doc).
+pub async fn send(
+    ctx: &JobContext,
     mail: &MailContext,
-) -> Result<Outcome, JobError> {
+    args: &SendEmail,
+) -> Result<Delivery, JobError> {
     let mailer = mail.mailer.as_ref().map_err(JobError::permanent)?;
     let Recipient::User { user_id } = args.to;
+    let not_sent = |reason: String| Ok(Delivery::NotSent { reason });
     let row = sqlx::query("SELECT email, display_name, status FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(ctx.db())
         .await?;
     let Some(row) = row else {
-        return Ok(Outcome::Skipped {
-            reason: format!("user {user_id} does not exist"),
-        });
+        return not_sent(format!("user {user_id} does not exist"));
     };
     let email: Option<String> = row.try_get(0)?;
     let name: Option<String> = row.try_get(1)?;
     let status: String = row.try_get(2)?;
     if UserStatus::parse(&status) == Some(UserStatus::Erased) {
-        return Ok(Outcome::Skipped {
-            reason: format!("user {user_id} is erased"),
-        });
+        return not_sent(format!("user {user_id} is erased"));
     }
     let Some(email) = email else {
-        return Ok(Outcome::Skipped {
-            reason: format!("user {user_id} has no e-mail address"),
-        });
+        return not_sent(format!("user {user_id} has no e-mail address"));
     };
     let address: Address = email.parse().map_err(|e| {
         JobError::permanent(format!("user {user_id}'s e-mail address is not valid: {e}"))
     })?;
-    let rendered = match render(&ctx, mail, &args.template).await? {
+    let rendered = match render(ctx, mail, &args.template).await? {
         Ok(r) => r,
-        Err(reason) => return Ok(Outcome::Skipped { reason }),
+        Err(reason) => return not_sent(reason),
     };
+    let message_id = format!("<{}@veza-jobs>", rendered.key);
     // lettre picks the transfer encoding: quoted-printable here, as the link line is longer
     // than 78 characters (soft line breaks keep it intact for mail clients).
     let body = Body::new(rendered.body);
@@ -213,7 +267,10 @@ pub async fn handle(
         .from(mail.settings.from.clone())
         .to(Mailbox::new(name, address))
         .subject(rendered.subject)
-        .message_id(Some(rendered.message_id))
+        .message_id(Some(message_id.clone()))
+        .date(std::time::SystemTime::from(engine::clock::to_datetime(
+            rendered.date,
+        )))
         .singlepart(
             SinglePart::builder()
                 .header(ContentType::TEXT_PLAIN)
@@ -223,8 +280,11 @@ pub async fn handle(
     match mailer {
         Mailer::Smtp(smtp) => match smtp.send(message).await {
             Ok(response) => {
-                tracing::info!(user_id, code = %response.code(), "e-mail sent");
-                Ok(Outcome::Succeeded)
+                tracing::info!(user_id, code = %response.code(), %message_id, "e-mail sent");
+                Ok(Delivery::Sent {
+                    message_id,
+                    via: Via::Smtp,
+                })
             }
             Err(e) if e.is_permanent() => Err(JobError::permanent(format!(
                 "the SMTP server refused the message: {e}"
@@ -233,25 +293,49 @@ pub async fn handle(
         },
         Mailer::Outbox(dir) => {
             let dir = outbox_dir_of(dir, user_id);
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| JobError::transient(format!("creating MAIL_OUTBOX_DIR: {e}")))?;
-            let id = AsyncFileTransport::<Tokio1Executor>::new(&dir)
-                .send(message)
-                .await
-                .map_err(|e| JobError::transient(format!("writing to MAIL_OUTBOX_DIR: {e}")))?;
-            let path = dir.join(format!("{id}.eml"));
-            if erased_since(&ctx, user_id).await? {
+            let path = write_to_outbox(&dir, &rendered.key, &message.formatted()).await?;
+            if erased_since(ctx, user_id).await? {
                 // The erasure committed while we wrote: its second pass may have missed us.
                 remove_written(&path).await?;
-                return Ok(Outcome::Skipped {
-                    reason: format!("user {user_id} was erased while the message was written"),
-                });
+                return not_sent(format!(
+                    "user {user_id} was erased while the message was written"
+                ));
             }
             tracing::info!(user_id, file = %path.display(), "SMTP_URL unset: e-mail written to the outbox");
-            Ok(Outcome::Succeeded)
+            Ok(Delivery::Sent {
+                message_id,
+                via: Via::Outbox,
+            })
         }
     }
+}
+
+/// Sends one message ([`send`]).
+pub async fn handle(
+    args: SendEmail,
+    ctx: JobContext,
+    mail: &MailContext,
+) -> Result<Outcome, JobError> {
+    match send(&ctx, mail, &args).await? {
+        Delivery::Sent { .. } => Ok(Outcome::Succeeded),
+        Delivery::NotSent { reason } => Ok(Outcome::Skipped { reason }),
+    }
+}
+
+/// Writes `bytes` as `dir/{key}.eml`: into a temporary file first, then renamed over, so a
+/// reader never sees half a message and a second send of the same message replaces the
+/// first instead of adding another. Returns the file's path.
+async fn write_to_outbox(dir: &Path, key: &str, bytes: &[u8]) -> Result<PathBuf, JobError> {
+    let outbox =
+        |e: std::io::Error| JobError::transient(format!("writing to MAIL_OUTBOX_DIR: {e}"));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| JobError::transient(format!("creating MAIL_OUTBOX_DIR: {e}")))?;
+    let path = dir.join(format!("{key}.eml"));
+    let tmp = dir.join(format!(".{key}.eml.tmp"));
+    tokio::fs::write(&tmp, bytes).await.map_err(outbox)?;
+    tokio::fs::rename(&tmp, &path).await.map_err(outbox)?;
+    Ok(path)
 }
 
 /// Whether user `user_id` is erased now (read after the outbox file was written).
@@ -283,7 +367,8 @@ async fn render(
     match *template {
         Template::ExportReady { export_id } => {
             let row = sqlx::query(
-                "SELECT status, link_expires_at, size_bytes FROM data_exports WHERE id = $1",
+                "SELECT status, link_expires_at, size_bytes, ready_at FROM data_exports \
+                 WHERE id = $1",
             )
             .bind(export_id)
             .fetch_optional(ctx.db())
@@ -294,8 +379,9 @@ async fn render(
             let status: String = row.try_get(0)?;
             let expires: Option<i64> = row.try_get(1)?;
             let size: Option<i64> = row.try_get(2)?;
-            let (Some(ExportStatus::Ready), Some(expires)) =
-                (ExportStatus::parse(&status), expires)
+            let ready_at: Option<i64> = row.try_get(3)?;
+            let (Some(ExportStatus::Ready), Some(expires), Some(ready_at)) =
+                (ExportStatus::parse(&status), expires, ready_at)
             else {
                 return Ok(Err(format!(
                     "export {export_id} is no longer ready ({status})"
@@ -315,7 +401,8 @@ async fn render(
                      please contact support.\n\n\
                      -- Veza\n"
                 ),
-                message_id: format!("<export-ready-{export_id}@veza-jobs>"),
+                key: format!("export-ready-{export_id}"),
+                date: ready_at,
             }))
         }
     }

@@ -62,6 +62,52 @@ pub(crate) fn world(t: &TestDb, configure: impl FnOnce(&mut GdprSettings)) -> Wo
     }
 }
 
+/// A world with only the `data_export` kind, its timeout cut to `timeout` (the attempt's
+/// handler is dropped then, as when its process dies: whatever it was doing stops there),
+/// and `configure` applied to the settings.
+pub(crate) fn export_world_with_timeout(
+    t: &TestDb,
+    timeout: std::time::Duration,
+    configure: impl FnOnce(&mut GdprSettings),
+) -> World {
+    use engine::{Job, JobPolicy};
+    use jobs::data_export::{self, DataExport};
+    use jobs::send_email::{MailContext, Mailer};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let mut settings = GdprSettings::new(&media, dir.path());
+    settings.exports.signing_key = SigningKey::new(b"test-signing-key-of-32-bytes-xx!".to_vec());
+    configure(&mut settings);
+    let exports = Arc::new(settings.exports.clone());
+    let mail = Arc::new(MailContext {
+        mailer: Mailer::new(&settings.mail),
+        settings: settings.mail.clone(),
+        exports: settings.exports.clone(),
+    });
+    let mut registry = Registry::new();
+    registry
+        .register::<DataExport, _, _>(move |args, ctx| {
+            let (e, m) = (Arc::clone(&exports), Arc::clone(&mail));
+            async move { data_export::handle(args, ctx, &e, &m).await }
+        })
+        .policy(JobPolicy {
+            timeout,
+            ..DataExport::POLICY
+        })
+        .on_discard(data_export::on_discard);
+    let clock = Clock::manual(start_time());
+    World {
+        engine: t.engine(registry, clock.clone()),
+        clock,
+        settings,
+        backend: t.backend,
+        dir,
+    }
+}
+
 /// A random id, large enough that parallel tests sharing one Redis never collide.
 pub(crate) fn random_id() -> i64 {
     rand::random_range(1_000_000_000..100_000_000_000)

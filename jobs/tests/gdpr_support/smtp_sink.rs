@@ -1,8 +1,9 @@
 //! A real SMTP server on loopback for the e-mail tests: `mailin-embedded` (an embeddable
 //! SMTP server crate: its own RFC 5321 state machine, EHLO/HELO, MAIL, RCPT, DATA with
-//! dot-unstuffing, RSET, NOOP, QUIT), with a handler that keeps every accepted message and
+//! dot-unstuffing, RSET, NOOP, QUIT), with a handler that keeps every accepted message,
 //! can answer the end of DATA with scripted replies (451, 554, …) to test how the sender
-//! reacts.
+//! reacts, and can hold a session at one point ([`Stall`]) until the test lets it go, so
+//! that the sender's attempt can be cut off there.
 //!
 //! mailin-embedded serves on blocking threads and has no shutdown: each sink's listener
 //! (and its small pool of session threads) lives until the test process exits. Sessions
@@ -10,7 +11,8 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use mailin_embedded::{Handler, Response, Server, SslConfig, response};
 
@@ -25,8 +27,27 @@ pub(crate) struct Received {
     pub(crate) data: String,
 }
 
+/// Where a session can be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// At `MAIL FROM`, before any of the message is sent: nothing is received.
+    Mail,
+    /// At the end of DATA, after the message is kept (it counts as received) and before
+    /// the reply: the server has the message, the sender does not know it.
+    DataEnd,
+}
+
+/// How long a held session waits for [`SmtpSink::release`] at most.
+const HOLD_AT_MOST: Duration = Duration::from_secs(120);
+
 #[derive(Default)]
 struct Shared {
+    /// Hold the next session that reaches this point.
+    stall: Option<Stall>,
+    /// Sessions held so far (each released or still waiting).
+    held: usize,
+    /// Set by [`SmtpSink::release`]: held sessions go on.
+    released: bool,
     received: Vec<Received>,
     /// Replies to give at the end of DATA, in order; empty: 250.
     data_replies: VecDeque<(u16, String)>,
@@ -34,17 +55,35 @@ struct Shared {
     replies_given: Vec<String>,
 }
 
+/// The shared state and the condition held sessions wait on.
+type SharedState = Arc<(Mutex<Shared>, Condvar)>;
+
 /// One SMTP session's transaction; cloned per connection by the server.
 #[derive(Clone)]
 struct Sink {
-    shared: Arc<Mutex<Shared>>,
+    shared: SharedState,
     mail_from: String,
     rcpt_to: Vec<String>,
     data: Vec<u8>,
 }
 
+impl Sink {
+    /// Holds this session if the test asked for a stall at `here` (once), until released.
+    fn hold_if(&self, here: Stall) {
+        let (lock, released) = &*self.shared;
+        let mut s = lock.lock().unwrap();
+        if s.stall != Some(here) {
+            return;
+        }
+        s.stall = None;
+        s.held += 1;
+        let _ = released.wait_timeout_while(s, HOLD_AT_MOST, |s| !s.released);
+    }
+}
+
 impl Handler for Sink {
     fn mail(&mut self, _ip: IpAddr, _domain: &str, from: &str) -> Response {
+        self.hold_if(Stall::Mail);
         self.mail_from = from.to_owned();
         self.rcpt_to.clear();
         response::OK
@@ -63,7 +102,7 @@ impl Handler for Sink {
     }
 
     fn data_end(&mut self) -> Response {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.0.lock().unwrap();
         let (code, text) = s
             .data_replies
             .pop_front()
@@ -77,6 +116,8 @@ impl Handler for Sink {
             });
         }
         self.data.clear();
+        drop(s);
+        self.hold_if(Stall::DataEnd);
         let mut reply = Response::custom(code, text);
         // The reply to the end of DATA ends the mail transaction whatever its code (RFC 5321
         // §4.1.1.4). mailin keeps a session whose DATA was refused in its DATA state (it
@@ -91,7 +132,7 @@ impl Handler for Sink {
 /// The running server.
 pub(crate) struct SmtpSink {
     pub(crate) addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
+    shared: SharedState,
 }
 
 impl SmtpSink {
@@ -100,7 +141,7 @@ impl SmtpSink {
     pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the SMTP server");
         let addr = listener.local_addr().expect("SMTP server address");
-        let shared: Arc<Mutex<Shared>> = Arc::default();
+        let shared: SharedState = Arc::default();
         let mut server = Server::new(Sink {
             shared: Arc::clone(&shared),
             mail_from: String::new(),
@@ -131,7 +172,7 @@ impl SmtpSink {
 
     /// Answers the next ends of DATA with these replies (e.g. `"451 4.3.0 try later"`).
     pub(crate) fn reply_to_data(&self, replies: &[&str]) {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.0.lock().unwrap();
         for r in replies {
             let (code, text) = r.split_once(' ').expect("`CODE text`");
             s.data_replies
@@ -141,11 +182,30 @@ impl SmtpSink {
 
     /// Messages accepted (2xx) so far.
     pub(crate) fn received(&self) -> Vec<Received> {
-        self.shared.lock().unwrap().received.clone()
+        self.shared.0.lock().unwrap().received.clone()
     }
 
     /// Every reply given at the end of DATA.
     pub(crate) fn data_replies_given(&self) -> Vec<String> {
-        self.shared.lock().unwrap().replies_given.clone()
+        self.shared.0.lock().unwrap().replies_given.clone()
+    }
+
+    /// Holds the next session that reaches `at` until [`SmtpSink::release`] (two minutes at
+    /// most); later sessions pass.
+    pub(crate) fn stall(&self, at: Stall) {
+        let mut s = self.shared.0.lock().unwrap();
+        s.stall = Some(at);
+        s.released = false;
+    }
+
+    /// Sessions held so far.
+    pub(crate) fn held(&self) -> usize {
+        self.shared.0.lock().unwrap().held
+    }
+
+    /// Lets held sessions go on (their client may have hung up meanwhile).
+    pub(crate) fn release(&self) {
+        self.shared.0.lock().unwrap().released = true;
+        self.shared.1.notify_all();
     }
 }
