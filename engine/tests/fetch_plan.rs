@@ -172,21 +172,26 @@ async fn jobs_that_come_due_are_claimed_in_priority_order_with_the_rest(t: TestD
     clock.advance(std::time::Duration::from_secs(2));
     let now = clock.now_ms();
     let mut conn = engine.db().acquire().await.unwrap();
-    let claimed = engine::storage::exchange(
-        &mut conn,
-        "w",
-        "probe",
-        &[],
-        10,
-        now,
-        engine::storage::LeaseNow::At(now),
-        60_000,
-    )
-    .await
-    .unwrap()
-    .claimed;
-    let mut ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
-    ids.sort_unstable();
+    // The ids of up to `room` jobs claimed now, sorted.
+    let mut claim = async |room: usize| {
+        let claimed = engine::storage::exchange(
+            &mut conn,
+            "w",
+            "probe",
+            &[],
+            room,
+            now,
+            engine::storage::LeaseNow::At(now),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .claimed;
+        let mut ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let ids = claim(10).await;
     let mut expected = vec![urgent_later, high_now, low_later, low_now];
     expected.sort_unstable();
     assert_eq!(ids, expected, "every due job, and only those");
@@ -196,21 +201,7 @@ async fn jobs_that_come_due_are_claimed_in_priority_order_with_the_rest(t: TestD
         .execute(&t.db)
         .await
         .unwrap();
-    let claimed = engine::storage::exchange(
-        &mut conn,
-        "w",
-        "probe",
-        &[],
-        2,
-        now,
-        engine::storage::LeaseNow::At(now),
-        60_000,
-    )
-    .await
-    .unwrap()
-    .claimed;
-    let mut ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
-    ids.sort_unstable();
+    let ids = claim(2).await;
     let mut expected = vec![urgent_later, high_now];
     expected.sort_unstable();
     assert_eq!(ids, expected, "priority first, across both reads");

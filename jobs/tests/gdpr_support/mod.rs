@@ -44,6 +44,17 @@ impl World {
 /// An engine with the GDPR kinds, media and work directories in a temporary directory, a
 /// fixed signing key, and `configure` applied to the settings.
 pub(crate) fn world(t: &TestDb, configure: impl FnOnce(&mut GdprSettings)) -> World {
+    world_with(t, configure, |registry, settings| {
+        gdpr::register(registry, settings)
+    })
+}
+
+/// A world whose kinds `register` adds, on settings made as [`world`] makes them.
+fn world_with(
+    t: &TestDb,
+    configure: impl FnOnce(&mut GdprSettings),
+    register: impl FnOnce(&mut Registry, &GdprSettings),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let media = dir.path().join("media");
     std::fs::create_dir_all(&media).unwrap();
@@ -51,7 +62,7 @@ pub(crate) fn world(t: &TestDb, configure: impl FnOnce(&mut GdprSettings)) -> Wo
     settings.exports.signing_key = SigningKey::new(b"test-signing-key-of-32-bytes-xx!".to_vec());
     configure(&mut settings);
     let mut registry = Registry::new();
-    gdpr::register(&mut registry, &settings);
+    register(&mut registry, &settings);
     let clock = Clock::manual(start_time());
     World {
         engine: t.engine(registry, clock.clone()),
@@ -75,40 +86,26 @@ pub(crate) fn export_world_with_timeout(
     use jobs::send_email::{MailContext, Mailer};
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    let media = dir.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let mut settings = GdprSettings::new(&media, dir.path());
-    settings.exports.signing_key = SigningKey::new(b"test-signing-key-of-32-bytes-xx!".to_vec());
-    configure(&mut settings);
-    let exports = Arc::new(settings.exports.clone());
-    let mail = Arc::new(MailContext {
-        mailer: Mailer::new(&settings.mail),
-        settings: settings.mail.clone(),
-        exports: settings.exports.clone(),
-    });
-    let mut registry = Registry::new();
-    registry
-        .register::<DataExport, _, _>(move |args, ctx| {
-            let (e, m) = (Arc::clone(&exports), Arc::clone(&mail));
-            async move { data_export::handle(args, ctx, &e, &m).await }
-        })
-        .policy(JobPolicy {
-            timeout,
-            ..DataExport::POLICY
-        })
-        .on_discard(data_export::on_discard);
-    let clock = Clock::manual(start_time());
-    World {
-        engine: t.engine(registry, clock.clone()),
-        clock,
-        settings,
-        backend: t.backend,
-        dir,
-    }
+    world_with(t, configure, |registry, settings| {
+        let exports = Arc::new(settings.exports.clone());
+        let mail = Arc::new(MailContext {
+            mailer: Mailer::new(&settings.mail),
+            settings: settings.mail.clone(),
+            exports: settings.exports.clone(),
+        });
+        registry
+            .register::<DataExport, _, _>(move |args, ctx| {
+                let (e, m) = (Arc::clone(&exports), Arc::clone(&mail));
+                async move { data_export::handle(args, ctx, &e, &m).await }
+            })
+            .policy(JobPolicy {
+                timeout,
+                ..DataExport::POLICY
+            })
+            .on_discard(data_export::on_discard);
+    })
 }
 
-/// A random id, large enough that parallel tests sharing one Redis never collide.
 pub(crate) fn random_id() -> i64 {
     rand::random_range(1_000_000_000..100_000_000_000)
 }
