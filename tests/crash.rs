@@ -674,14 +674,14 @@ async fn database_outage_of_a_few_seconds_loses_nothing(t: TestDb) {
     // Exactly one successful attempt per job: nothing ran to success twice.
     let doubles = count(
         &direct,
-        "SELECT COUNT(*) FROM (SELECT job_id FROM job_attempts WHERE outcome = 'succeeded' \
+        "SELECT COUNT(*) FROM (SELECT job_id FROM job_attempts_all WHERE outcome = 'succeeded' \
          GROUP BY job_id HAVING COUNT(*) <> 1) d",
     )
     .await;
     assert_eq!(doubles, 0, "jobs with more than one successful attempt");
     let successes = count(
         &direct,
-        "SELECT COUNT(*) FROM job_attempts WHERE outcome = 'succeeded'",
+        "SELECT COUNT(*) FROM job_attempts_all WHERE outcome = 'succeeded'",
     )
     .await;
     assert_eq!(successes, JOBS);
@@ -696,14 +696,14 @@ async fn database_outage_of_a_few_seconds_loses_nothing(t: TestDb) {
     assert_eq!(
         count(
             &direct,
-            "SELECT COUNT(*) FROM job_attempts WHERE finished_at IS NULL"
+            "SELECT COUNT(*) FROM job_attempts_all WHERE finished_at IS NULL"
         )
         .await,
         0,
         "attempts left open"
     );
     let other: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT outcome, COUNT(*) FROM job_attempts GROUP BY outcome ORDER BY outcome",
+        "SELECT outcome, COUNT(*) FROM job_attempts_all GROUP BY outcome ORDER BY outcome",
     )
     .fetch_all(direct.db())
     .await

@@ -212,7 +212,7 @@ async fn bench_latency(backend: Backend) -> Option<Latency> {
     pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(10))
         .await;
     let mut waits: Vec<i64> = sqlx::query_scalar(
-        "SELECT a.started_at - j.run_at FROM job_attempts a JOIN jobs j ON j.id = a.job_id",
+        "SELECT a.started_at - j.run_at FROM job_attempts_all a JOIN jobs j ON j.id = a.job_id",
     )
     .fetch_all(engine.db())
     .await

@@ -196,7 +196,7 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
             "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
                     a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
                     CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
-             FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id WHERE j.id = $1 \
+             FROM jobs j LEFT JOIN job_attempts_all a ON a.job_id = j.id WHERE j.id = $1 \
              UNION ALL \
              SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
                     s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
@@ -257,7 +257,11 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
             });
         }
     }
-    let locked_by: Option<String> = row.try_get(13)?;
+    // A succeeded job keeps the worker that ran it in `locked_by` (its first attempt's
+    // record, migration 0006_first_success): it holds a lease only while running.
+    let locked_by = row
+        .try_get::<Option<String>, _>(13)?
+        .filter(|_| job.status == JobState::Running);
     let parent_id: Option<i64> = row.try_get(25)?;
     // Waiting: its latest attempt ended snoozed, saying what for (a snooze without a
     // reason, `Outcome::Snooze`, waits for nothing but time and says nothing).
@@ -352,12 +356,13 @@ pub struct Throughput {
 /// query-plan test).
 #[doc(hidden)]
 pub const THROUGHPUT_SQL: &str = "SELECT j.kind, SUM(CASE WHEN a.finished_at >= $1 THEN 1 ELSE 0 END), \
-     COUNT(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+     COUNT(*) FROM job_attempts_all a JOIN jobs j ON j.id = a.job_id \
      WHERE a.finished_at >= $2 GROUP BY j.kind";
 
-/// Attempts finished per kind over the last minute and hour, read through the
-/// `job_attempts_finished` index (kinds without any are absent). Kept out of [`stats`],
-/// which `/metrics` and every dashboard refresh read and which need no throughput.
+/// Attempts finished per kind over the last minute and hour (kinds without any are
+/// absent), from the view `job_attempts_all`, read through the `job_attempts_finished` and
+/// `jobs_finished` indexes. Kept out of [`stats`], which `/metrics` and every dashboard
+/// refresh read and which need no throughput.
 pub async fn throughput(
     db: &Db,
     now: Millis,

@@ -377,7 +377,7 @@ async fn shutdown_hands_back_only_the_attempts_it_cut_off(t: TestDb) {
     assert_eq!((j.job.attempt, j.job.max_attempts), (1, 4), "given back");
     // Nothing handed back ran to the end; nothing that ran to the end was handed back.
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.status, a.outcome FROM jobs j JOIN job_attempts a ON a.job_id = j.id",
+        "SELECT j.id, j.status, a.outcome FROM jobs j JOIN job_attempts_all a ON a.job_id = j.id",
     )
     .fetch_all(engine.db())
     .await

@@ -24,8 +24,22 @@ backend_tests!(
     panic_is_a_failed_attempt_and_leaves_nothing_running,
     undecodable_args_fail_that_job_and_the_worker_goes_on,
     late_ack_of_an_older_attempt_does_not_finish_a_newer_one,
-    a_backlog_runs_each_job_once_with_one_attempt_row,
+    a_backlog_runs_each_job_once_with_one_recorded_attempt,
 );
+
+#[tokio::test]
+async fn an_old_sqlite_databases_first_successes_move_to_their_job_rows() {
+    if let Some(t) = TestDb::blank(engine::Backend::Sqlite).await {
+        an_old_databases_first_successes_move_to_their_job_rows(t).await;
+    }
+}
+
+#[tokio::test]
+async fn an_old_postgres_databases_first_successes_move_to_their_job_rows() {
+    if let Some(t) = TestDb::blank(engine::Backend::Postgres).await {
+        an_old_databases_first_successes_move_to_their_job_rows(t).await;
+    }
+}
 
 async fn enqueued_job_runs_on_a_worker_and_succeeds(t: TestDb) {
     let runs = Runs::default();
@@ -51,9 +65,103 @@ async fn enqueued_job_runs_on_a_worker_and_succeeds(t: TestDb) {
     assert_eq!(a.worker_id, &*engine.workers().worker_id);
     assert!(a.finished_at.unwrap() >= a.started_at);
     assert!(job.job.finished_at.is_some());
+    assert_eq!(job.locked_by, None, "no lease once finished");
     assert_eq!(runs.get(), 1);
+    // The first attempt's success is recorded on the job row alone (migration
+    // 0006_first_success): no attempt row was written for it.
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_attempts WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(engine.db())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
     pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
+}
+
+/// A database migrated before 0006_first_success has an attempt row for every attempt. The
+/// migration moves a first-attempt success's worker to its job row and drops the row; the
+/// history reads the same afterwards (each attempt once, with its worker), and attempts
+/// that say more than the job row (a retry, a later success) keep their rows. `t` is blank.
+async fn an_old_databases_first_successes_move_to_their_job_rows(t: TestDb) {
+    let mut before = engine::db::engine_migrator(t.backend);
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 6)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&t.db).await.unwrap();
+    // As the old ack wrote them: a first-attempt success (locked_by cleared, one row), a
+    // skip, and a job that succeeded at its second attempt (two rows).
+    let insert = "INSERT INTO jobs (kind, args, status, attempt, max_attempts, run_at, created_at, \
+                      started_at, finished_at, note) \
+                  VALUES ('probe', '{}', 'succeeded', $1, 3, 0, 0, 10, 20, $2) RETURNING id";
+    let mut ids = Vec::new();
+    for (attempt, note) in [(1, None), (1, Some("nothing to do")), (2, None)] {
+        let id: i64 = sqlx::query_scalar(insert)
+            .bind(attempt)
+            .bind(note)
+            .fetch_one(&t.db)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let rows = [
+        (ids[0], 1, "succeeded", None),
+        (ids[1], 1, "skipped", Some("nothing to do")),
+        (ids[2], 1, "retrying", Some("boom")),
+        (ids[2], 2, "succeeded", None),
+    ];
+    for (job, attempt, outcome, error) in rows {
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+             VALUES ($1, $2, $3, 10, 20, $4, $5)",
+        )
+        .bind(job)
+        .bind(attempt)
+        .bind(format!("old-worker-{attempt}"))
+        .bind(outcome)
+        .bind(error)
+        .execute(&t.db)
+        .await
+        .unwrap();
+    }
+
+    engine::db::migrate(&t.db, t.backend).await.unwrap();
+
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_attempts")
+        .fetch_one(&t.db)
+        .await
+        .unwrap();
+    assert_eq!(written, 2, "only the retried job keeps its rows");
+    let history = |id: i64| {
+        let db = t.db.clone();
+        async move {
+            admin::get_job(&db, id)
+                .await
+                .unwrap()
+                .attempts
+                .into_iter()
+                .map(|a| (a.attempt, a.worker_id, a.outcome, a.error))
+                .collect::<Vec<_>>()
+        }
+    };
+    let w1 = || "old-worker-1".to_owned();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(history(ids[0]).await, [(1, w1(), some("succeeded"), None)]);
+    assert_eq!(
+        history(ids[1]).await,
+        [(1, w1(), some("skipped"), some("nothing to do"))]
+    );
+    assert_eq!(
+        history(ids[2]).await,
+        [
+            (1, w1(), some("retrying"), some("boom")),
+            (2, "old-worker-2".to_owned(), some("succeeded"), None)
+        ]
+    );
 }
 
 async fn transient_failure_retries_with_persisted_backoff(t: TestDb) {
@@ -336,8 +444,9 @@ async fn late_ack_of_an_older_attempt_does_not_finish_a_newer_one(t: TestDb) {
 
 /// A backlog of quick jobs: the claim-ahead buffer fills, acks and claims go in large
 /// batches (on Postgres side by side on two connections). Each job runs once and has one
-/// attempt row, nothing is left held.
-async fn a_backlog_runs_each_job_once_with_one_attempt_row(t: TestDb) {
+/// recorded attempt, nothing is left held. A first-attempt success writes no attempt row:
+/// its job row is the record (engine migration 0006_first_success).
+async fn a_backlog_runs_each_job_once_with_one_recorded_attempt(t: TestDb) {
     const N: i64 = 2_000;
     let runs = Runs::default();
     let engine = t.engine(registry(&runs), Clock::system());
@@ -371,10 +480,19 @@ async fn a_backlog_runs_each_job_once_with_one_attempt_row(t: TestDb) {
         .await;
     assert_eq!(runs.get(), N as usize, "each job ran once");
     assert_eq!(
-        count("SELECT COUNT(*) FROM job_attempts WHERE attempt = 1 AND outcome = 'succeeded'")
-            .await,
+        count(
+            "SELECT COUNT(*) FROM job_attempts_all \
+             WHERE attempt = 1 AND outcome = 'succeeded' AND worker_id <> '' \
+               AND started_at <= finished_at"
+        )
+        .await,
         N
     );
-    assert_eq!(count("SELECT COUNT(*) FROM job_attempts").await, N);
+    assert_eq!(count("SELECT COUNT(*) FROM job_attempts_all").await, N);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM job_attempts").await,
+        0,
+        "no rows written"
+    );
     assert_eq!(count("SELECT MAX(attempt) FROM jobs").await, 1);
 }

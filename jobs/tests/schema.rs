@@ -96,7 +96,7 @@ async fn a_single_history_database_is_adopted_with_its_data(backend: Backend) {
 
     assert_eq!(
         versions(&old.db, ENGINE_MIGRATIONS_TABLE).await,
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6]
     );
     let engine_rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT execution_time FROM {ENGINE_MIGRATIONS_TABLE} WHERE version <= 2"
@@ -180,7 +180,7 @@ async fn the_engine_migrates_only_its_own_tables(backend: Backend) {
     assert!(!app.contains(&1) && !app.contains(&9), "{app:?}");
     assert_eq!(
         versions(&t.db, ENGINE_MIGRATIONS_TABLE).await,
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6]
     );
 }
 

@@ -139,7 +139,7 @@ impl World {
             .id();
         settle(&self.engine).await;
         sqlx::query_as(
-            "SELECT status, (SELECT COUNT(*) FROM job_attempts a \
+            "SELECT status, (SELECT COUNT(*) FROM job_attempts_all a \
                  WHERE a.job_id = jobs.id AND a.outcome <> 'snoozed'), \
              COALESCE(last_error, '') FROM jobs WHERE id = $1",
         )

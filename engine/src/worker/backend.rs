@@ -695,7 +695,7 @@ where
         let running = workers(engine, None).await?;
         const DAY: i64 = 86_400_000;
         let activity = sqlx::query(
-            "SELECT j.kind, (a.finished_at / 86400000) AS day, COUNT(*) FROM job_attempts a \
+            "SELECT j.kind, (a.finished_at / 86400000) AS day, COUNT(*) FROM job_attempts_all a \
              JOIN jobs j ON j.id = a.job_id WHERE a.finished_at >= $1 GROUP BY j.kind, day",
         )
         .bind(now - 7 * DAY)

@@ -31,13 +31,13 @@ struct Bar {
 /// Attempts finished over the last hour per kind, in [`BUCKETS`] bars.
 ///
 /// (`engine::admin::throughput` counts the same attempts without bars, for `/v1/queues`;
-/// this read, through the same `job_attempts_finished` index, is the dashboard's own, for
-/// the chart.)
+/// this read, of the same view through the same indexes, is the dashboard's own, for the
+/// chart.)
 async fn throughput(db: &Db, now: Millis) -> Result<BTreeMap<String, [Bar; BUCKETS]>, sqlx::Error> {
     let since = now - HOUR_MS;
     let rows = sqlx::query(
         "SELECT j.kind, a.outcome, (a.finished_at - $1) / $2 AS bucket, COUNT(*) \
-         FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+         FROM job_attempts_all a JOIN jobs j ON j.id = a.job_id \
          WHERE a.finished_at >= $1 GROUP BY j.kind, a.outcome, bucket",
     )
     .bind(since)
