@@ -33,7 +33,8 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// Most jobs a kind keeps claimed ahead of its running ones (a local buffer, see
     /// [`crate::worker`]); the buffer also never holds more than the kind's workers can
-    /// start within a second.
+    /// start within a second, which is the bound that matters: this cap only limits the
+    /// size of one claim (and so of one ack batch) for the quickest jobs.
     pub fetch_batch: usize,
 }
 
@@ -44,7 +45,7 @@ impl Default for WorkerSettings {
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
-            fetch_batch: 100,
+            fetch_batch: 1_000,
         }
     }
 }
