@@ -181,38 +181,44 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
     Ok(JobPage { jobs, next_cursor })
 }
 
+/// The statement of [`get_job`] (`$1` the id), public for the query-plan test. One
+/// statement, so that the job, its attempts, its steps and its children are one
+/// snapshot (and one round trip): the job's columns repeat on each row; `part` 0 rows
+/// carry an attempt (all NULL when it has none), `part` 1 rows a step, `part` 2 a child.
+/// The view of attempts is filtered inside its subquery: joined on `a.job_id = j.id`
+/// instead, SQLite materializes the whole view (every attempt and every job) first.
+#[doc(hidden)]
+pub static GET_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
+    let job: Vec<String> = SUMMARY_COLUMNS
+        .split(',')
+        .map(|c| format!("j.{}", c.trim()))
+        .collect();
+    let job = job.join(", ");
+    format!(
+        "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
+                a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
+         FROM jobs j LEFT JOIN (SELECT * FROM job_attempts_all WHERE job_id = $1) AS a ON 1 = 1 \
+         WHERE j.id = $1 \
+         UNION ALL \
+         SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
+                s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result, j.parent_id \
+         FROM jobs j JOIN job_steps s ON s.job_id = j.id WHERE j.id = $1 \
+         UNION ALL \
+         SELECT {job}, j.args, j.locked_by, j.started_at, 2, c.id, \
+                CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), c.finished_at, \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT), c.kind, c.status, j.parent_id \
+         FROM jobs j, (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
+                       ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
+         WHERE j.id = $1 \
+         ORDER BY part, ord"
+    )
+});
+
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
-    // One statement, so that the job, its attempts, its steps and its children are one
-    // snapshot (and one round trip): the job's columns repeat on each row; `part` 0 rows
-    // carry an attempt (all NULL when it has none), `part` 1 rows a step, `part` 2 a child.
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let job: Vec<String> = SUMMARY_COLUMNS
-            .split(',')
-            .map(|c| format!("j.{}", c.trim()))
-            .collect();
-        let job = job.join(", ");
-        format!(
-            "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
-                    a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
-                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
-             FROM jobs j LEFT JOIN job_attempts_all a ON a.job_id = j.id WHERE j.id = $1 \
-             UNION ALL \
-             SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
-                    s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
-                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result, j.parent_id \
-             FROM jobs j JOIN job_steps s ON s.job_id = j.id WHERE j.id = $1 \
-             UNION ALL \
-             SELECT {job}, j.args, j.locked_by, j.started_at, 2, c.id, \
-                    CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), c.finished_at, \
-                    CAST(NULL AS TEXT), CAST(NULL AS TEXT), c.kind, c.status, j.parent_id \
-             FROM jobs j, (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
-                           ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
-             WHERE j.id = $1 \
-             ORDER BY part, ord"
-        )
-    });
-    let rows = sqlx::query(AssertSqlSafe(SQL.as_str()))
+    let rows = sqlx::query(AssertSqlSafe(GET_JOB_SQL.as_str()))
         .bind(id)
         .fetch_all(db)
         .await?;
