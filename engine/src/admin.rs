@@ -182,11 +182,11 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
 }
 
 /// The statement of [`get_job`] (`$1` the id), public for the query-plan test. One
-/// statement, so that the job, its attempts, its steps and its children are one
-/// snapshot (and one round trip): the job's columns repeat on each row; `part` 0 rows
-/// carry an attempt (all NULL when it has none), `part` 1 rows a step, `part` 2 a child.
-/// The view of attempts is filtered inside its subquery: joined on `a.job_id = j.id`
-/// instead, SQLite materializes the whole view (every attempt and every job) first.
+/// statement, so that the job, its attempts, its steps and its children are one snapshot
+/// (and one round trip). Every row has the same columns: `part` 0 is the job (its columns
+/// 0–14 and 25), `part` 1 an attempt, `part` 2 a step, `part` 3 a child (columns 16–24,
+/// read by [`get_job`]). Each part reads its own table by the job's id, nothing is joined:
+/// on Postgres, starting the executor for a plan of joins cost more than running it.
 #[doc(hidden)]
 pub static GET_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     let job: Vec<String> = SUMMARY_COLUMNS
@@ -194,24 +194,26 @@ pub static GET_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
         .map(|c| format!("j.{}", c.trim()))
         .collect();
     let job = job.join(", ");
+    // The job's columns, empty on the rows of the other parts.
+    let no_job = ["NULL"; 15].join(", ");
     format!(
-        "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, a.id AS ord, \
-                a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, \
+        "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, j.id AS ord, \
+                CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
                 CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
-         FROM jobs j LEFT JOIN (SELECT * FROM job_attempts_all WHERE job_id = $1) AS a ON 1 = 1 \
-         WHERE j.id = $1 \
+         FROM jobs j WHERE j.id = $1 \
          UNION ALL \
-         SELECT {job}, j.args, j.locked_by, j.started_at, 1, s.seq, \
-                s.attempt, CAST(NULL AS TEXT), CAST(NULL AS BIGINT), s.finished_at, \
-                CAST(NULL AS TEXT), CAST(NULL AS TEXT), s.name, s.result, j.parent_id \
-         FROM jobs j JOIN job_steps s ON s.job_id = j.id WHERE j.id = $1 \
+         SELECT {no_job}, 1, a.id, a.attempt, a.worker_id, a.started_at, a.finished_at, \
+                a.outcome, a.error, NULL, NULL, NULL \
+         FROM job_attempts_all a WHERE a.job_id = $1 \
          UNION ALL \
-         SELECT {job}, j.args, j.locked_by, j.started_at, 2, c.id, \
-                CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), c.finished_at, \
-                CAST(NULL AS TEXT), CAST(NULL AS TEXT), c.kind, c.status, j.parent_id \
-         FROM jobs j, (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
-                       ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
-         WHERE j.id = $1 \
+         SELECT {no_job}, 2, s.seq, s.attempt, NULL, NULL, s.finished_at, NULL, NULL, \
+                s.name, s.result, NULL \
+         FROM job_steps s WHERE s.job_id = $1 \
+         UNION ALL \
+         SELECT {no_job}, 3, c.id, NULL, NULL, NULL, c.finished_at, NULL, NULL, c.kind, c.status, NULL \
+         FROM (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
+               ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
          ORDER BY part, ord"
     )
 });
@@ -222,45 +224,44 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
         .bind(id)
         .fetch_all(db)
         .await?;
-    let row = rows.first().ok_or(Error::JobNotFound(id))?;
+    let row = rows
+        .first()
+        .filter(|r| r.try_get::<i32, _>(15).is_ok_and(|part| part == 0))
+        .ok_or(Error::JobNotFound(id))?;
     let job = summary(row)?;
     let args: String = row.try_get(12)?;
     let mut attempts = Vec::with_capacity(rows.len());
     let mut steps = Vec::new();
     let mut children = Vec::new();
-    for r in &rows {
+    for r in &rows[1..] {
         let part: i32 = r.try_get(15)?;
-        if part == 2 {
-            let status: String = r.try_get(24)?;
-            children.push(ChildSummary {
-                id: r.try_get(16)?,
-                kind: r.try_get(23)?,
-                status: status.parse().unwrap_or(JobState::Failed),
-                finished_at: r.try_get(20)?,
-            });
-            continue;
-        }
-        let Some(attempt) = r.try_get::<Option<i32>, _>(17)? else {
-            continue;
-        };
-        let attempt = u32::try_from(attempt).unwrap_or(0);
-        if part == 0 {
-            attempts.push(AttemptRecord {
-                attempt,
+        let attempt =
+            || -> Result<u32> { Ok(u32::try_from(r.try_get::<i32, _>(17)?).unwrap_or(0)) };
+        match part {
+            1 => attempts.push(AttemptRecord {
+                attempt: attempt()?,
                 worker_id: r.try_get(18)?,
                 started_at: r.try_get(19)?,
                 finished_at: r.try_get(20)?,
                 outcome: r.try_get(21)?,
                 error: r.try_get(22)?,
-            });
-        } else {
-            steps.push(crate::steps::StepRecord {
+            }),
+            2 => steps.push(crate::steps::StepRecord {
                 seq: u32::try_from(r.try_get::<i64, _>(16)?).unwrap_or(0),
                 name: r.try_get(23)?,
                 result: r.try_get(24)?,
-                attempt,
+                attempt: attempt()?,
                 finished_at: r.try_get::<Option<Millis>, _>(20)?.unwrap_or_default(),
-            });
+            }),
+            _ => {
+                let status: String = r.try_get(24)?;
+                children.push(ChildSummary {
+                    id: r.try_get(16)?,
+                    kind: r.try_get(23)?,
+                    status: status.parse().unwrap_or(JobState::Failed),
+                    finished_at: r.try_get(20)?,
+                });
+            }
         }
     }
     // A succeeded job keeps the worker that ran it in `locked_by` (its first attempt's
