@@ -622,41 +622,41 @@ pub async fn exchange(
         Backend::Sqlite => {
             let mut tx = conn.begin().await?;
             if !acks.is_empty() {
-                // `+jobs.status`: without it SQLite 3.51 may drive the join from the
-                // jobs_running_lease index (its statistics often say it is nearly empty)
-                // and scan the JSON once per running job: 7× slower at 100 acks.
-                let update = format!(
-                    "UPDATE jobs SET {ACK_SET} FROM ({}) AS a \
-                     WHERE jobs.id = a.id AND jobs.attempt = a.attempt \
-                       AND +jobs.status = 'running' AND jobs.locked_by = $3",
-                    sqlite_json_rows("$1", ACK_FIELDS_SQLITE)
-                );
-                let json = acks_json.to_string();
+                // The acks as rows of bound values, a chunk per statement: read out of one
+                // JSON parameter instead (json_each, then a json_extract per field), a
+                // backlog of quick jobs drained ~1.3× slower.
+                let rows = acks_json.as_array().map_or(&[][..], Vec::as_slice);
                 // Usually every ack matches: then no row needs to come back (each one
                 // would cross the driver's thread). When some do not, undo and ask which.
                 let mut sp = tx.begin().await?;
-                let n = sqlx::query(AssertSqlSafe(update.clone()))
-                    .bind(&json)
-                    .bind(now)
-                    .bind(worker)
-                    .execute(&mut *sp)
-                    .await?
-                    .rows_affected();
+                let mut n = 0;
+                for chunk in rows.chunks(SQLITE_ACK_CHUNK) {
+                    n += sqlite_ack_update(chunk, now, worker, "")
+                        .execute(&mut *sp)
+                        .await?
+                        .rows_affected();
+                }
                 if n == acks.len() as u64 {
                     sp.commit().await?;
                     out.acked = acks.iter().map(|a| (a.id, a.attempt)).collect();
                 } else {
                     sp.rollback().await?;
-                    let rows =
-                        sqlx::query(AssertSqlSafe(format!("{update} RETURNING id, attempt")))
-                            .bind(&json)
-                            .bind(now)
-                            .bind(worker)
+                    let mut updated = Vec::new();
+                    for chunk in rows.chunks(SQLITE_ACK_CHUNK) {
+                        updated.extend(
+                            sqlite_ack_update(
+                                chunk,
+                                now,
+                                worker,
+                                " RETURNING jobs.id, jobs.attempt",
+                            )
                             .fetch_all(&mut *tx)
-                            .await?;
+                            .await?,
+                        );
+                    }
                     // SQLite's RETURNING sees only the updated row: an undone claim
                     // returns its attempt number less one.
-                    for row in rows {
+                    for row in updated {
                         let id: i64 = row.try_get(0)?;
                         let now_attempt = attempt_of(row.try_get(1)?);
                         if let Some(a) = acks.iter().find(|a| {
@@ -723,6 +723,45 @@ pub async fn exchange(
     // Claim order: priority, then due time (the RETURNING order is unspecified).
     out.claimed.sort_by_key(|j| (j.run_at, j.id));
     Ok(out)
+}
+
+/// Acks per statement on SQLite: 11 bound values each, under SQLite's 32,766.
+const SQLITE_ACK_CHUNK: usize = 1_000;
+
+/// The ack update of `acks` (objects of [`Ack::to_json`]) on SQLite, `returning` appended:
+/// `now`, `worker` and every field of every ack are anonymous parameters, bound in the
+/// order they appear. (SQLite finds the slot of a named `$N` by walking its list of names,
+/// so thousands of them would cost O(N²), and sqlx numbers anonymous ones from the first,
+/// so the two cannot be mixed.) `+jobs.status`: without it SQLite 3.51 may drive the join
+/// from the jobs_running_lease index (its statistics often say it is nearly empty) and
+/// scan the acks once per running job.
+fn sqlite_ack_update<'q>(
+    acks: &'q [serde_json::Value],
+    now: Millis,
+    worker: &'q str,
+    returning: &str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let row = format!("({})", vec!["?"; ACK_FIELDS_SQLITE.len()].join(", "));
+    let sql = format!(
+        "WITH p(now, worker) AS (SELECT ?, ?), a({}) AS (VALUES {}) \
+         UPDATE jobs SET {} FROM a \
+         WHERE jobs.id = a.id AND jobs.attempt = a.attempt \
+           AND +jobs.status = 'running' AND jobs.locked_by = (SELECT worker FROM p){returning}",
+        ACK_FIELDS_SQLITE.join(", "),
+        vec![row.as_str(); acks.len()].join(", "),
+        ACK_SET.replace("$2", "(SELECT now FROM p)"),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(worker);
+    for ack in acks {
+        for field in ACK_FIELDS_SQLITE {
+            query = match &ack[*field] {
+                serde_json::Value::Number(n) => query.bind(n.as_i64()),
+                serde_json::Value::String(text) => query.bind(text.as_str()),
+                _ => query.bind(None::<i64>),
+            };
+        }
+    }
+    query
 }
 
 /// `SELECT json_extract(value, '$.f') AS f, … FROM json_each(<param>)` (SQLite).
