@@ -2,7 +2,8 @@
 # veza-jobs beside graphile-worker 0.18, in one run on this machine (absolute figures drift
 # from run to run; the ratio is what to read). Runs, in turn:
 #   1. cargo bench -p engine --bench throughput   (SQLite and Postgres: bulk enqueue,
-#      one-by-one enqueue with 8 producers, backlog drain at defaults (claim-ahead 1000) and at the old default claim-ahead 100, latency)
+#      one-by-one enqueue with 8 producers, backlog drain at the defaults (claim-ahead
+#      1000) and at the old default claim-ahead 100, latency)
 #   2. graphile-worker 0.18 in the same scenario (bench/graphile/bench.mjs) on Postgres,
 #      installed with npm under $TOOLS (outside the clone) when missing.
 # Needs TEST_POSTGRES_URL (a role that may create databases), node and npm.
