@@ -80,9 +80,15 @@ impl Backend {
 
 /// Opens a pool on `url` (`sqlite://…` or `postgres://…`).
 ///
-/// SQLite connections get WAL, `synchronous=NORMAL`, a 10 s busy timeout and foreign keys:
-/// the settings under which one writer and many readers share a file without `SQLITE_BUSY`
-/// errors under load.
+/// SQLite connections get WAL, a 10 s busy timeout and foreign keys: the settings under
+/// which one writer and many readers share a file without `SQLITE_BUSY` errors under load.
+/// And `synchronous=FULL`: every commit is on disk before it returns, as Postgres'
+/// `synchronous_commit = on` — with `NORMAL` a WAL commit survives the process but not a
+/// power loss, and an enqueue the caller was told is stored could vanish. Measured against
+/// `NORMAL`, interleaved (`cargo bench -p engine --bench throughput`, 2026-12-06): a
+/// backlog drains as fast (one sync per batch of acks), one-by-one enqueue with 8
+/// producers 8.4–11.5k/s against 14–15k/s (group commit shares the syncs), enqueue→start
+/// p50 1–2 ms against 1 ms.
 pub async fn connect(url: &str, max_connections: u32) -> Result<(Db, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = Backend::from_url(url).ok_or_else(|| Error::UnsupportedUrl(redact(url)))?;
@@ -94,7 +100,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(Db, Backend)> {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
                     conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                     )
                     .await?;
