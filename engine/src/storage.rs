@@ -408,7 +408,7 @@ impl Ack {
     /// all the row would (the worker in `locked_by`, `started_at`, `finished_at`, the skip
     /// note); the view `job_attempts_all` reads it from there (engine migration
     /// 0006_first_success). An unclaim writes none either: no attempt was made. The
-    /// Postgres statement spells the same rule in SQL ([`FIRST_SUCCESS`]).
+    /// Postgres statement spells the same rule in SQL (`FIRST_SUCCESS`).
     pub fn writes_attempt_row(&self) -> bool {
         match self.end {
             AttemptEnd::Unclaimed => false,
