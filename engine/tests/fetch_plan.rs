@@ -218,10 +218,10 @@ async fn jobs_that_come_due_are_claimed_in_priority_order_with_the_rest(t: TestD
     assert_eq!(ids, expected, "priority first, across both reads");
 }
 
-/// `admin::throughput` counts the attempts of the last hour through `job_attempts_finished`
-/// and `jobs_finished`, not by reading every attempt or job kept (20,000 here, 100 of them
-/// recent).
-async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
+/// 20,000 finished jobs as the runtime keeps them: two thirds succeeded at their first
+/// attempt (recorded on the job row alone), a third at their second (an attempt row for
+/// each attempt), job `n` finished at `n`; analysed.
+async fn kept_history(t: &TestDb) {
     let series = match t.backend {
         Backend::Postgres => "SELECT n FROM generate_series(1, 20000) AS n",
         Backend::Sqlite => {
@@ -231,20 +231,32 @@ async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
     };
     for sql in [
         format!(
-            "INSERT INTO jobs (id, kind, args, status, max_attempts, run_at, created_at, finished_at) \
-             SELECT n, 'probe', '{{}}', 'succeeded', 3, n, n, n FROM ({series}) AS s"
+            "INSERT INTO jobs (id, kind, args, status, attempt, max_attempts, run_at, created_at, \
+                 started_at, finished_at, locked_by) \
+             SELECT n, 'probe', '{{}}', 'succeeded', CASE WHEN n % 3 = 2 THEN 2 ELSE 1 END, 3, \
+                 n, n, n, n, 'w' FROM ({series}) AS s"
         ),
         format!(
             "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) \
-             SELECT n, 1, 'w', n, n, 'succeeded' FROM ({series}) AS s"
+             SELECT n, a.attempt, 'w', n, n, a.outcome FROM ({series}) AS s, \
+                 (SELECT 1 AS attempt, 'retrying' AS outcome \
+                  UNION ALL SELECT 2, 'succeeded') AS a \
+             WHERE n % 3 = 2"
         ),
+        "ANALYZE".to_owned(),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&t.db)
             .await
             .unwrap();
     }
-    sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
+}
+
+/// `admin::throughput` counts the attempts of the last hour through `job_attempts_finished`
+/// and `jobs_finished`, not by reading every attempt or job kept ([`kept_history`], 100 of
+/// them recent).
+async fn throughput_reads_only_the_last_hours_attempts(t: TestDb) {
+    kept_history(&t).await;
     let plan = query_plan(
         &t.db,
         t.backend,
@@ -302,32 +314,9 @@ async fn a_large_claim_updates_its_rows_by_primary_key(t: TestDb) {
 }
 
 /// `admin::get_job` (every `GET /v1/jobs/{id}`) reads the job's own attempts through
-/// indexes, not the whole view of attempts: 20,000 jobs, a third with attempt rows, the
-/// rest first-attempt successes recorded on their job rows.
+/// indexes, not the whole view of attempts ([`kept_history`]).
 async fn a_jobs_detail_reads_only_that_jobs_rows(t: TestDb) {
-    let series = match t.backend {
-        Backend::Postgres => "SELECT n FROM generate_series(1, 20000) AS n",
-        Backend::Sqlite => {
-            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) \
-             SELECT n FROM s"
-        }
-    };
-    for sql in [
-        format!(
-            "INSERT INTO jobs (id, kind, args, status, attempt, max_attempts, run_at, created_at, finished_at) \
-             SELECT n, 'probe', '{{}}', 'succeeded', 1 + n % 3 / 2, 3, n, n, n FROM ({series}) AS s"
-        ),
-        format!(
-            "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) \
-             SELECT n, 1, 'w', n, n, 'retrying' FROM ({series}) AS s WHERE n % 3 = 2"
-        ),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&t.db)
-            .await
-            .unwrap();
-    }
-    sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
+    kept_history(&t).await;
     let plan = query_plan(&t.db, t.backend, &engine::admin::GET_JOB_SQL, &[5_000]).await;
     assert!(
         !scans(&plan, "job_attempts") && !scans(&plan, "jobs"),

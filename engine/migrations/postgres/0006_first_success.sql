@@ -12,8 +12,9 @@
 -- `locked_by` of a succeeded job now names the worker that ran its successful attempt
 -- (apalis's `lock_by` means the same). Readers of the history read `job_attempts_all`,
 -- which adds the first-attempt successes, derived from their job rows, to the rows of
--- `job_attempts`. An attempt number still appears once per job: a first-attempt success
--- is the job's only attempt.
+-- `job_attempts`, each with its job's kind (the counts per kind read the view alone: the
+-- first-attempt successes, most of them, need no join). An attempt number still appears
+-- once per job: a first-attempt success is the job's only attempt.
 
 -- Existing first-attempt successes: their worker moves to the job row, their row goes.
 UPDATE jobs SET locked_by = a.worker_id
@@ -25,10 +26,11 @@ USING jobs j
 WHERE a.job_id = j.id AND a.attempt = 1 AND j.attempt = 1 AND j.status = 'succeeded';
 
 CREATE VIEW job_attempts_all AS
-    SELECT id, job_id, attempt, worker_id, started_at, finished_at, outcome, error
-    FROM job_attempts
+    SELECT a.id, a.job_id, j.kind, a.attempt, a.worker_id, a.started_at, a.finished_at,
+           a.outcome, a.error
+    FROM job_attempts a JOIN jobs j ON j.id = a.job_id
     UNION ALL
-    SELECT 0, id, 1, COALESCE(locked_by, ''), COALESCE(started_at, finished_at), finished_at,
-           CASE WHEN note IS NULL THEN 'succeeded' ELSE 'skipped' END, note
+    SELECT 0, id, kind, 1, COALESCE(locked_by, ''), COALESCE(started_at, finished_at),
+           finished_at, CASE WHEN note IS NULL THEN 'succeeded' ELSE 'skipped' END, note
     FROM jobs
     WHERE status = 'succeeded' AND attempt = 1;

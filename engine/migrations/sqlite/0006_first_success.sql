@@ -12,10 +12,11 @@ WHERE attempt = 1
   AND job_id IN (SELECT id FROM jobs WHERE attempt = 1 AND status = 'succeeded');
 
 CREATE VIEW job_attempts_all AS
-    SELECT id, job_id, attempt, worker_id, started_at, finished_at, outcome, error
-    FROM job_attempts
+    SELECT a.id, a.job_id, j.kind, a.attempt, a.worker_id, a.started_at, a.finished_at,
+           a.outcome, a.error
+    FROM job_attempts a JOIN jobs j ON j.id = a.job_id
     UNION ALL
-    SELECT 0, id, 1, COALESCE(locked_by, ''), COALESCE(started_at, finished_at), finished_at,
-           CASE WHEN note IS NULL THEN 'succeeded' ELSE 'skipped' END, note
+    SELECT 0, id, kind, 1, COALESCE(locked_by, ''), COALESCE(started_at, finished_at),
+           finished_at, CASE WHEN note IS NULL THEN 'succeeded' ELSE 'skipped' END, note
     FROM jobs
     WHERE status = 'succeeded' AND attempt = 1;
