@@ -282,6 +282,62 @@ async fn a_5xx_reply_fails_at_once(t: TestDb) {
     assert_eq!(sink.data_replies_given().len(), 1);
 }
 
+/// After a first attempt that built the ZIP and failed in the e-mail step (the job now in
+/// `state`): it waits to be retried with `build_zip` stored, the export ready and no e-mail
+/// sent. Returns the export row and the ZIP's identity, for [`retry_sends_one_email`].
+async fn built_not_sent(
+    w: &World,
+    req: &ExportRequested,
+    state: JobState,
+    sink: &SmtpSink,
+) -> (ExportRow, (u64, i64, i64)) {
+    assert_eq!(state, JobState::Retrying);
+    assert_eq!(steps(w, req.job_id).await, [("build_zip".to_owned(), 1)]);
+    let ready = export_row(w, req.export_id).await;
+    assert_eq!(ready.0, "ready");
+    assert!(sink.received().is_empty());
+    (ready, zip_identity(w, req.export_id))
+}
+
+/// The retry, a minute later, of an export left as [`built_not_sent`] found it: it runs
+/// `send_email` alone, leaves the export row and the ZIP as they were (not started over:
+/// progress, times, checksum, file), and sends `user` exactly one e-mail.
+async fn retry_sends_one_email(
+    w: &World,
+    req: &ExportRequested,
+    user: &Person,
+    sink: &SmtpSink,
+    (ready, zip): (ExportRow, (u64, i64, i64)),
+) {
+    w.clock.advance(Duration::from_secs(60));
+    let second = drain(&w.engine).await;
+    assert_eq!(
+        (second.succeeded, second.retried, second.failed),
+        (1, 0, 0),
+        "{second:?} {:?}",
+        job_state(w, req.job_id).await
+    );
+    assert_eq!(
+        steps(w, req.job_id).await,
+        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 2)],
+        "build_zip finished on attempt 1 and was not run again"
+    );
+    assert_eq!(
+        export_row(w, req.export_id).await,
+        ready,
+        "not started over"
+    );
+    assert_eq!(
+        zip_identity(w, req.export_id),
+        zip,
+        "the ZIP was not rewritten"
+    );
+    assert_eq!(ready_transitions(w, req.export_id).await, 1);
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "exactly one e-mail");
+    assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
+}
+
 /// The SMTP server is unreachable when the e-mail step runs: the job is retried for the
 /// e-mail alone. The retry replays `build_zip` from its stored result — the ZIP is not
 /// written again, the export row is untouched and becomes ready once — and sends one
@@ -308,46 +364,16 @@ async fn a_failed_email_step_is_retried_alone_without_building_the_zip_again(t: 
         "{first:?}"
     );
     let (state, error) = job_state(&w, req.job_id).await;
-    assert_eq!(state, JobState::Retrying);
     assert!(error.contains("SMTP"), "{error}");
-    assert_eq!(steps(&w, req.job_id).await, [("build_zip".to_owned(), 1)]);
-    let ready = export_row(&w, req.export_id).await;
-    assert_eq!(ready.0, "ready");
+    let built = built_not_sent(&w, &req, state, &sink).await;
     assert_eq!(
-        ready.9, None,
+        built.0.9, None,
         "the e-mail's failure is not written on the export"
     );
-    assert_eq!(ready.2, ready.1.unwrap(), "every row written");
-    let zip = zip_identity(&w, req.export_id);
-    assert!(sink.received().is_empty());
+    assert_eq!(built.0.2, built.0.1.unwrap(), "every row written");
 
     proxy.restore();
-    w.clock.advance(Duration::from_secs(60));
-    let second = drain(&w.engine).await;
-    assert_eq!(
-        (second.succeeded, second.retried, second.failed),
-        (1, 0, 0),
-        "{second:?}"
-    );
-    assert_eq!(
-        steps(&w, req.job_id).await,
-        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 2)],
-        "build_zip finished on attempt 1 and was not run again"
-    );
-    assert_eq!(
-        export_row(&w, req.export_id).await,
-        ready,
-        "not started over (progress, times, checksum unchanged)"
-    );
-    assert_eq!(
-        zip_identity(&w, req.export_id),
-        zip,
-        "the ZIP was not rewritten"
-    );
-    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
-    let got = sink.received();
-    assert_eq!(got.len(), 1, "exactly one e-mail");
-    assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
+    retry_sends_one_email(&w, &req, &user, &sink, built).await;
 }
 
 /// The attempt is cut off (its handler dropped, as when its process dies) in the e-mail
@@ -369,33 +395,11 @@ async fn an_attempt_cut_off_between_the_steps_sends_one_email(t: TestDb) {
     );
     assert_eq!(sink.held(), 1, "the attempt reached the e-mail step");
     let (state, error) = job_state(&w, req.job_id).await;
-    assert_eq!(state, JobState::Retrying);
     assert!(error.contains("timed out"), "{error}");
-    assert_eq!(steps(&w, req.job_id).await, [("build_zip".to_owned(), 1)]);
-    let ready = export_row(&w, req.export_id).await;
-    assert_eq!(ready.0, "ready");
-    let zip = zip_identity(&w, req.export_id);
     sink.release();
-    assert!(sink.received().is_empty());
+    let built = built_not_sent(&w, &req, state, &sink).await;
 
-    w.clock.advance(Duration::from_secs(60));
-    let second = drain(&w.engine).await;
-    assert_eq!(
-        (second.succeeded, second.retried, second.failed),
-        (1, 0, 0),
-        "{second:?} {:?}",
-        job_state(&w, req.job_id).await
-    );
-    assert_eq!(
-        steps(&w, req.job_id).await,
-        [("build_zip".to_owned(), 1), ("send_email".to_owned(), 2)]
-    );
-    assert_eq!(export_row(&w, req.export_id).await, ready);
-    assert_eq!(zip_identity(&w, req.export_id), zip);
-    assert_eq!(ready_transitions(&w, req.export_id).await, 1);
-    let got = sink.received();
-    assert_eq!(got.len(), 1, "exactly one e-mail");
-    assert_eq!(got[0].rcpt_to, std::slice::from_ref(&user.email));
+    retry_sends_one_email(&w, &req, &user, &sink, built).await;
 }
 
 /// The window that remains: the server has taken the message, and the attempt is cut off

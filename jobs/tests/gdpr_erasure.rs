@@ -15,7 +15,7 @@ use gdpr_support::fake_opensearch::FakeOpenSearch;
 use gdpr_support::smtp_sink::SmtpSink;
 use gdpr_support::*;
 use jobs::exports;
-use jobs::hard_delete::receipt::StepStatus;
+use jobs::hard_delete::receipt::{Receipt, StepStatus};
 use jobs::hard_delete::scan::HardDeleteScan;
 use jobs::hard_delete::{HardDelete, OPENSEARCH_SKIPPED, REDIS_SKIPPED};
 use jobs::payments::{self, EventOutcome, StripeEvent};
@@ -536,11 +536,7 @@ async fn public_tracks_are_deleted_unless_kept_and_unset_stores_are_skipped(t: T
         .unwrap();
     assert_eq!(out, Outcome::Succeeded);
 
-    let receipt = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let receipt = receipt(&w, user.id).await;
     let d = &receipt.report.database;
     assert_eq!(
         (
@@ -668,11 +664,7 @@ async fn one_failing_index_is_retried_alone(t: TestDb) {
     assert_eq!(seen.len(), 5, "only the failed part is sent again");
     assert_eq!(per_path(&seen, "/playlists/_delete_by_query"), 2);
     assert_eq!(seen[4].path, "/playlists/_delete_by_query");
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.finished_at.is_some());
     assert_eq!(
         r.report.opensearch.playlists_deleted.status,
@@ -704,11 +696,7 @@ async fn a_missing_user_document_and_empty_lists_need_no_request(t: TestDb) {
         "no tracks, no playlists: nothing but the user document"
     );
     assert_eq!(seen[0].method, "DELETE");
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     let o = &r.report.opensearch;
     assert_eq!(o.status, StepStatus::Done);
     assert_eq!(o.user_document.note.as_deref(), Some("already gone (404)"));
@@ -731,11 +719,7 @@ async fn unreachable_redis_leaves_the_step_unfinished(t: TestDb) {
         matches!(&err, engine::JobError::Transient(m) if m.contains("Redis")),
         "{err:?}"
     );
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(
         r.database_at.is_some(),
         "the database step is done and kept"
@@ -961,11 +945,7 @@ async fn every_stripe_event_of_the_buyers_payments_is_erased_whatever_its_outcom
 
     // Assert: the receipt counts exactly the payloads erased: the user's four events, the
     // unlinked ones found through the payment they are about; the other buyer's event stays.
-    let receipt = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let receipt = receipt(&w, user.id).await;
     let erased: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM webhook_events WHERE payload = '{\"erased\":\"by hard_delete\"}' ORDER BY id",
     )
@@ -1064,13 +1044,7 @@ async fn an_smtp_refusal_quoting_the_address_is_scrubbed_from_job_texts(t: TestD
         errors[0].contains("554") && errors[0].contains("<[erased]>"),
         "{errors:?}"
     );
-    let d = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap()
-        .report
-        .database;
+    let d = receipt(&w, user.id).await.report.database;
     assert_eq!(
         (d.job_texts_scrubbed, d.job_attempt_errors_scrubbed),
         (1, 1)
@@ -1119,11 +1093,7 @@ async fn an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_sca
     let first = jobs[0].0;
     // Its attempt erases the database and stops at Redis.
     drain(&w.engine).await;
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.database_at.is_some() && r.finished_at.is_none());
     // The job ends without its handler finishing.
     w.engine.cancel(first, &Actor::cli()).await.unwrap();
@@ -1155,11 +1125,7 @@ async fn an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_sca
         1,
         "the database step is not run again"
     );
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.finished_at.is_some());
     assert_eq!(r.job_id, Some(again[0].0));
     assert_eq!(
@@ -1167,6 +1133,31 @@ async fn an_erasure_whose_job_ended_unfinished_is_enqueued_again_by_the_next_sca
         "the first job's counts stay"
     );
     assert_eq!(r.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
+}
+
+/// `user` (and `other`, whose data must survive) with seeded data, past the recovery
+/// deadline, and the `HardDelete` job of `user` enqueued: its seeded data and job id.
+async fn erasure_due(w: &World, user: &Person, other: &Person) -> (Seeded, i64) {
+    insert_user(w, user).await;
+    insert_user(w, other).await;
+    let seeded = seed(w, user, other).await;
+    past_deadline(w, user, Some(true)).await;
+    let job = w
+        .engine
+        .enqueue(HardDelete { user_id: user.id })
+        .await
+        .unwrap()
+        .id();
+    (seeded, job)
+}
+
+/// The erasure receipt of `user_id` (which must have one).
+async fn receipt(w: &World, user_id: i64) -> Receipt {
+    users::deletion_status(w.db(), user_id)
+        .await
+        .unwrap()
+        .receipt
+        .expect("a receipt")
 }
 
 /// The steps the job `id` finished, in order, each as `name@attempt` (the attempt that
@@ -1203,17 +1194,8 @@ async fn a_failed_redis_step_is_retried_without_running_the_finished_steps_again
         s.erasure.redis_url = Some("redis://127.0.0.1:1".into());
         s.erasure.opensearch_url = Some(os.url());
     });
-    let (user, other) = (Person::new("lin"), Person::new("mo"));
-    insert_user(&w, &user).await;
-    insert_user(&w, &other).await;
-    let seeded = seed(&w, &user, &other).await;
-    past_deadline(&w, &user, Some(true)).await;
-    let job = w
-        .engine
-        .enqueue(HardDelete { user_id: user.id })
-        .await
-        .unwrap()
-        .id();
+    let user = Person::new("lin");
+    let (seeded, job) = erasure_due(&w, &user, &Person::new("mo")).await;
 
     let first = drain(&w.engine).await;
     assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
@@ -1227,11 +1209,7 @@ async fn a_failed_redis_step_is_retried_without_running_the_finished_steps_again
         4,
         "OpenSearch was handled despite Redis"
     );
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.database_at.is_some() && r.opensearch_at.is_some());
     assert!(r.redis_at.is_none() && r.finished_at.is_none());
     assert!(r.report.redis.last_error.is_some());
@@ -1252,11 +1230,7 @@ async fn a_failed_redis_step_is_retried_without_running_the_finished_steps_again
     );
     assert_eq!(os.requests().await.len(), 4, "nothing sent again");
     assert_eq!(erasures(&w, user.id).await, 1);
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.finished_at.is_some());
     let d = &r.report.database;
     assert_eq!(
@@ -1275,17 +1249,8 @@ async fn the_closed_receipt_is_built_from_the_stored_step_results(t: TestDb) {
     let os = FakeOpenSearch::start().await;
     os.fail("POST", "/playlists/_delete_by_query", 500, 1).await;
     let w = world(&t, |s| s.erasure.opensearch_url = Some(os.url()));
-    let (user, other) = (Person::new("nia"), Person::new("oz"));
-    insert_user(&w, &user).await;
-    insert_user(&w, &other).await;
-    seed(&w, &user, &other).await;
-    past_deadline(&w, &user, Some(true)).await;
-    let job = w
-        .engine
-        .enqueue(HardDelete { user_id: user.id })
-        .await
-        .unwrap()
-        .id();
+    let user = Person::new("nia");
+    let (_, job) = erasure_due(&w, &user, &Person::new("oz")).await;
     let first = drain(&w.engine).await;
     assert_eq!((first.succeeded, first.retried), (0, 1), "{first:?}");
     assert_eq!(
@@ -1316,22 +1281,14 @@ async fn the_closed_receipt_is_built_from_the_stored_step_results(t: TestDb) {
         .rows_affected();
         assert_eq!(changed, 1, "the stored result of {step}");
     }
-    let before = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let before = receipt(&w, user.id).await;
     assert_eq!(before.report.redis.reason.as_deref(), Some(REDIS_SKIPPED));
     assert_eq!(before.report.database.messages_deleted, 5);
 
     w.clock.advance(Duration::from_secs(600));
     let second = drain(&w.engine).await;
     assert_eq!((second.succeeded, second.failed), (1, 0), "{second:?}");
-    let r = users::deletion_status(w.db(), user.id)
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let r = receipt(&w, user.id).await;
     assert!(r.finished_at.is_some());
     assert_eq!(
         r.report.redis.reason.as_deref(),
