@@ -13,7 +13,8 @@
 -- (apalis's `lock_by` means the same). Readers of the history read `job_attempts_all`,
 -- which adds the first-attempt successes, derived from their job rows, to the rows of
 -- `job_attempts`, each with its job's kind (the counts per kind read the view alone: the
--- first-attempt successes, most of them, need no join). An attempt number still appears
+-- first-attempt successes, most of them, need no join; an attempt row's kind costs one
+-- lookup by key). An attempt number still appears
 -- once per job: a first-attempt success is the job's only attempt.
 
 -- Existing first-attempt successes: their worker moves to the job row, their row goes.
