@@ -66,6 +66,30 @@ impl Error {
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Error::Database(e) if is_unique_violation(e))
     }
+
+    /// True when the database could not be reached or its connection broke (not when it
+    /// refused a statement): worth retrying later as is.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Database(e) if is_unavailable(e))
+    }
+}
+
+/// True when a sqlx error says the database is out of reach (connection refused or
+/// broken, pool closed or exhausted, the server shutting down or its process for this
+/// connection terminated: SQLSTATE classes 08 and 57P), as opposed to a statement it
+/// refused.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// True when a sqlx error is a unique-constraint violation, on either backend.

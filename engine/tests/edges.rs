@@ -686,3 +686,55 @@ async fn a_transition_never_commits_without_its_audit_row(t: TestDb) {
     );
     let _ = fast_worker_settings();
 }
+
+/// The pool pings a Postgres connection only when it has sat idle for
+/// [`engine::db::PING_IF_IDLE_FOR`]: one used a moment ago is handed out as is (no second
+/// round trip per statement), one idle longer is checked and, when its server process has
+/// died meanwhile, replaced before any statement meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_pings_only_connections_that_sat_idle() {
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    // One connection, so the one killed is the one handed out next.
+    let (db, _) = engine::db::connect(&t.url, 1).await.unwrap();
+    let backend_pid = || async {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&db)
+            .await
+    };
+    let admin = &t.db;
+    let kill = |pid: i32| async move {
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        assert!(killed, "terminate backend {pid}");
+    };
+
+    // Used a moment ago: not pinged, so the statement itself meets the dead connection.
+    let first = backend_pid().await.unwrap();
+    kill(first).await;
+    let error = backend_pid()
+        .await
+        .expect_err("a connection used a moment ago was pinged");
+    assert!(
+        engine::error::is_unavailable(&error),
+        "a terminated connection is the database out of reach: {error:?}"
+    );
+
+    // Idle for longer: pinged, found dead, replaced; the statement runs on a new one.
+    let idle = engine::db::PING_IF_IDLE_FOR + Duration::from_millis(200);
+    tokio::time::sleep(idle).await;
+    let pid = backend_pid()
+        .await
+        .expect("the dead connection was handed out again");
+    assert_ne!(pid, first);
+    kill(pid).await;
+    tokio::time::sleep(idle).await;
+    let replaced = backend_pid()
+        .await
+        .expect("the dead idle connection was replaced");
+    assert_ne!(replaced, pid);
+}
