@@ -208,6 +208,7 @@ impl From<engine::Error> for ApiError {
             engine::Error::SignalAlreadySent { .. } => {
                 Self::conflict("signal_already_sent", e.to_string())
             }
+            e if e.is_unavailable() => Self::unavailable(DATABASE_UNAVAILABLE, &e),
             other => Self::internal(&other),
         }
     }
@@ -215,9 +216,16 @@ impl From<engine::Error> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        Self::internal(&e)
+        if engine::error::is_unavailable(&e) {
+            Self::unavailable(DATABASE_UNAVAILABLE, &e)
+        } else {
+            Self::internal(&e)
+        }
     }
 }
+
+/// The detail of a 503 for a database out of reach: the request can be sent again as is.
+const DATABASE_UNAVAILABLE: &str = "the database is unavailable; try again shortly";
 
 /// Makes every 4xx/5xx a problem document (those that are not already), and logs 5xx once
 /// with the request id. Errors raised by poem (unknown route → 404, wrong method → 405,

@@ -24,6 +24,7 @@ backend_tests!(
     a_job_shows_its_finished_steps_redacted_in_order,
     a_signal_is_stored_once_for_an_unfinished_job,
     a_parent_shows_its_children_and_what_it_waits_for,
+    a_database_out_of_reach_is_a_503_to_retry,
 );
 
 /// `GET /v1/jobs/{id}` of a fan-out parent lists its children (with their states), says
@@ -714,4 +715,25 @@ async fn a_read_key_gets_job_args_and_errors_redacted(db: TestDb) {
             answer.text
         );
     }
+}
+
+/// A route whose database is out of reach answers 503 `unavailable` (send it again later),
+/// not 500 (a bug of ours): here the pool is closed after the key was checked and cached.
+async fn a_database_out_of_reach_is_a_503_to_retry(db: TestDb) {
+    let app = TestApp::new(db);
+    let read = app.key(Scope::Read).await;
+    let id = app.enqueue(false).await;
+    let path = format!("/v1/jobs/{id}");
+    assert_eq!(get(&app, &path, Some(&read)).await.status, 200);
+
+    app.engine.db().close().await;
+    let answer = get(&app, &path, Some(&read)).await;
+    answer.assert_problem(503, "unavailable");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("database is unavailable")),
+        "{}",
+        answer.text
+    );
 }
