@@ -439,7 +439,7 @@ impl Engine {
     }
 
     /// Enqueues many jobs of one kind on `conn`, the caller's transaction, with one
-    /// multi-row INSERT per [`storage::INSERT_CHUNK`] rows; returns their ids in the order
+    /// INSERT per [`storage::INSERT_CHUNK`] rows; returns their ids in the order
     /// of `jobs`. They exist if and only if that transaction commits.
     ///
     /// A job with a unique key is inserted on its own, as by [`Engine::enqueue_tx`]: if an

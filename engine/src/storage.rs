@@ -2,10 +2,12 @@
 //! `status`: each change here is an UPDATE guarded by the state it leaves (River's rule), so
 //! a late or concurrent writer changes nothing instead of overwriting a newer state.
 //!
-//! Lists of rows (acknowledgements, leases to renew) travel as one JSON text parameter,
-//! unpacked by the database (`json_to_recordset` on Postgres, `json_each` on SQLite): sqlx's
-//! `Any` driver has no portable array binding, and one fixed SQL text per statement keeps
-//! every statement prepared and cached.
+//! sqlx's `Any` driver binds no arrays, so a list of rows travels in the form measured
+//! fastest for its statement: leases to renew as one JSON text (`json_to_recordset` on
+//! Postgres, `json_each` on SQLite); on Postgres, acknowledgements as JSON too and new jobs
+//! as the text of a Postgres array per column (`unnest`), each one fixed SQL text, prepared
+//! and cached; on SQLite, where the JSON functions cost a sixth of the writer's time,
+//! acknowledgements and new jobs as a multi-row `VALUES` of anonymous `?` parameters.
 //!
 //! # Whose clock
 //!
@@ -197,13 +199,13 @@ async fn unfinished_holder(conn: &mut DbConn, key: &str) -> Result<Option<i64>> 
     .await?)
 }
 
-/// Most rows one multi-row INSERT of [`insert_jobs`] writes: 9 bound values a row, far
-/// under SQLite's 32,766 and Postgres' 65,535 parameters.
-pub const INSERT_CHUNK: usize = 500;
+/// Most rows one INSERT of [`insert_jobs`] writes: on SQLite, 8 bound values a row, far
+/// under its 32,766 parameters; on Postgres, seven array texts whatever the size.
+pub const INSERT_CHUNK: usize = 1_000;
 
 /// Inserts many jobs on `conn` (the caller's transaction, if it has one) and returns their
-/// ids in the order of `jobs`: one multi-row INSERT, with bound parameters, per run of up to
-/// [`INSERT_CHUNK`] rows.
+/// ids in the order of `jobs`: one INSERT per run of up to [`INSERT_CHUNK`] rows (a
+/// multi-row `VALUES` on SQLite, `unnest` of bound arrays on Postgres).
 ///
 /// Unique keys (and parents) are not handled by the batched statement: a row that has one is
 /// inserted in its place through [`insert_job`], so its key is honoured and its id is that of the
@@ -233,54 +235,10 @@ pub async fn insert_jobs(
         let (chunk, tail) = rest.split_at(run);
         rest = tail;
 
-        let mut sql = format!("INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ");
-        for (i, job) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            match backend {
-                // Anonymous parameters: SQLite finds the slot of a `$N` by walking its list
-                // of named parameters, so binding N of them costs O(N²) (7× slower at 500
-                // rows a statement).
-                Backend::Sqlite => {
-                    sql.push_str("(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?, ");
-                }
-                Backend::Postgres => {
-                    let p = 1 + 8 * i;
-                    let _ = write!(
-                        sql,
-                        "(${}, ${}, 'pending', ${}, 0, ${}, ${}, ${}, ${}, NULL, ${}, ",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6,
-                        p + 7
-                    );
-                }
-            }
-            // The flag as a literal: the common chunk (every job due now) keeps one text.
-            sql.push_str(if job.run_at > now {
-                "1, NULL)"
-            } else {
-                "0, NULL)"
-            });
-        }
-        sql.push_str(" RETURNING id");
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
-        for job in chunk {
-            query = query
-                .bind(job.kind)
-                .bind(job.args)
-                .bind(job.priority)
-                .bind(i64::from(job.retry.max_attempts.max(1)))
-                .bind(crate::clock::duration_ms(job.retry.base))
-                .bind(crate::clock::duration_ms(job.retry.cap))
-                .bind(job.run_at)
-                .bind(now);
-        }
+        let query = match backend {
+            Backend::Sqlite => insert_values_sqlite(chunk, now),
+            Backend::Postgres => insert_arrays_pg(chunk, now),
+        };
         let mut inserted = query.fetch_all(&mut *conn).await?;
         if inserted.len() != chunk.len() {
             return Err(Error::Database(sqlx::Error::Protocol(format!(
@@ -303,6 +261,125 @@ pub async fn insert_jobs(
         notify_in_transaction(conn, &due_kinds).await?;
     }
     Ok(ids)
+}
+
+/// SQLite's bulk insert: one multi-row `VALUES`, 8 anonymous parameters a row (SQLite
+/// finds the slot of a `$N` by walking its list of named parameters, so binding N of them
+/// costs O(N²): 7× slower at 500 rows a statement).
+fn insert_values_sqlite<'q>(
+    chunk: &'q [InsertJob<'q>],
+    now: Millis,
+) -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments> {
+    let mut sql = format!("INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ");
+    for (i, job) in chunk.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        // The flag as a literal: the common chunk (every job due now) keeps one text.
+        sql.push_str(if job.run_at > now {
+            "(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?, 1, NULL)"
+        } else {
+            "(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?, 0, NULL)"
+        });
+    }
+    sql.push_str(" RETURNING id");
+    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+    for job in chunk {
+        query = query
+            .bind(job.kind)
+            .bind(job.args)
+            .bind(job.priority)
+            .bind(i64::from(job.retry.max_attempts.max(1)))
+            .bind(crate::clock::duration_ms(job.retry.base))
+            .bind(crate::clock::duration_ms(job.retry.cap))
+            .bind(job.run_at)
+            .bind(now);
+    }
+    query
+}
+
+/// Postgres' bulk insert: one fixed statement that unnests a column array per field, each
+/// bound as the text of a Postgres array (sqlx's `Any` driver binds no arrays). Against a
+/// multi-row `VALUES` of bound parameters it is planned once for every size and parses
+/// seven parameters instead of eight a row: 1.7–1.9× the rows a second on the server.
+fn insert_arrays_pg<'q>(
+    chunk: &'q [InsertJob<'q>],
+    now: Millis,
+) -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments> {
+    let mut kinds = PgArray::default();
+    let mut args = PgArray::default();
+    let mut priorities = PgArray::default();
+    let mut max_attempts = PgArray::default();
+    let mut bases = PgArray::default();
+    let mut caps = PgArray::default();
+    let mut run_ats = PgArray::default();
+    for job in chunk {
+        kinds.text(job.kind);
+        args.text(job.args);
+        priorities.number(job.priority);
+        max_attempts.number(job.retry.max_attempts.max(1));
+        bases.number(crate::clock::duration_ms(job.retry.base));
+        caps.number(crate::clock::duration_ms(job.retry.cap));
+        run_ats.number(job.run_at);
+    }
+    sqlx::query_scalar::<_, i64>(AssertSqlSafe(INSERT_ARRAYS_SQL_PG.as_str()))
+        .bind(kinds.finish())
+        .bind(args.finish())
+        .bind(priorities.finish())
+        .bind(max_attempts.finish())
+        .bind(bases.finish())
+        .bind(caps.finish())
+        .bind(run_ats.finish())
+        .bind(now)
+}
+
+static INSERT_ARRAYS_SQL_PG: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs ({INSERT_COLUMNS}) \
+         SELECT kind, args, 'pending', priority, 0, max_attempts, base, cap, run_at, NULL, $8, \
+                CASE WHEN run_at > $8 THEN 1 ELSE 0 END, NULL \
+         FROM unnest($1::text::text[], $2::text::text[], $3::text::int[], $4::text::int[], \
+                     $5::text::bigint[], $6::text::bigint[], $7::text::bigint[]) \
+              AS new (kind, args, priority, max_attempts, base, cap, run_at) \
+         RETURNING id"
+    )
+});
+
+/// The text of a one-dimensional Postgres array (`{"a","b"}`, `{1,2}`), built element by
+/// element: text elements quoted with `"` and `\` escaped, so any string round-trips.
+#[derive(Default)]
+struct PgArray(String);
+
+impl PgArray {
+    fn separator(&mut self) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+    }
+
+    fn text(&mut self, value: &str) {
+        self.separator();
+        self.0.reserve(value.len() + 2);
+        self.0.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                self.0.push('\\');
+            }
+            self.0.push(c);
+        }
+        self.0.push('"');
+    }
+
+    fn number(&mut self, value: impl std::fmt::Display) {
+        self.separator();
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn finish(mut self) -> String {
+        if self.0.is_empty() {
+            self.0.push('{');
+        }
+        self.0.push('}');
+        self.0
+    }
 }
 
 // --- Claim and acknowledge --------------------------------------------------------------

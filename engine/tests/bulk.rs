@@ -15,10 +15,13 @@ fn start() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
 }
 
+/// Args whose JSON text holds what a Postgres array literal must escape (quotes,
+/// backslashes, braces, commas, a bare `NULL`, blanks) and non-ASCII: they must come back
+/// byte for byte.
 fn tagged(i: usize) -> Probe {
     Probe {
         behaviour: Behaviour::Succeed,
-        tag: format!("bulk-{i}"),
+        tag: format!("bulk-{i} \"q\" \\ {{a,b}} NULL\t\n é🎵"),
     }
 }
 
