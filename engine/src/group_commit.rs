@@ -1,7 +1,7 @@
 //! Group commit for [`crate::Engine::enqueue`]: concurrent single enqueues made outside any
-//! transaction of the caller's are written together, in one transaction, and each caller
-//! returns once that transaction has committed (so durability is unchanged: an `Ok` means
-//! committed). A commit costs far more than an insert (a WAL flush), so eight producers
+//! transaction of the caller's are written together, in one commit (one INSERT, or one
+//! transaction when unique keys need statements of their own), and each caller returns
+//! once that commit is done (so durability is unchanged: an `Ok` means committed). A commit costs far more than an insert (a WAL flush), so eight producers
 //! enqueueing one job each pay for one commit, not eight.
 //!
 //! Writers pull what is queued when they are free: a lone enqueue is written at once, as
@@ -18,9 +18,11 @@ use crate::db::Backend;
 use crate::engine::{EncodedJob, Engine};
 use crate::error::{Error, Result};
 use crate::job::Enqueued;
+use crate::storage::{self, InsertJob, Notify};
 
-/// Most jobs one group transaction writes.
+/// Most jobs one group writes (within one INSERT of [`storage::insert_jobs`]).
 const MAX_GROUP: usize = 256;
+const _: () = assert!(MAX_GROUP <= storage::INSERT_CHUNK);
 
 /// A job waiting for its group's commit.
 pub(crate) struct Queued {
@@ -101,12 +103,44 @@ fn reply(group: Vec<Queued>, results: Vec<Result<Enqueued>>) {
     }
 }
 
-/// Writes `group` in one transaction: every row or none. `Err` when the transaction failed.
+/// Writes `group`: every row or none. `Err` when the write failed.
+///
+/// A group without unique keys is one INSERT, atomic on its own: it runs outside any
+/// transaction, one round trip in all (a lone enqueue's whole write). A group with keys
+/// needs several statements, so it runs in a transaction: the others in one statement, a
+/// keyed one on its own, as it may meet its key's holder and report it as `Existing`.
 async fn write(engine: &Engine, group: &[Queued]) -> Result<Vec<Result<Enqueued>>> {
+    let rows: Vec<InsertJob<'_>> = group.iter().map(|q| q.job.row()).collect();
+    if rows.iter().all(|row| row.unique_key.is_none()) {
+        let now = engine.clock().now_ms();
+        let mut conn = engine.db().acquire().await?;
+        let ids = storage::insert_jobs(&mut conn, &rows, now, Notify::AfterCommit).await?;
+        drop(conn);
+        let mut woken: Vec<&str> = Vec::new();
+        for row in rows.iter().filter(|row| row.run_at <= now) {
+            if !woken.contains(&row.kind) {
+                woken.push(row.kind);
+                engine.wake_everywhere(row.kind);
+            }
+        }
+        return Ok(ids
+            .into_iter()
+            .map(|id| Ok(Enqueued::Inserted(id)))
+            .collect());
+    }
     let mut tx = engine.begin().await?;
+    let plain: Vec<InsertJob<'_>> = rows
+        .iter()
+        .filter(|row| row.unique_key.is_none())
+        .cloned()
+        .collect();
+    let mut ids = tx.insert_rows(&plain).await?.into_iter();
     let mut results = Vec::with_capacity(group.len());
-    for job in group {
-        results.push(Ok(tx.insert_row(&job.job.row()).await?));
+    for row in &rows {
+        results.push(Ok(match row.unique_key {
+            None => Enqueued::Inserted(ids.next().expect("insert_rows returns an id a row")),
+            Some(_) => tx.insert_row(row).await?,
+        }));
     }
     tx.commit().await?;
     Ok(results)
