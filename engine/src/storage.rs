@@ -235,21 +235,10 @@ pub async fn insert_jobs(
         let (chunk, tail) = rest.split_at(run);
         rest = tail;
 
-        let query = match backend {
-            Backend::Sqlite => insert_values_sqlite(chunk, now),
-            Backend::Postgres => insert_arrays_pg(chunk, now),
+        let inserted = match backend {
+            Backend::Sqlite => insert_values_sqlite(conn, chunk, now).await?,
+            Backend::Postgres => insert_arrays_pg(conn, chunk, now).await?,
         };
-        let mut inserted = query.fetch_all(&mut *conn).await?;
-        if inserted.len() != chunk.len() {
-            return Err(Error::Database(sqlx::Error::Protocol(format!(
-                "bulk insert of {} jobs returned {} ids",
-                chunk.len(),
-                inserted.len()
-            ))));
-        }
-        // One statement draws its ids in row order (AUTOINCREMENT / the sequence), while
-        // the order RETURNING reports them in is unspecified: ascending ids are row order.
-        inserted.sort_unstable();
         ids.extend(inserted);
         for job in chunk {
             if job.run_at <= now && !due_kinds.contains(&job.kind) {
@@ -265,11 +254,17 @@ pub async fn insert_jobs(
 
 /// SQLite's bulk insert: one multi-row `VALUES`, 8 anonymous parameters a row (SQLite
 /// finds the slot of a `$N` by walking its list of named parameters, so binding N of them
-/// costs O(N²): 7× slower at 500 rows a statement).
-fn insert_values_sqlite<'q>(
-    chunk: &'q [InsertJob<'q>],
+/// costs O(N²): 7× slower at 500 rows a statement). Returns the ids in row order.
+///
+/// Without `RETURNING`: SQLite buffers returned rows in a temporary table and sqlx hands
+/// each over from its connection thread. The ids are read off the statement instead: the
+/// table is `AUTOINCREMENT` and nothing else writes between the statement's rows (one
+/// writer, no insert trigger), so its rows take consecutive ids up to the last one.
+async fn insert_values_sqlite(
+    conn: &mut DbConn,
+    chunk: &[InsertJob<'_>],
     now: Millis,
-) -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments> {
+) -> Result<Vec<i64>> {
     let mut sql = format!("INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ");
     for (i, job) in chunk.iter().enumerate() {
         if i > 0 {
@@ -282,8 +277,7 @@ fn insert_values_sqlite<'q>(
             "(?, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, ?, 0, NULL)"
         });
     }
-    sql.push_str(" RETURNING id");
-    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(sql));
     for job in chunk {
         query = query
             .bind(job.kind)
@@ -295,17 +289,31 @@ fn insert_values_sqlite<'q>(
             .bind(job.run_at)
             .bind(now);
     }
-    query
+    let written = query.execute(&mut *conn).await?.rows_affected();
+    // (sqlx's `Any` driver drops SQLite's last insert id from the result: asked apart.)
+    let last: i64 = sqlx::query_scalar("SELECT last_insert_rowid()")
+        .fetch_one(&mut *conn)
+        .await?;
+    if written != chunk.len() as u64 {
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "bulk insert of {} jobs wrote {written} rows",
+            chunk.len()
+        ))));
+    }
+    let n = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+    Ok((last - n + 1..=last).collect())
 }
 
 /// Postgres' bulk insert: one fixed statement that unnests a column array per field, each
 /// bound as the text of a Postgres array (sqlx's `Any` driver binds no arrays). Against a
 /// multi-row `VALUES` of bound parameters it is planned once for every size and parses
 /// seven parameters instead of eight a row: 1.7–1.9× the rows a second on the server.
-fn insert_arrays_pg<'q>(
-    chunk: &'q [InsertJob<'q>],
+/// Returns the ids in row order.
+async fn insert_arrays_pg(
+    conn: &mut DbConn,
+    chunk: &[InsertJob<'_>],
     now: Millis,
-) -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments> {
+) -> Result<Vec<i64>> {
     let mut kinds = PgArray::default();
     let mut args = PgArray::default();
     let mut priorities = PgArray::default();
@@ -322,7 +330,7 @@ fn insert_arrays_pg<'q>(
         caps.number(crate::clock::duration_ms(job.retry.cap));
         run_ats.number(job.run_at);
     }
-    sqlx::query_scalar::<_, i64>(AssertSqlSafe(INSERT_ARRAYS_SQL_PG.as_str()))
+    let mut inserted: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(INSERT_ARRAYS_SQL_PG.as_str()))
         .bind(kinds.finish())
         .bind(args.finish())
         .bind(priorities.finish())
@@ -331,6 +339,19 @@ fn insert_arrays_pg<'q>(
         .bind(caps.finish())
         .bind(run_ats.finish())
         .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    if inserted.len() != chunk.len() {
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "bulk insert of {} jobs returned {} ids",
+            chunk.len(),
+            inserted.len()
+        ))));
+    }
+    // The sequence draws the ids in row order, while the order RETURNING reports them in
+    // is unspecified: ascending ids are row order.
+    inserted.sort_unstable();
+    Ok(inserted)
 }
 
 static INSERT_ARRAYS_SQL_PG: LazyLock<String> = LazyLock::new(|| {
