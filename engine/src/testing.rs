@@ -325,8 +325,8 @@ pub struct DrainReport {
 
 /// Runs every due job of every registered kind through the real runtime (a
 /// [`WorkerPool`]: apalis workers over the engine's storage), until every kind has found
-/// nothing due with nothing held, twice in a row with nothing claimed in between (a job
-/// enqueued by another job is run too). Jobs made due later (retries) wait: advance a
+/// nothing due with nothing held, twice in a row with nothing claimed or acknowledged in
+/// between (a job enqueued or woken by another job is run too). Jobs made due later (retries) wait: advance a
 /// manual clock and drain again.
 pub async fn drain(engine: &Engine) -> DrainReport {
     let pool = WorkerPool::start(engine);
@@ -340,13 +340,21 @@ pub async fn drain(engine: &Engine) -> DrainReport {
         total(|c| c.retried.load(Relaxed)),
         total(|c| c.failed.load(Relaxed)),
     );
+    // Claims and acks so far. A round must see neither change: an ack can make due a job
+    // of a kind already probed in that round (a fan-out parent, woken by its last child).
+    let progress = || {
+        (
+            total(|c| c.claimed.load(Relaxed)),
+            total(|c| c.succeeded.load(Relaxed) + c.retried.load(Relaxed) + c.failed.load(Relaxed)),
+        )
+    };
     loop {
-        let claimed = total(|c| c.claimed.load(Relaxed));
+        let before = progress();
         let rounds: Vec<u64> = cores.iter().map(|c| c.probe()).collect();
         while !cores.iter().zip(&rounds).all(|(c, r)| c.probed(*r)) {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        if total(|c| c.claimed.load(Relaxed)) == claimed {
+        if progress() == before {
             break;
         }
     }
