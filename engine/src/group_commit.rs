@@ -1,8 +1,9 @@
 //! Group commit for [`crate::Engine::enqueue`]: concurrent single enqueues made outside any
 //! transaction of the caller's are written together, in one commit (one INSERT, or one
 //! transaction when unique keys need statements of their own), and each caller returns
-//! once that commit is done (so durability is unchanged: an `Ok` means committed). A commit costs far more than an insert (a WAL flush), so eight producers
-//! enqueueing one job each pay for one commit, not eight.
+//! once that commit is done (so durability is unchanged: an `Ok` means committed). A
+//! commit costs far more than an insert (a WAL flush), so eight producers enqueueing one
+//! job each pay for one commit, not eight.
 //!
 //! Writers pull what is queued when they are free: a lone enqueue is written at once, as
 //! before; under load each transaction takes everything that queued while the previous one
