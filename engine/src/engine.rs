@@ -542,10 +542,8 @@ impl JobTx {
     pub(crate) async fn insert_rows(&mut self, rows: &[InsertJob<'_>]) -> Result<Vec<i64>> {
         let now = self.engine.clock().now_ms();
         let ids = storage::insert_jobs(&mut self.tx, rows, now, Notify::AfterCommit).await?;
-        for row in rows {
-            if row.run_at <= now {
-                self.note(row.kind);
-            }
+        for kind in storage::due_kinds(rows, now) {
+            self.note(kind);
         }
         Ok(ids)
     }

@@ -117,12 +117,8 @@ async fn write(engine: &Engine, group: &[Queued]) -> Result<Vec<Result<Enqueued>
         let mut conn = engine.db().acquire().await?;
         let ids = storage::insert_jobs(&mut conn, &rows, now, Notify::AfterCommit).await?;
         drop(conn);
-        let mut woken: Vec<&str> = Vec::new();
-        for row in rows.iter().filter(|row| row.run_at <= now) {
-            if !woken.contains(&row.kind) {
-                woken.push(row.kind);
-                engine.wake_everywhere(row.kind);
-            }
+        for kind in storage::due_kinds(&rows, now) {
+            engine.wake_everywhere(kind);
         }
         return Ok(ids
             .into_iter()

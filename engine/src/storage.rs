@@ -209,8 +209,8 @@ pub const INSERT_CHUNK: usize = 1_000;
 ///
 /// Unique keys (and parents) are not handled by the batched statement: a row that has one is
 /// inserted in its place through [`insert_job`], so its key is honoured and its id is that of the
-/// unfinished job holding the key, if one does (as [`Enqueued::id`]). Returns, besides the
-/// ids, the kinds that have a job due now (to wake).
+/// unfinished job holding the key, if one does (as [`Enqueued::id`]). With
+/// [`Notify::AfterCommit`] the caller wakes the [`due_kinds`] after its commit.
 pub async fn insert_jobs(
     conn: &mut DbConn,
     jobs: &[InsertJob<'_>],
@@ -219,7 +219,6 @@ pub async fn insert_jobs(
 ) -> Result<Vec<i64>> {
     let backend = Backend::of(conn);
     let mut ids = Vec::with_capacity(jobs.len());
-    let mut due_kinds: Vec<&str> = Vec::new();
     let mut rest = jobs;
     while let Some(first) = rest.first() {
         if first.unique_key.is_some() || first.parent_id.is_some() {
@@ -240,16 +239,30 @@ pub async fn insert_jobs(
             Backend::Postgres => insert_arrays_pg(conn, chunk, now).await?,
         };
         ids.extend(inserted);
-        for job in chunk {
-            if job.run_at <= now && !due_kinds.contains(&job.kind) {
-                due_kinds.push(job.kind);
-            }
-        }
     }
     if notify == Notify::InTransaction {
-        notify_in_transaction(conn, &due_kinds).await?;
+        // (A keyed row queued its own through `insert_job`.)
+        let batched = jobs
+            .iter()
+            .filter(|j| j.unique_key.is_none() && j.parent_id.is_none());
+        notify_in_transaction(conn, &due_kinds(batched, now)).await?;
     }
     Ok(ids)
+}
+
+/// The kinds of `jobs` with a job due at `now`, each once: whose workers to wake once the
+/// rows are committed.
+pub fn due_kinds<'a: 'j, 'j>(
+    jobs: impl IntoIterator<Item = &'j InsertJob<'a>>,
+    now: Millis,
+) -> Vec<&'a str> {
+    let mut kinds: Vec<&'a str> = Vec::new();
+    for job in jobs {
+        if job.run_at <= now && !kinds.contains(&job.kind) {
+            kinds.push(job.kind);
+        }
+    }
+    kinds
 }
 
 /// SQLite's bulk insert: one multi-row `VALUES`, 8 anonymous parameters a row (SQLite
