@@ -265,6 +265,13 @@ impl Answer {
         assert!(self.body["title"].is_string(), "{}", self.text);
         assert!(self.body["detail"].is_string(), "{}", self.text);
     }
+
+    /// [`Answer::assert_problem`], whose `detail` says `words`.
+    pub(crate) fn assert_problem_saying(&self, status: u16, kind: &str, words: &str) {
+        self.assert_problem(status, kind);
+        let detail = self.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(words), "{detail:?} does not say {words:?}");
+    }
 }
 
 pub(crate) async fn get(app: &TestApp, path: &str, key: Option<&str>) -> Answer {
