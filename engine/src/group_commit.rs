@@ -11,12 +11,13 @@
 //! SQLite one (it has one writer anyway). A batch the database refuses is written again one
 //! job per transaction, so one bad row fails only its own caller.
 
-use std::sync::Arc;
+use std::ops::ControlFlow;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::batch::Batcher;
 use crate::db::Backend;
-use crate::engine::{EncodedJob, Engine};
+use crate::engine::{EncodedJob, Engine, WeakEngine};
 use crate::error::{Error, Result};
 use crate::job::Enqueued;
 use crate::storage::{self, InsertJob, Notify};
@@ -33,69 +34,51 @@ pub(crate) struct Queued {
 
 /// The queue of an engine's group-committed enqueues (its writers start on first use).
 pub(crate) struct GroupCommit {
-    tx: mpsc::UnboundedSender<Queued>,
+    queue: Batcher<Queued>,
 }
 
 impl GroupCommit {
     /// Starts the writers of `engine` (needs a tokio runtime).
     pub(crate) fn start(engine: &Engine) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let writers = match engine.backend() {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
         // The writers hold a weak handle: they end when the engine is dropped.
         let weak = engine.downgrade();
-        for _ in 0..writers {
-            tokio::spawn(writer(weak.clone(), Arc::clone(&rx)));
-        }
-        Self { tx }
+        let queue = Batcher::start(writers, MAX_GROUP, move |group| commit(weak.clone(), group));
+        Self { queue }
     }
 
     /// Queues `job`; its reply comes once its group has committed. False when the
     /// writers are gone (the engine is being dropped).
     pub(crate) fn send(&self, job: Queued) -> bool {
-        self.tx.send(job).is_ok()
+        self.queue.send(job)
     }
 }
 
-type Receiver = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued>>>;
-
-async fn writer(engine: crate::engine::WeakEngine, rx: Receiver) {
-    loop {
-        let group = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
-            }
-            group
-        };
-        let Some(engine) = engine.upgrade() else {
+/// Writes `group` and answers each of its callers.
+async fn commit(engine: WeakEngine, group: Vec<Queued>) -> ControlFlow<()> {
+    let Some(engine) = engine.upgrade() else {
+        for job in group {
+            let _ = job.reply.send(Err(Error::ShuttingDown));
+        }
+        return ControlFlow::Break(());
+    };
+    match write(&engine, &group).await {
+        Ok(results) => reply(group, results),
+        Err(e) if group.len() == 1 => reply(group, vec![Err(e)]),
+        Err(_) => {
+            // One transaction each: a bad row fails only its own caller.
             for job in group {
-                let _ = job.reply.send(Err(Error::ShuttingDown));
-            }
-            return;
-        };
-        match write(&engine, &group).await {
-            Ok(results) => reply(group, results),
-            Err(e) if group.len() == 1 => reply(group, vec![Err(e)]),
-            Err(_) => {
-                // One transaction each: a bad row fails only its own caller.
-                for job in group {
-                    let result = write(&engine, std::slice::from_ref(&job))
-                        .await
-                        .and_then(|mut r| r.pop().unwrap_or(Err(Error::ShuttingDown)));
-                    let _ = job.reply.send(result);
-                }
+                let result = write(&engine, std::slice::from_ref(&job))
+                    .await
+                    .and_then(|mut r| r.pop().unwrap_or(Err(Error::ShuttingDown)));
+                let _ = job.reply.send(result);
             }
         }
     }
+    ControlFlow::Continue(())
 }
 
 fn reply(group: Vec<Queued>, results: Vec<Result<Enqueued>>) {

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod batch;
 pub mod clock;
 pub mod config;
 pub mod context;
