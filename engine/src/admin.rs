@@ -2,13 +2,16 @@
 //! attempt history, and counts per kind and status. (The writes, cancel and retry, are in
 //! [`crate::storage`] with every other status change.)
 
+use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::oneshot;
 
+use crate::batch::Batcher;
 use crate::clock::Millis;
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
 use crate::job::JobState;
 
@@ -181,14 +184,34 @@ pub async fn list_jobs(db: &Db, filter: &JobFilter) -> Result<JobPage> {
     Ok(JobPage { jobs, next_cursor })
 }
 
-/// The statement of [`get_job`] (`$1` the id), public for the query-plan test. One
-/// statement, so that the job, its attempts, its steps and its children are one snapshot
-/// (and one round trip). Every row has the same columns: `part` 0 is the job (its columns
-/// 0–14 and 25), `part` 1 an attempt, `part` 2 a step, `part` 3 a child (columns 16–24,
-/// read by [`get_job`]). Each part reads its own table by the job's id, nothing is joined:
-/// on Postgres, starting the executor for a plan of joins cost more than running it.
+/// The statement of [`get_jobs`] on `backend` (`$1` the ids, a JSON array), public for the
+/// query-plan test. One statement, so that each job, its attempts, its steps and its
+/// children are one snapshot (and one round trip for the whole batch). Every row has the
+/// same columns: `part` 0 is the job (its columns 0–14 and 25), `part` 1 an attempt, `part`
+/// 2 a step, `part` 3 a child (columns 16–24, read by [`detail`]); column 26 is the job the
+/// row belongs to, and rows come ordered by it. Each part reads its own table by the jobs'
+/// ids, nothing is joined: on Postgres, starting the executor for a plan of joins cost more
+/// than running it.
 #[doc(hidden)]
-pub static GET_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
+pub fn get_jobs_sql(backend: Backend) -> &'static str {
+    static SQLITE: LazyLock<String> = LazyLock::new(|| build_get_jobs_sql(Backend::Sqlite));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| build_get_jobs_sql(Backend::Postgres));
+    match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
+}
+
+fn build_get_jobs_sql(backend: Backend) -> String {
+    // `column` is one of the ids in `$1`. On Postgres, `= ANY(ARRAY(…))` is one index scan
+    // over the ids (the subquery runs once), as the claim reads its rows.
+    let of_ids = |column: &str| match backend {
+        Backend::Postgres => format!(
+            "{column} = ANY(ARRAY(SELECT CAST(value AS BIGINT) \
+             FROM json_array_elements_text(CAST($1 AS JSON))))"
+        ),
+        Backend::Sqlite => format!("{column} IN (SELECT value FROM json_each($1))"),
+    };
     let job: Vec<String> = SUMMARY_COLUMNS
         .split(',')
         .map(|c| format!("j.{}", c.trim()))
@@ -200,30 +223,137 @@ pub static GET_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT {job}, j.args, j.locked_by, j.started_at, 0 AS part, j.id AS ord, \
                 CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), \
                 CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
-                CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id \
-         FROM jobs j WHERE j.id = $1 \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT), j.parent_id, j.id AS owner \
+         FROM jobs j WHERE {jobs} \
          UNION ALL \
          SELECT {no_job}, 1, a.id, a.attempt, a.worker_id, a.started_at, a.finished_at, \
-                a.outcome, a.error, NULL, NULL, NULL \
-         FROM job_attempts_all a WHERE a.job_id = $1 \
+                a.outcome, a.error, NULL, NULL, NULL, a.job_id \
+         FROM job_attempts_all a WHERE {attempts} \
          UNION ALL \
          SELECT {no_job}, 2, s.seq, s.attempt, NULL, NULL, s.finished_at, NULL, NULL, \
-                s.name, s.result, NULL \
-         FROM job_steps s WHERE s.job_id = $1 \
+                s.name, s.result, NULL, s.job_id \
+         FROM job_steps s WHERE {steps} \
          UNION ALL \
-         SELECT {no_job}, 3, c.id, NULL, NULL, NULL, c.finished_at, NULL, NULL, c.kind, c.status, NULL \
-         FROM (SELECT id, kind, status, finished_at FROM jobs WHERE parent_id = $1 \
-               ORDER BY id LIMIT {MAX_CHILDREN_SHOWN}) AS c \
-         ORDER BY part, ord"
+         SELECT {no_job}, 3, c.id, NULL, NULL, NULL, c.finished_at, NULL, NULL, c.kind, c.status, \
+                NULL, c.parent_id \
+         FROM (SELECT id, kind, status, finished_at, parent_id, \
+                      ROW_NUMBER() OVER (PARTITION BY parent_id ORDER BY id) AS n \
+               FROM jobs WHERE {children}) AS c \
+         WHERE c.n <= {MAX_CHILDREN_SHOWN} \
+         ORDER BY owner, part, ord",
+        jobs = of_ids("j.id"),
+        attempts = of_ids("a.job_id"),
+        steps = of_ids("s.job_id"),
+        children = of_ids("parent_id"),
     )
-});
+}
 
 /// One job with its args and attempt history.
 pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
-    let rows = sqlx::query(AssertSqlSafe(GET_JOB_SQL.as_str()))
-        .bind(id)
+    let backend = Backend::of_pool(db);
+    get_jobs(db, backend, &[id])
+        .await?
+        .pop()
+        .unwrap_or(Err(Error::JobNotFound(id)))
+}
+
+/// Jobs `ids` with their args and attempt histories, in one statement: one answer per id,
+/// in order (`Err(JobNotFound)` for an id with no job).
+pub async fn get_jobs(db: &Db, backend: Backend, ids: &[i64]) -> Result<Vec<Result<JobDetail>>> {
+    let ids_json = format!(
+        "[{}]",
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    );
+    let rows = sqlx::query(AssertSqlSafe(get_jobs_sql(backend)))
+        .bind(ids_json)
         .fetch_all(db)
         .await?;
+    // Each job's rows, by the job they belong to (they come ordered by it).
+    let mut found = std::collections::HashMap::new();
+    let mut rest = rows.as_slice();
+    while let Some(first) = rest.first() {
+        let owner: i64 = first.try_get(26)?;
+        let len = rest
+            .iter()
+            .position(|r| r.try_get::<i64, _>(26).map_or(true, |o| o != owner))
+            .unwrap_or(rest.len());
+        found.insert(owner, &rest[..len]);
+        rest = &rest[len..];
+    }
+    Ok(ids
+        .iter()
+        .map(|id| match found.get(id) {
+            Some(rows) => detail(*id, rows),
+            None => Err(Error::JobNotFound(*id)),
+        })
+        .collect())
+}
+
+/// Most job details one statement of [`DetailReads`] reads.
+const MAX_READ_GROUP: usize = 64;
+
+/// Statements of [`DetailReads`] running at once, each on a connection of the pool: two,
+/// so that a slow read (a job with megabytes of args) does not hold up every other. On
+/// this project's 2-core bench one reader read a little faster than two (bigger groups)
+/// and four slower (2026-12-06, `api/benches/README.md`).
+const READERS: usize = 2;
+
+/// A caller of [`crate::Engine::job_detail`] waiting for its group's read.
+type DetailRequest = (i64, oneshot::Sender<Result<JobDetail>>);
+
+/// Group read of job details, behind [`crate::Engine::job_detail`] (every `GET
+/// /v1/jobs/{id}`): the ids asked for while the previous read ran are read by one statement
+/// of [`get_jobs`] ([`crate::batch`]). On Postgres a statement costs more to start and to
+/// send than to run for a few ids, so thirty-two concurrent requests pay for a few
+/// statements, not thirty-two. Each answer is as fresh as one read alone: its statement
+/// starts after the request arrived.
+pub(crate) struct DetailReads {
+    queue: Batcher<DetailRequest>,
+}
+
+impl DetailReads {
+    /// Starts the readers of `db` (needs a tokio runtime).
+    pub(crate) fn start(db: Db, backend: Backend) -> Self {
+        let queue = Batcher::start(READERS, MAX_READ_GROUP, move |group: Vec<DetailRequest>| {
+            let db = db.clone();
+            async move {
+                let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
+                match get_jobs(&db, backend, &ids).await {
+                    Ok(details) => {
+                        for ((_, reply), detail) in group.into_iter().zip(details) {
+                            let _ = reply.send(detail);
+                        }
+                    }
+                    Err(e) => {
+                        let mut group = group.into_iter();
+                        let first = group.next();
+                        for (_, reply) in group {
+                            let _ = reply.send(Err(e.copy_for_another_caller()));
+                        }
+                        if let Some((_, reply)) = first {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        });
+        Self { queue }
+    }
+
+    /// Job `id`'s detail, read with whatever else is asked for meanwhile.
+    pub(crate) async fn read(&self, id: i64) -> Result<JobDetail> {
+        let (reply, answer) = oneshot::channel();
+        if !self.queue.send((id, reply)) {
+            return Err(Error::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+/// The detail of job `id` from its rows of [`get_jobs_sql`] (the job's row first, if the
+/// job is there: children may outlive a pruned parent).
+fn detail(id: i64, rows: &[sqlx::any::AnyRow]) -> Result<JobDetail> {
     let row = rows
         .first()
         .filter(|r| r.try_get::<i32, _>(15).is_ok_and(|part| part == 0))

@@ -69,6 +69,12 @@ impl Backend {
         }
     }
 
+    /// The backend of a pool.
+    pub fn of_pool(db: &Db) -> Self {
+        let url = db.connect_options().database_url.clone();
+        Self::from_url(url.as_str()).unwrap_or(Self::Sqlite)
+    }
+
     /// Lower-case name, as used in logs and bench output.
     pub fn name(self) -> &'static str {
         match self {

@@ -109,6 +109,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// Group commit of [`Engine::enqueue`], started on first use.
     group: OnceLock<crate::group_commit::GroupCommit>,
+    /// Group read of [`Engine::job_detail`], started on first use.
+    reads: OnceLock<crate::admin::DetailReads>,
 }
 
 /// A job ready to insert (owned): what [`Engine::encode`] makes of a [`NewJob`].
@@ -200,6 +202,7 @@ impl EngineBuilder {
                 listener: OnceLock::new(),
                 stop: watch::channel(false).0,
                 group: OnceLock::new(),
+                reads: OnceLock::new(),
             }),
         }
     }
@@ -281,6 +284,16 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         done.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Job `id` with its args and history ([`crate::admin::get_job`]). Concurrent calls
+    /// share one statement (group read, see [`crate::admin::DetailReads`]).
+    pub async fn job_detail(&self, id: i64) -> Result<crate::admin::JobDetail> {
+        let reads = self
+            .inner
+            .reads
+            .get_or_init(|| crate::admin::DetailReads::start(self.db().clone(), self.backend()));
+        reads.read(id).await
     }
 
     pub(crate) fn downgrade(&self) -> WeakEngine {

@@ -53,8 +53,9 @@ pub enum Error {
     /// No job kind with this name is registered.
     #[error("no job kind named {0:?} is registered")]
     UnknownKind(String),
-    /// The engine was dropped before a queued enqueue was written (nothing was written).
-    #[error("the engine was dropped before the job was written")]
+    /// The engine was dropped before a queued call was served: an enqueue (nothing was
+    /// written) or a group read.
+    #[error("the engine was dropped before the call was served (an enqueue: nothing was written)")]
     ShuttingDown,
     /// A domain state transition was refused (see [`crate::state_machine`]).
     #[error(transparent)]
@@ -71,6 +72,18 @@ impl Error {
     /// refused a statement): worth retrying later as is.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Database(e) if is_unavailable(e))
+    }
+
+    /// This error as told to a caller other than the one it happened to, when one
+    /// statement served several (a group read): its message, and whether the database was
+    /// out of reach ([`Error::is_unavailable`]: 503 to retry, not 500), kept.
+    pub(crate) fn copy_for_another_caller(&self) -> Error {
+        let message = crate::job::error_chain(self);
+        Error::Database(if self.is_unavailable() {
+            sqlx::Error::Io(std::io::Error::other(message))
+        } else {
+            sqlx::Error::Protocol(message)
+        })
     }
 }
 
@@ -105,5 +118,24 @@ impl From<Error> for crate::job::JobError {
     /// cause chain.
     fn from(e: Error) -> Self {
         Self::Transient(crate::job::error_chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy told to the other callers of a group keeps the message and whether the
+    /// database was out of reach.
+    #[test]
+    fn a_copy_for_another_caller_keeps_the_message_and_the_kind() {
+        let out_of_reach = Error::Database(sqlx::Error::PoolClosed);
+        let copy = out_of_reach.copy_for_another_caller();
+        assert!(copy.is_unavailable());
+        assert!(crate::job::error_chain(&copy).contains("pool"), "{copy:?}");
+        let refused = Error::Database(sqlx::Error::Protocol("bad row".into()));
+        let copy = refused.copy_for_another_caller();
+        assert!(!copy.is_unavailable());
+        assert!(crate::job::error_chain(&copy).contains("bad row"));
     }
 }

@@ -241,13 +241,16 @@ impl Drop for TestDb {
 /// on Postgres, the `detail` column of `EXPLAIN QUERY PLAN` on SQLite. Pass the statement
 /// the code runs (not a copy) so that the test follows it. Run `ANALYZE` first so that the
 /// planner sees the table's size.
-pub async fn query_plan(db: &Db, backend: Backend, sql: &str, binds: &[i64]) -> String {
+pub async fn query_plan<T>(db: &Db, backend: Backend, sql: &str, binds: &[T]) -> String
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Clone + Send + 'static,
+{
     let lines: Vec<String> = match backend {
         Backend::Postgres => {
             let explain = format!("EXPLAIN {sql}");
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(explain));
             for b in binds {
-                q = q.bind(*b);
+                q = q.bind(b.clone());
             }
             q.fetch_all(db).await.expect("EXPLAIN")
         }
@@ -255,7 +258,7 @@ pub async fn query_plan(db: &Db, backend: Backend, sql: &str, binds: &[i64]) -> 
             let explain = format!("EXPLAIN QUERY PLAN {sql}");
             let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(explain));
             for b in binds {
-                q = q.bind(*b);
+                q = q.bind(b.clone());
             }
             let rows = q.fetch_all(db).await.expect("EXPLAIN QUERY PLAN");
             rows.into_iter().map(|r| r.3).collect()

@@ -26,6 +26,8 @@ backend_tests!(
     retry_gives_a_failed_job_fresh_attempts_and_keeps_its_history,
     list_filters_and_pages_with_a_stable_cursor,
     stats_count_per_kind_and_status_with_oldest_pending_age_and_throughput,
+    details_read_together_are_each_their_own_jobs,
+    every_caller_of_a_failed_group_read_hears_the_database_is_out_of_reach,
 );
 
 async fn rolled_back_enqueue_leaves_no_job_and_committed_enqueue_runs(t: TestDb) {
@@ -560,4 +562,123 @@ async fn a_row_the_database_refuses_fails_only_its_own_enqueue(t: TestDb) {
         24
     };
     assert_eq!(rows, expected);
+}
+
+/// `admin::get_jobs` answers each id asked with its own job, attempts, steps and children,
+/// in the order asked (an id twice, twice; an id with no job, not found), from one
+/// statement; `Engine::job_detail`'s concurrent callers (read in groups) each get their own.
+async fn details_read_together_are_each_their_own_jobs(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let mut ids = Vec::new();
+    for tag in ["a", "b", "c", "d"] {
+        let mut probe = Probe::new(Behaviour::Succeed);
+        probe.tag = tag.to_owned();
+        ids.push(engine.enqueue(probe).await.unwrap().id());
+    }
+    let [a, b, c, d] = ids[..] else {
+        unreachable!()
+    };
+    // a: two attempts kept; b: a step; c: more children than a detail lists; d: two.
+    let children = |parent: i64, n: usize| {
+        format!(
+            "INSERT INTO jobs (kind, args, max_attempts, run_at, created_at, parent_id) \
+             WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) \
+             SELECT 'probe', '{{}}', 1, 0, 0, {parent} FROM s"
+        )
+    };
+    for sql in [
+        format!(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error) \
+             VALUES ({a}, 1, 'w', 1, 2, 'retrying', 'boom 1'), ({a}, 2, 'w', 3, 4, 'retrying', 'boom 2')"
+        ),
+        format!(
+            "INSERT INTO job_steps (job_id, seq, name, result, attempt, finished_at) \
+             VALUES ({b}, 0, 'charge', '\"ch_1\"', 1, 5)"
+        ),
+        children(c, admin::MAX_CHILDREN_SHOWN + 5),
+        children(d, 2),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(engine.db())
+            .await
+            .unwrap();
+    }
+    let missing = a + 100_000;
+    let asked = [a, missing, b, c, d, a];
+    let got = admin::get_jobs(engine.db(), t.backend, &asked)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), asked.len(), "one answer per id asked");
+    let ok = |i: usize| got[i].as_ref().unwrap();
+    for (i, id) in asked.iter().enumerate().filter(|(_, id)| **id != missing) {
+        assert_eq!(ok(i).job.id, *id);
+    }
+    assert!(matches!(got[1], Err(Error::JobNotFound(id)) if id == missing));
+    let errors: Vec<_> = ok(0).attempts.iter().map(|x| x.error.as_deref()).collect();
+    assert_eq!(errors, [Some("boom 1"), Some("boom 2")]);
+    assert!(ok(0).steps.is_empty() && ok(0).children.is_empty());
+    assert_eq!(ok(0).args["tag"], "a");
+    assert_eq!(ok(2).steps.len(), 1);
+    assert_eq!(ok(2).steps[0].name, "charge");
+    assert!(ok(2).attempts.is_empty() && ok(2).children.is_empty());
+    let shown: Vec<i64> = ok(3).children.iter().map(|x| x.id).collect();
+    assert_eq!(
+        shown.len(),
+        admin::MAX_CHILDREN_SHOWN,
+        "the first children only"
+    );
+    assert!(shown.windows(2).all(|w| w[0] < w[1]) && shown[0] > d);
+    let of_d: Vec<i64> = ok(4).children.iter().map(|x| x.id).collect();
+    assert_eq!(of_d.len(), 2);
+    assert!(of_d[0] > shown[shown.len() - 1], "d's children, not c's");
+    assert_eq!(ok(5), ok(0));
+    // Each the same as a read of its own.
+    for (i, id) in asked.iter().enumerate().filter(|(_, id)| **id != missing) {
+        assert_eq!(&admin::get_job(engine.db(), *id).await.unwrap(), ok(i));
+    }
+
+    let reads: Vec<_> = (0..96)
+        .map(|i| {
+            let engine = engine.clone();
+            let id = asked[i % asked.len()];
+            tokio::spawn(async move { (id, engine.job_detail(id).await) })
+        })
+        .collect();
+    for read in reads {
+        match read.await.unwrap() {
+            (id, Ok(detail)) => {
+                let i = asked.iter().position(|x| *x == id).unwrap();
+                assert_eq!(&detail, ok(i), "job {id}");
+            }
+            (id, Err(e)) => assert!(
+                id == missing && matches!(e, Error::JobNotFound(x) if x == missing),
+                "job {id}: {e:?}"
+            ),
+        }
+    }
+}
+
+/// A group read that fails with the database out of reach says so to every caller it
+/// served (each gets a 503 to retry, not a 500), not to the first one only.
+async fn every_caller_of_a_failed_group_read_hears_the_database_is_out_of_reach(t: TestDb) {
+    let runs = Runs::default();
+    let engine = t.engine(registry(&runs), Clock::manual(start()));
+    let id = engine
+        .enqueue(Probe::new(Behaviour::Succeed))
+        .await
+        .unwrap()
+        .id();
+    engine.job_detail(id).await.unwrap();
+    engine.db().close().await;
+    let reads: Vec<_> = (0..32)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.job_detail(id).await })
+        })
+        .collect();
+    for read in reads {
+        let e = read.await.unwrap().unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+    }
 }

@@ -60,7 +60,7 @@ async fn claim_query_uses_the_fetch_indexes_without_sorting_the_table(t: TestDb)
     }
     sqlx::query("ANALYZE").execute(&t.db).await.unwrap();
 
-    let plan = query_plan(&t.db, t.backend, &fetch(), &[]).await;
+    let plan = query_plan(&t.db, t.backend, &fetch(), &[] as &[i64]).await;
     eprintln!("{} plan:\n{plan}", t.backend.name());
     assert!(
         plan.contains("jobs_fetch") && plan.contains("jobs_scheduled"),
@@ -313,14 +313,16 @@ async fn a_large_claim_updates_its_rows_by_primary_key(t: TestDb) {
     assert!(plan.contains("jobs_pkey"), "claimed rows by id:\n{plan}");
 }
 
-/// `admin::get_job` (every `GET /v1/jobs/{id}`) reads the job's own attempts through
-/// indexes, not the whole view of attempts ([`kept_history`]).
+/// `admin::get_jobs` (every `GET /v1/jobs/{id}`, a few at once) reads the jobs' own
+/// attempts and children through indexes, not the whole view of attempts or every job
+/// ([`kept_history`]).
 async fn a_jobs_detail_reads_only_that_jobs_rows(t: TestDb) {
     kept_history(&t).await;
-    let plan = query_plan(&t.db, t.backend, &engine::admin::GET_JOB_SQL, &[5_000]).await;
+    let sql = engine::admin::get_jobs_sql(t.backend);
+    let plan = query_plan(&t.db, t.backend, sql, &["[5000, 5001, 12000]".to_owned()]).await;
     assert!(
         !scans(&plan, "job_attempts") && !scans(&plan, "jobs"),
-        "one job's detail must not scan a table:\n{plan}"
+        "a few jobs' details must not scan a table:\n{plan}"
     );
     assert!(
         plan.contains("job_attempts_job"),

@@ -320,7 +320,7 @@ impl JobsApi {
     #[oai(path = "/v1/jobs/:id", method = "get")]
     async fn get(&self, auth: ApiKeyAuth, id: Path<i64>) -> Result<Json<JobDetailView>, ApiError> {
         auth.require(Scope::Read)?;
-        let job = admin::get_job(self.0.engine.db(), id.0).await?;
+        let job = self.0.engine.job_detail(id.0).await?;
         Ok(Json(job.into()))
     }
 
