@@ -31,6 +31,7 @@ backend_tests!(
     throughput_reads_only_the_last_hours_attempts,
     a_large_claim_updates_its_rows_by_primary_key,
     a_jobs_detail_reads_only_that_jobs_rows,
+    the_counts_read_each_part_through_its_own_index,
 );
 
 async fn claim_query_uses_the_fetch_indexes_without_sorting_the_table(t: TestDb) {
@@ -328,4 +329,65 @@ async fn a_jobs_detail_reads_only_that_jobs_rows(t: TestDb) {
         plan.contains("job_attempts_job"),
         "attempts by job:\n{plan}"
     );
+}
+
+/// `admin::stats` (the dashboard, `/metrics`, `GET /v1/queues`) counts the jobs waiting
+/// and running through the claim's and the rescuer's indexes, since engine migration 0007
+/// left `jobs_kind_status` to the finished jobs: only the finished part may read the table
+/// (here, [`kept_history`], all of it is finished jobs). And the counts add up, a status
+/// that comes in two parts (due and scheduled) included.
+async fn the_counts_read_each_part_through_its_own_index(t: TestDb) {
+    kept_history(&t).await;
+    for sql in [
+        "INSERT INTO jobs (id, kind, args, status, max_attempts, run_at, created_at, scheduled) \
+         VALUES (30001, 'probe', '{}', 'pending', 3, 1, 1, 0), \
+                (30002, 'probe', '{}', 'pending', 3, 1, 1, 1), \
+                (30003, 'probe', '{}', 'retrying', 3, 9000000000000, 1, 1), \
+                (30004, 'other', '{}', 'pending', 3, 5, 1, 0)",
+        "INSERT INTO jobs (id, kind, args, status, max_attempts, run_at, created_at, locked_by, \
+                           lease_expires_at) \
+         VALUES (30005, 'probe', '{}', 'running', 3, 1, 1, 'w', 10)",
+        "ANALYZE",
+    ] {
+        sqlx::query(sql).execute(&t.db).await.unwrap();
+    }
+    // A read of the table itself (SQLite's `SCAN jobs USING INDEX` reads an index).
+    let table_reads = |plan: &str| {
+        plan.lines()
+            .filter(|line| line.contains("Seq Scan on jobs") || line.trim() == "SCAN jobs")
+            .count()
+    };
+    let plan = query_plan(&t.db, t.backend, engine::admin::COUNTS_SQL, &[] as &[i64]).await;
+    for index in ["jobs_fetch", "jobs_scheduled", "jobs_running_lease"] {
+        assert!(plan.contains(index), "the counts read {index}:\n{plan}");
+    }
+    // The finished jobs are all the table here, and Postgres may well read it rather than
+    // their index; no other part may.
+    assert!(
+        table_reads(&plan) <= 1,
+        "the counts read the table once at most:\n{plan}"
+    );
+    let plan = query_plan(&t.db, t.backend, engine::admin::OLDEST_DUE_SQL, &[100_i64]).await;
+    for index in ["jobs_fetch", "jobs_scheduled"] {
+        assert!(
+            plan.contains(index),
+            "the oldest due job is read from {index}:\n{plan}"
+        );
+    }
+    assert_eq!(
+        table_reads(&plan),
+        0,
+        "the oldest due job, not the table:\n{plan}"
+    );
+    let stats = engine::admin::stats(&t.db, 100).await.unwrap();
+    let probe = stats.iter().find(|s| s.kind == "probe").unwrap();
+    assert_eq!(probe.counts["succeeded"], 20_000);
+    assert_eq!(probe.counts["pending"], 2, "one due, one flagged scheduled");
+    assert_eq!(probe.counts["retrying"], 1);
+    assert_eq!(probe.counts["running"], 1);
+    assert_eq!(probe.counts["failed"], 0);
+    assert_eq!(probe.oldest_pending_age_ms, Some(99));
+    let other = stats.iter().find(|s| s.kind == "other").unwrap();
+    assert_eq!(other.counts["pending"], 1);
+    assert_eq!(other.oldest_pending_age_ms, Some(95));
 }

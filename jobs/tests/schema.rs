@@ -66,6 +66,14 @@ async fn indexes(db: &Db, backend: Backend) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every engine migration's version, in order (all of them applied, none other).
+fn engine_versions(backend: Backend) -> Vec<i64> {
+    engine::db::engine_migrator(backend)
+        .iter()
+        .map(|m| m.version)
+        .collect()
+}
+
 async fn versions(db: &Db, table: &str) -> Vec<i64> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT version FROM {table} ORDER BY version"
@@ -96,7 +104,7 @@ async fn a_single_history_database_is_adopted_with_its_data(backend: Backend) {
 
     assert_eq!(
         versions(&old.db, ENGINE_MIGRATIONS_TABLE).await,
-        [1, 2, 3, 4, 5, 6]
+        engine_versions(backend)
     );
     let engine_rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT execution_time FROM {ENGINE_MIGRATIONS_TABLE} WHERE version <= 2"
@@ -180,7 +188,7 @@ async fn the_engine_migrates_only_its_own_tables(backend: Backend) {
     assert!(!app.contains(&1) && !app.contains(&9), "{app:?}");
     assert_eq!(
         versions(&t.db, ENGINE_MIGRATIONS_TABLE).await,
-        [1, 2, 3, 4, 5, 6]
+        engine_versions(backend)
     );
 }
 
