@@ -391,3 +391,45 @@ async fn the_counts_read_each_part_through_its_own_index(t: TestDb) {
     assert_eq!(other.counts["pending"], 1);
     assert_eq!(other.oldest_pending_age_ms, Some(95));
 }
+
+/// Postgres: the job list filtered by a kind and a finished state (an admin's "failed
+/// jobs of this kind") reads `jobs_kind_status` newest first, though that index holds only
+/// finished jobs since engine migration 0007: the statement tells the planner that a
+/// finished state's jobs are finished. (SQLite plans the statement once, for any filter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lists_a_kinds_failed_jobs_from_the_finished_index() {
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    kept_history(&t).await;
+    sqlx::query("UPDATE jobs SET status = 'failed' WHERE id % 1000 = 7")
+        .execute(&t.db)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE jobs").execute(&t.db).await.unwrap();
+    let explain = format!("EXPLAIN {}", engine::admin::LIST_JOBS_SQL.as_str());
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .bind(Some("probe"))
+        .bind(Some("failed"))
+        .bind(None::<i64>)
+        .bind(None::<i64>)
+        .bind(None::<i64>)
+        .bind(51_i64)
+        .bind(None::<String>)
+        .fetch_all(&t.db)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Backward using jobs_kind_status") && !scans(&plan, "jobs"),
+        "a kind's failed jobs, newest first, from the index:\n{plan}"
+    );
+    let filter = engine::admin::JobFilter {
+        kind: Some("probe".to_owned()),
+        status: Some(engine::JobState::Failed),
+        ..Default::default()
+    };
+    let page = engine::admin::list_jobs(&t.db, &filter).await.unwrap();
+    let ids: Vec<i64> = page.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, (0..20).rev().map(|k| k * 1000 + 7).collect::<Vec<_>>());
+}

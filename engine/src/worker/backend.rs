@@ -535,8 +535,18 @@ async fn list(engine: &Engine, queue: Option<&str>, filter: &Filter) -> Result<V
         .join(", ");
     let size = i64::from(filter.page_size.unwrap_or(10).clamp(1, 500));
     let offset = i64::from(filter.page.max(1) - 1) * size;
+    // Only finished jobs are in `jobs_kind_status` (engine migration 0007): saying so lets
+    // the planner read a kind's finished jobs from it, newest first.
+    let finished = if states
+        .iter()
+        .all(|s| s.parse::<JobState>().is_ok_and(JobState::is_final))
+    {
+        " AND finished_at IS NOT NULL"
+    } else {
+        ""
+    };
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {TASK_COLUMNS} FROM jobs WHERE ($1 IS NULL OR kind = $1) AND status IN ({list}) \
+        "SELECT {TASK_COLUMNS} FROM jobs WHERE ($1 IS NULL OR kind = $1) AND status IN ({list}){finished} \
          ORDER BY id DESC LIMIT $2 OFFSET $3"
     )))
     .bind(queue)
