@@ -114,6 +114,25 @@ pub struct InsertJob<'a> {
     pub parent_id: Option<i64>,
 }
 
+/// The columns `max_attempts`, `backoff_base_ms` and `backoff_cap_ms` of a job's row.
+struct RetryColumns {
+    max_attempts: i64,
+    base_ms: i64,
+    cap_ms: i64,
+}
+
+impl InsertJob<'_> {
+    /// Its retry policy as stored on its row (at least one attempt; times in ms), the same
+    /// for every insert statement.
+    fn retry_columns(&self) -> RetryColumns {
+        RetryColumns {
+            max_attempts: i64::from(self.retry.max_attempts.max(1)),
+            base_ms: crate::clock::duration_ms(self.retry.base),
+            cap_ms: crate::clock::duration_ms(self.retry.cap),
+        }
+    }
+}
+
 /// Whether an insert queues a Postgres NOTIFY in the caller's transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notify {
@@ -136,6 +155,7 @@ pub async fn insert_job(
     now: Millis,
     notify: Notify,
 ) -> Result<Enqueued> {
+    let retry = job.retry_columns();
     // A holder can finish between our failed insert and our look-up; then insert again.
     for _ in 0..3 {
         let inserted: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -147,9 +167,9 @@ pub async fn insert_job(
         .bind(job.kind)
         .bind(job.args)
         .bind(job.priority)
-        .bind(i64::from(job.retry.max_attempts.max(1)))
-        .bind(crate::clock::duration_ms(job.retry.base))
-        .bind(crate::clock::duration_ms(job.retry.cap))
+        .bind(retry.max_attempts)
+        .bind(retry.base_ms)
+        .bind(retry.cap_ms)
         .bind(job.run_at)
         .bind(job.unique_key)
         .bind(now)
@@ -292,13 +312,14 @@ async fn insert_values_sqlite(
     }
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for job in chunk {
+        let retry = job.retry_columns();
         query = query
             .bind(job.kind)
             .bind(job.args)
             .bind(job.priority)
-            .bind(i64::from(job.retry.max_attempts.max(1)))
-            .bind(crate::clock::duration_ms(job.retry.base))
-            .bind(crate::clock::duration_ms(job.retry.cap))
+            .bind(retry.max_attempts)
+            .bind(retry.base_ms)
+            .bind(retry.cap_ms)
             .bind(job.run_at)
             .bind(now);
     }
@@ -338,9 +359,10 @@ async fn insert_arrays_pg(
         kinds.text(job.kind);
         args.text(job.args);
         priorities.number(job.priority);
-        max_attempts.number(job.retry.max_attempts.max(1));
-        bases.number(crate::clock::duration_ms(job.retry.base));
-        caps.number(crate::clock::duration_ms(job.retry.cap));
+        let retry = job.retry_columns();
+        max_attempts.number(retry.max_attempts);
+        bases.number(retry.base_ms);
+        caps.number(retry.cap_ms);
         run_ats.number(job.run_at);
     }
     let mut inserted: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(INSERT_ARRAYS_SQL_PG.as_str()))
