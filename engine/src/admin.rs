@@ -214,15 +214,7 @@ pub fn get_jobs_sql(backend: Backend) -> &'static str {
 }
 
 fn build_get_jobs_sql(backend: Backend) -> String {
-    // `column` is one of the ids in `$1`. On Postgres, `= ANY(ARRAY(…))` is one index scan
-    // over the ids (the subquery runs once), as the claim reads its rows.
-    let of_ids = |column: &str| match backend {
-        Backend::Postgres => format!(
-            "{column} = ANY(ARRAY(SELECT CAST(value AS BIGINT) \
-             FROM json_array_elements_text(CAST($1 AS JSON))))"
-        ),
-        Backend::Sqlite => format!("{column} IN (SELECT value FROM json_each($1))"),
-    };
+    let of_ids = |column: &str| crate::db::id_in_list(backend, column, "$1");
     let job: Vec<String> = SUMMARY_COLUMNS
         .split(',')
         .map(|c| format!("j.{}", c.trim()))
@@ -271,12 +263,8 @@ pub async fn get_job(db: &Db, id: i64) -> Result<JobDetail> {
 /// Jobs `ids` with their args and attempt histories, in one statement: one answer per id,
 /// in order (`Err(JobNotFound)` for an id with no job).
 pub async fn get_jobs(db: &Db, backend: Backend, ids: &[i64]) -> Result<Vec<Result<JobDetail>>> {
-    let ids_json = format!(
-        "[{}]",
-        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-    );
     let rows = sqlx::query(AssertSqlSafe(get_jobs_sql(backend)))
-        .bind(ids_json)
+        .bind(crate::db::id_list(ids))
         .fetch_all(db)
         .await?;
     // Each job's rows, by the job they belong to (they come ordered by it).

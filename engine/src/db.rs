@@ -69,7 +69,7 @@ impl Backend {
         }
     }
 
-    /// The backend of a pool.
+    /// The backend of a pool (one opened by [`connect`]: its URL names one of the two).
     pub fn of_pool(db: &Db) -> Self {
         let url = db.connect_options().database_url.clone();
         Self::from_url(url.as_str()).unwrap_or(Self::Sqlite)
@@ -81,6 +81,25 @@ impl Backend {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
         }
+    }
+}
+
+/// A list of ids as one bound parameter (sqlx's `Any` driver binds no arrays): the JSON
+/// text to bind, read in SQL by [`id_in_list`].
+pub(crate) fn id_list(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", ids.join(","))
+}
+
+/// The condition "`column` is one of the ids in `param`" (bound with [`id_list`]). On
+/// Postgres `= ANY(ARRAY(…))`: the subquery runs once and the ids are one index scan.
+pub(crate) fn id_in_list(backend: Backend, column: &str, param: &str) -> String {
+    match backend {
+        Backend::Postgres => format!(
+            "{column} = ANY(ARRAY(SELECT CAST(value AS BIGINT) \
+             FROM json_array_elements_text(CAST({param} AS JSON))))"
+        ),
+        Backend::Sqlite => format!("{column} IN (SELECT value FROM json_each({param}))"),
     }
 }
 

@@ -449,17 +449,14 @@ async fn outcomes_of(
     backend: Backend,
     ids: &[i64],
 ) -> Result<Vec<ChildOutcome>, JobError> {
-    let ids_json = serde_json::to_string(ids).map_err(JobError::permanent)?;
-    let of_ids = match backend {
-        Backend::Postgres => "SELECT value::BIGINT FROM json_array_elements_text($1::json)",
-        Backend::Sqlite => "SELECT value FROM json_each($1)",
-    };
-    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
-        format!("SELECT id, kind, status, last_error FROM jobs WHERE id IN ({of_ids})"),
-    ))
-    .bind(ids_json)
-    .fetch_all(db)
-    .await?;
+    let rows: Vec<(i64, String, String, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, kind, status, last_error FROM jobs WHERE {}",
+            crate::db::id_in_list(backend, "id", "$1")
+        )))
+        .bind(crate::db::id_list(ids))
+        .fetch_all(db)
+        .await?;
     Ok(ids
         .iter()
         .map(|&id| match rows.iter().find(|r| r.0 == id) {
