@@ -329,8 +329,8 @@ pub struct DrainReport {
 /// Runs every due job of every registered kind through the real runtime (a
 /// [`WorkerPool`]: apalis workers over the engine's storage), until every kind has found
 /// nothing due with nothing held, twice in a row with nothing claimed or acknowledged in
-/// between (a job enqueued or woken by another job is run too). Jobs made due later (retries) wait: advance a
-/// manual clock and drain again.
+/// between (a job enqueued or woken by another job is run too). Jobs made due later
+/// (retries) wait: advance a manual clock and drain again.
 pub async fn drain(engine: &Engine) -> DrainReport {
     let pool = WorkerPool::start(engine);
     let cores = pool.cores();
